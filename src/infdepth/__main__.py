@@ -1,0 +1,7 @@
+"""``python -m infdepth`` runs the command line (also under torchrun)."""
+
+import sys
+
+from infdepth.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""The ``infdepth`` command line: a thin layer that parses, calls and prints.
+
+Every subcommand lives with its experiment and exposes ``register(subparsers)``;
+this module only wires them together and turns bad input into exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from infdepth.errors import DivergenceError, InputError
+
+# name -> module exposing ``register(subparsers: argparse._SubParsersAction) -> None``
+SUBCOMMANDS: dict[str, str] = {
+    "xor": "infdepth.experiments.xor",
+    "images": "infdepth.experiments.images",
+    "ode": "infdepth.experiments.ode_cli",
+    "limits": "infdepth.experiments.limits_cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with one subparser per experiment."""
+    parser = argparse.ArgumentParser(
+        prog="infdepth",
+        description="Infinitely deep neural networks: learned depth (g-infinity), "
+        "continuous depth (neural ODEs) and depth limits (diffusions, kernels).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in SUBCOMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``infdepth`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (InputError, FileNotFoundError, NotADirectoryError) as exc:
+        parser.print_usage(sys.stderr)
+        print(f"infdepth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except DivergenceError as exc:
+        print(f"infdepth {args.command}: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"infdepth {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

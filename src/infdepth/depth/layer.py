@@ -1,0 +1,337 @@
+"""The g-infinity meta-layer: infinitely many gated residual sub-layers, ``ceil(w)`` of them used.
+
+``g_0 = x``, ``g_{i+1} = h(merge(g_i, f_i(g_i), delta_w(i)))``, ``g_inf = h(g_{ceil(w)})``
+(Meier, 2018, section III.B).  Sub-layers are created lazily, in chunks of
+``grow_step``, when ``ceil(w)`` passes the number already built; see
+:func:`infdepth.depth.growth.grow` for registering them with a running optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from infdepth.depth.gates import Gate, make_gate
+from infdepth.depth.idempotent import check_idempotent, make_h
+from infdepth.depth.merges import make_merge
+from infdepth.errors import InputError, check_choice
+
+BlockFactory = Callable[[int], nn.Module]
+Penalised = Callable[[nn.Module], list[Tensor]]
+
+W_PENALTIES = ("l2", "param_scaled")
+
+#: the ``eps`` of the conditional block penalty ``delta_w(i + eps)`` (paper section III.C)
+PENALTY_EPS = 1e-8
+
+
+def last_parameterised(block: nn.Module) -> nn.Module:
+    """The last submodule of ``block`` (in registration order) that owns parameters itself."""
+    last: nn.Module | None = None
+    for module in block.modules():
+        if next(module.parameters(recurse=False), None) is not None:
+            last = module
+    if last is None:
+        raise InputError(f"block {block!r} has no parameters to penalise")
+    return last
+
+
+class InfiniteDepth(nn.Module):
+    """A layer with infinitely many sub-layers whose trainable depth ``w`` decides how many run.
+
+    Args:
+        block: factory ``f(i) -> nn.Module`` for sub-layer ``i``; each must keep the shape.
+            Called inside a forked RNG seeded from ``(seed, i)``, so sub-layer ``i``
+            starts from the same values whenever (and on whichever process) it is built.
+        h: the idempotent map after each sub-layer: ``"identity"``, ``"relu"``,
+            ``"batchnorm"`` (fixed gamma=1, beta=0, batch statistics) or a module.
+        w0: initial depth ``w``; ``w <= 0`` makes the layer ``h(x)``.
+        gate: ``"exp"`` (the paper's), ``"stretched"`` or a :class:`~infdepth.depth.gates.Gate`.
+        alpha, trainable_alpha: stretch factor of the ``"stretched"`` gate.
+        merge: ``"residual"`` (paper), ``"convex"`` (original code's non-ResNet mode)
+            or ``"geometric"`` (paper section V.A).
+        grow_step: sub-layers are created in chunks of this many.
+        w_l2: factor of the depth penalty (``w_l2 * w**2``).
+        w_penalty: ``"l2"`` or ``"param_scaled"`` (``w_l2 * params_per_block * w**2``,
+            paper section V.B).
+        block_l2: factor of the conditional block penalty
+            ``sum_i delta_w(i + eps) * l2(penalised params of block i)``.
+        gamma_shift: for a penalised BatchNorm the term is ``sum(relu(gamma**2 - shift))``
+            (the original code's "max free gamma").
+        penalised: ``block -> [tensors]`` to penalise; default the last parameterised
+            submodule's weight (BatchNorm: its gamma).
+        geometric_eps: ``eps`` of the geometric merge.
+        seed: seed of sub-layer initialisation; default drawn from torch's global RNG.
+        example_input: a sample input; if given, ``h`` and sub-layer 0 are checked on it now.
+    """
+
+    blocks: nn.ModuleList
+
+    def __init__(
+        self,
+        block: BlockFactory,
+        *,
+        h: str | nn.Module | Callable[[Tensor], Tensor] = "identity",
+        w0: float = 1.0,
+        gate: str | Gate = "exp",
+        alpha: float = 1.0,
+        trainable_alpha: bool = False,
+        merge: str = "residual",
+        grow_step: int = 5,
+        w_l2: float = 0.0,
+        w_penalty: str = "l2",
+        block_l2: float = 0.0,
+        gamma_shift: float = 0.0,
+        penalised: Penalised | None = None,
+        geometric_eps: float = 1e-8,
+        seed: int | None = None,
+        example_input: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(block):
+            raise InputError(f"block={block!r} is not accepted; expected a callable f(i) -> nn.Module")
+        if isinstance(grow_step, bool) or not isinstance(grow_step, int) or grow_step <= 0:
+            raise InputError(f"grow_step={grow_step!r} is not accepted; expected an integer >= 1")
+        if not math.isfinite(w0):
+            raise InputError(f"w0={w0!r} is not accepted; expected a finite number")
+        for name, value in (("w_l2", w_l2), ("block_l2", block_l2)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise InputError(f"{name}={value!r} is not accepted; expected a finite number >= 0")
+        check_choice("w_penalty", w_penalty, W_PENALTIES)
+        self.factory = block
+        self.h = make_h(h)
+        self.gate = make_gate(gate, alpha, trainable_alpha)
+        self.merge_name = merge
+        self.merge = make_merge(merge, geometric_eps)
+        self.grow_step = grow_step
+        self.w_l2 = float(w_l2)
+        self.w_penalty = w_penalty
+        self.block_l2 = float(block_l2)
+        self.gamma_shift = float(gamma_shift)
+        self.penalised = penalised
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        self.w = nn.Parameter(torch.tensor(float(w0)))
+        self.blocks = nn.ModuleList()
+        self.register_buffer("index", torch.zeros(0), persistent=False)
+        self._params_per_block: int | None = None
+        self._h_checked = isinstance(h, str)
+        if not self._h_checked:
+            probe = example_input if example_input is not None else torch.randn(16, 8)
+            try:
+                check_idempotent(self.h, probe)
+                self._h_checked = True
+            except InputError:
+                raise
+            except Exception:
+                # h cannot take the generic probe's shape: check on the first real input.
+                if example_input is not None:
+                    raise
+        self.grow()
+        if example_input is not None and self.blocks:
+            self._check_shape(0, example_input, self.blocks[0](example_input))
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def depth(self) -> float:
+        """The current depth ``w`` as a Python float."""
+        return float(self.w.detach())
+
+    @property
+    def active_blocks(self) -> int:
+        """Number of sub-layers that run: ``max(0, ceil(w))``."""
+        w = self.depth
+        if not math.isfinite(w):
+            raise FloatingPointError(f"w is {w}")
+        return max(0, math.ceil(w))
+
+    @property
+    def built_blocks(self) -> int:
+        """Number of sub-layers created so far."""
+        return len(self.blocks)
+
+    @property
+    def params_per_block(self) -> int:
+        """Number of trainable parameters of one sub-layer (of sub-layer 0)."""
+        if self._params_per_block is None:
+            probe = self.blocks[0] if self.blocks else self._build(0)
+            self._params_per_block = sum(p.numel() for p in probe.parameters() if p.requires_grad)
+        return self._params_per_block
+
+    @property
+    def used_parameters(self) -> int:
+        """Trainable parameters in use: the active sub-layers' plus ``w`` (and a trainable alpha)."""
+        used = sum(p.numel() for b in self.blocks[: self.active_blocks] for p in b.parameters())
+        return used + self._own_parameters()
+
+    @property
+    def built_parameters(self) -> int:
+        """Trainable parameters allocated: every built sub-layer's plus ``w``."""
+        return sum(p.numel() for b in self.blocks for p in b.parameters()) + self._own_parameters()
+
+    def _own_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad) - sum(
+            p.numel() for p in self.blocks.parameters() if p.requires_grad
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"w={self.depth:.4g}, active_blocks={self.active_blocks}, built_blocks={self.built_blocks}, "
+            f"merge={self.merge_name!r}, grow_step={self.grow_step}"
+        )
+
+    # ------------------------------------------------------------------ growth
+    def _build(self, i: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + i) % (2**63 - 1))
+            module = self.factory(i)
+        if not isinstance(module, nn.Module):
+            raise InputError(f"block factory returned {type(module).__name__} for i={i}; expected an nn.Module")
+        module.to(device=self.w.device, dtype=self.w.dtype)
+        module.train(self.training)
+        return module
+
+    def grow(self, target: int | None = None) -> list[nn.Module]:
+        """Create sub-layers until at least ``target`` (default ``ceil(w)``) exist, in whole chunks.
+
+        Returns the new sub-layers; already built ones are never touched or dropped.
+        """
+        need = self.active_blocks if target is None else target
+        if need <= len(self.blocks):
+            return []
+        total = math.ceil(need / self.grow_step) * self.grow_step if target is None else need
+        new = [self._build(i) for i in range(len(self.blocks), total)]
+        for module in new:
+            self.blocks.append(module)
+        self.index = torch.arange(len(self.blocks), device=self.w.device, dtype=self.w.dtype)
+        return new
+
+    def prune(self) -> int:
+        """Drop the sub-layers beyond ``ceil(w)`` (for export); returns how many were removed."""
+        keep = self.active_blocks
+        removed = len(self.blocks) - keep
+        if removed > 0:
+            self.blocks = nn.ModuleList(list(self.blocks)[:keep])
+            self.index = self.index[:keep]
+        return max(0, removed)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        pattern = re.compile(re.escape(prefix) + r"blocks\.(\d+)\.")
+        indices = [int(m.group(1)) for key in state_dict if (m := pattern.match(key))]
+        if indices:
+            self.grow(max(indices) + 1)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> InfiniteDepth:
+        out = super()._apply(fn, recurse)
+        # keep the index in w's dtype after .double() / .half() (buffers of ints are left alone)
+        self.index = self.index.to(dtype=self.w.dtype)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def _check_shape(self, i: int, x: Tensor, fx: Tensor) -> None:
+        if fx.shape != x.shape:
+            raise InputError(
+                f"block {i} changed the shape from {tuple(x.shape)} to {tuple(fx.shape)}; "
+                "every sub-layer of an InfiniteDepth layer must keep the shape of its input"
+            )
+
+    def gates(self, n: int | None = None) -> Tensor:
+        """``delta_w(i)`` for ``i = 0 .. n-1`` (default: the active sub-layers)."""
+        n = self.active_blocks if n is None else n
+        if n > self.index.numel():
+            self.grow(n)
+        return self.gate(self.index[:n], self.w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._h_checked:
+            check_idempotent(self.h, x.detach())
+            self._h_checked = True
+        n = self.active_blocks
+        if n == 0:
+            return self.h(x)
+        if n > len(self.blocks):
+            # w was set from outside (or a step jumped past the built blocks): build now.
+            # The training loop registers the new parameters with the optimizer after the step.
+            self.grow()
+        deltas = self.gates(n).unbind()
+        h, merge = self.h, self.merge
+        for i, (block, delta) in enumerate(zip(self.blocks, deltas)):
+            fx = block(x)
+            if fx.shape != x.shape:
+                self._check_shape(i, x, fx)
+            x = h(merge(x, fx, delta))
+        return x
+
+    # ------------------------------------------------------------------ regularisation
+    def penalised_tensors(self, i: int) -> Iterator[tuple[Tensor, bool]]:
+        """The tensors the block penalty acts on for sub-layer ``i``, with "is BatchNorm gamma"."""
+        block = self.blocks[i]
+        if self.penalised is not None:
+            for t in self.penalised(block):
+                yield t, False
+            return
+        module = last_parameterised(block)
+        if isinstance(module, _BatchNorm):
+            if module.weight is not None:
+                yield module.weight, True
+            return
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Tensor):
+            yield weight, False
+        else:
+            for p in module.parameters(recurse=False):
+                yield p, False
+
+    def block_norms(self, n: int) -> Tensor:
+        """``l2`` of the penalised tensors of sub-layers ``0 .. n-1`` (shifted form for gamma)."""
+        terms = []
+        for i in range(n):
+            total = self.w.new_zeros(())
+            for t, is_gamma in self.penalised_tensors(i):
+                sq = t.square()
+                total = total + (torch.relu(sq - self.gamma_shift) if is_gamma else sq).sum()
+            terms.append(total)
+        return torch.stack(terms)
+
+    def penalty(self) -> Tensor:
+        """``w`` penalty plus ``sum_i delta_w(i + eps) * l2(block i)`` over the used sub-layers.
+
+        Sub-layers with ``i >= w`` have a zero gate, so they add nothing and get no gradient.
+        """
+        scale = self.w_l2 * (self.params_per_block if self.w_penalty == "param_scaled" else 1.0)
+        total = scale * self.w.square()
+        n = self.active_blocks
+        if self.block_l2 > 0 and n > 0:
+            deltas = self.gate(self.index[:n] + PENALTY_EPS, self.w)
+            total = total + self.block_l2 * (deltas * self.block_norms(n)).sum()
+        return total
+
+
+def depth_layers(model: nn.Module) -> list[tuple[str, InfiniteDepth]]:
+    """Every :class:`InfiniteDepth` inside ``model`` with its qualified name, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, InfiniteDepth)]
+
+
+def total_penalty(model: nn.Module) -> Tensor | None:
+    """Sum of :meth:`InfiniteDepth.penalty` over every g-infinity layer in ``model`` (None if none)."""
+    terms = [layer.penalty() for _, layer in depth_layers(model)]
+    if not terms:
+        return None
+    return torch.stack(terms).sum()

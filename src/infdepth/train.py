@@ -1,0 +1,290 @@
+"""The training loop shared by every experiment.
+
+One optimizer step per batch; after each step every g-infinity layer may grow
+(new sub-layers join the *existing* optimizer); metrics stream to
+``metrics.jsonl``; checkpoints are written atomically every ``checkpoint_every``
+steps; ``resume=True`` continues from the last checkpoint and ends bitwise equal
+(on CPU) to an uninterrupted run.  Data comes from ``batch(step)``, a pure
+function of the step, so resuming needs no data-loader state.
+
+Under torchrun the model is wrapped in DistributedDataParallel, each rank trains
+on its slice of the global batch, growth is decided from rank 0's ``w`` in
+lockstep (the wrapper is rebuilt after a growth) and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from tqdm.auto import tqdm
+
+from infdepth import distributed
+from infdepth.depth.growth import grow
+from infdepth.depth.layer import depth_layers, total_penalty
+from infdepth.errors import DivergenceError, InputError
+from infdepth.io import append_jsonl, atomic_torch_save, atomic_write_bytes
+
+Batch = tuple[Tensor, Tensor]
+BatchFn = Callable[[int], Batch]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+StepMetricFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class FitConfig:
+    """How long to train and how often to evaluate, log and checkpoint.
+
+    ``eval_every`` and ``log_every`` count optimizer steps; metrics are written
+    every ``log_every`` steps (averaged over the window) and at every evaluation.
+    """
+
+    steps: int
+    eval_every: int = 100
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    out_dir: Path | None = None
+    resume: bool = False
+    progress: bool = True
+    desc: str = "train"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name}={value!r} is not accepted; expected an integer >= 1")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise InputError(
+                f"checkpoint_every={self.checkpoint_every!r} is not accepted; "
+                "expected an integer >= 0 (0: only at the end)"
+            )
+        if self.resume and self.out_dir is None:
+            raise InputError("resume=True needs out_dir (the run folder holding checkpoint.pt)")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the metric history (one record per log/eval point)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    steps: int = 0
+    resumed_from: int = 0
+
+    def series(self, key: str) -> list[Any]:
+        """Values of ``key`` over the records that have it."""
+        return [r[key] for r in self.history if key in r]
+
+
+def depths(model: nn.Module) -> dict[str, float]:
+    """``{layer name: w}`` for every g-infinity layer of ``model``."""
+    return {name or "layer": layer.depth for name, layer in depth_layers(model)}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _sync_depths(model: nn.Module) -> None:
+    layers = depth_layers(model)
+    shared = distributed.all_equal_depths([layer.depth for _, layer in layers])
+    with torch.no_grad():
+        for (_, layer), w in zip(layers, shared):
+            layer.w.fill_(w)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`fit`; a missing or unreadable one is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no checkpoint at {path}; run without --resume first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a corrupt file: say which
+        raise InputError(f"checkpoint {path} cannot be read ({exc})") from exc
+
+
+def fit(
+    model: nn.Module,
+    optimizer: Optimizer,
+    batch: BatchFn,
+    loss_fn: LossFn,
+    config: FitConfig,
+    *,
+    evaluate: EvalFn | None = None,
+    step_metrics: StepMetricFn | None = None,
+    scheduler: Any | None = None,
+) -> FitResult:
+    """Train ``model`` for ``config.steps`` optimizer steps on ``batch(step)``.
+
+    Args:
+        model: any module; its g-infinity layers grow in place and add their penalty.
+        optimizer: built on ``model.parameters()`` (new sub-layers are added to it).
+        batch: ``step -> (inputs, targets)``, the *global* batch of that step;
+            must be a pure function of ``step`` for exact resumption.
+        loss_fn: ``(outputs, targets) -> scalar`` data loss (the penalty is added here).
+        config: steps, cadences, run folder, resume.
+        evaluate: ``model -> {metric: value}``, called in eval mode on rank 0.
+        step_metrics: ``(outputs, targets) -> {metric: scalar tensor}``, averaged per log window.
+        scheduler: optional LR scheduler, stepped once per optimizer step.
+
+    Raises:
+        DivergenceError: the loss or some ``w`` became NaN or infinite (names the step);
+            checkpoints written before stay intact.
+    """
+    ctx = distributed.current()
+    out_dir = config.out_dir
+    raw = model
+    result = FitResult()
+    start = 0
+    if config.resume:
+        assert out_dir is not None
+        ckpt = load_checkpoint(out_dir / CHECKPOINT)
+        raw.load_state_dict(ckpt["model"])
+        grow(raw, optimizer)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        start = int(ckpt["step"])
+        result.history = list(ckpt["history"])
+        result.resumed_from = start
+        if ctx.is_main:
+            lines = "".join(_json_line(r) for r in result.history)
+            atomic_write_bytes(out_dir / METRICS, lines.encode())
+    elif out_dir is not None and ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / METRICS).write_text("")
+    grow(raw, optimizer)
+    wrapped = ctx.wrap(raw)
+
+    device = torch.device(config.device)
+    window: dict[str, Tensor] = {}
+    window_steps = 0
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        desc=config.desc,
+        disable=not (config.progress and ctx.is_main),
+        dynamic_ncols=True,
+        leave=False,
+    )
+    try:
+        for step in range(start, config.steps):
+            x, y = batch(step)
+            x = ctx.shard(x).to(device, non_blocking=True)
+            y = ctx.shard(y).to(device, non_blocking=True)
+            wrapped.train()
+            out = wrapped(x)
+            loss = loss_fn(out, y)
+            penalty = total_penalty(raw)
+            objective = loss if penalty is None else loss + penalty
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if ctx.enabled:
+                _sync_depths(raw)
+            ws = depths(raw)
+            bad = {k: v for k, v in ws.items() if not math.isfinite(v)}
+            if bad:
+                raise DivergenceError(f"at step {step + 1}, w became non-finite: {bad}")
+            if grow(raw, optimizer) and ctx.enabled:
+                wrapped = ctx.wrap(raw)
+
+            with torch.no_grad():
+                window["loss"] = window.get("loss", 0) + loss.detach()
+                if penalty is not None:
+                    window["penalty"] = window.get("penalty", 0) + penalty.detach()
+                if step_metrics is not None:
+                    for k, v in step_metrics(out.detach(), y).items():
+                        window[k] = window.get(k, 0) + v.detach()
+            window_steps += 1
+            done = step + 1
+            is_eval = evaluate is not None and (done % config.eval_every == 0 or done == config.steps)
+            is_log = done % config.log_every == 0 or done == config.steps or is_eval
+            if is_log:
+                record: dict[str, Any] = {"step": done}
+                record.update({k: float(v) / window_steps for k, v in window.items()})
+                if not math.isfinite(record["loss"]):
+                    raise DivergenceError(f"at step {done}, the loss became {record['loss']}")
+                window, window_steps = {}, 0
+                record["w"] = ws
+                record["active_blocks"] = {
+                    name or "layer": layer.active_blocks for name, layer in depth_layers(raw)
+                }
+                if is_eval and ctx.is_main:
+                    assert evaluate is not None
+                    raw.eval()
+                    with torch.no_grad():
+                        record.update(evaluate(raw))
+                result.history.append(record)
+                if out_dir is not None and ctx.is_main:
+                    append_jsonl(out_dir / METRICS, record)
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3g}", w=" ".join(f"{v:.2f}" for v in ws.values())
+                )
+            bar.update(1)
+            if out_dir is not None and (
+                done == config.steps
+                or (config.checkpoint_every and done % config.checkpoint_every == 0)
+            ):
+                if ctx.is_main:
+                    save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result)
+                ctx.barrier()
+    finally:
+        bar.close()
+    result.steps = config.steps
+    return result
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: Optimizer,
+    scheduler: Any | None,
+    step: int,
+    result: FitResult,
+) -> None:
+    """Write model, optimizer, scheduler, RNG state and history at ``step``, atomically."""
+    atomic_torch_save(
+        {
+            "step": step,
+            "model": _unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "rng": _rng_state(),
+            "history": result.history,
+        },
+        path,
+    )
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record) + "\n"
