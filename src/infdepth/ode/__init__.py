@@ -1,0 +1,45 @@
+"""Continuous depth: ODE solvers, adjoint gradients and the ODE block (neural ODEs).
+
+>>> import torch
+>>> from infdepth.ode import odeint, Dopri5
+>>> y = odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), solver=Dopri5())
+"""
+
+from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMethod
+from infdepth.ode._block import ODEBlock
+from infdepth.ode._controller import ConstantStepSize, PIController
+from infdepth.ode._errors import NonFiniteStateError, SolverError
+from infdepth.ode._odeint import odeint
+from infdepth.ode._solvers import (
+    RK4,
+    Bosh3,
+    Dopri5,
+    Euler,
+    Heun,
+    Midpoint,
+    RungeKutta,
+    Tsit5,
+)
+from infdepth.ode._tableaus import ButcherTableau
+
+__all__ = [
+    "RK4",
+    "Adjoint",
+    "Backprop",
+    "Bosh3",
+    "ButcherTableau",
+    "Checkpointed",
+    "ConstantStepSize",
+    "Dopri5",
+    "Euler",
+    "GradientMethod",
+    "Heun",
+    "Midpoint",
+    "NonFiniteStateError",
+    "ODEBlock",
+    "PIController",
+    "RungeKutta",
+    "SolverError",
+    "Tsit5",
+    "odeint",
+]

@@ -1,0 +1,288 @@
+"""Gradient methods: backprop through the solver, the continuous adjoint, checkpointing.
+
+Each method is an object with ``solve(problem) -> outputs``; ``odeint`` hands it the
+problem and the method decides how autograd sees the solve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from infdepth.errors import InputError
+from infdepth.ode._controller import ConstantStepSize, PIController
+from infdepth.ode._integrate import (
+    Norm,
+    OutputGrid,
+    Stats,
+    VectorField,
+    integrate,
+    replay_step,
+)
+from infdepth.ode._solvers import RungeKutta
+
+_BACKWARD_DEPTH = [0]
+
+
+@contextmanager
+def _backward_phase() -> Iterator[None]:
+    _BACKWARD_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _BACKWARD_DEPTH[0] -= 1
+
+
+def in_backward() -> bool:
+    """True while an adjoint or checkpointed backward pass is evaluating ``f``."""
+    return _BACKWARD_DEPTH[0] > 0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything a gradient method needs to solve (and differentiate) one problem."""
+
+    f: VectorField
+    y0: torch.Tensor
+    grid: OutputGrid
+    solver: RungeKutta
+    controller: PIController | ConstantStepSize
+    max_steps: int
+    params: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class Backprop:
+    """Differentiate through every operation of the solver (discretise-then-optimise).
+
+    Exact gradients of the computed solution, including with respect to the output
+    times; memory grows with the number of steps.
+    """
+
+    def solve(self, p: Problem) -> torch.Tensor:
+        return integrate(p.f, p.y0, p.grid, p.solver, p.controller, max_steps=p.max_steps)
+
+
+@dataclass(frozen=True)
+class Adjoint:
+    """The continuous adjoint (Chen et al. 2018): memory independent of the step count.
+
+    The backward pass solves the adjoint ODE for ``(y, dL/dy, dL/dparams)`` backwards
+    between consecutive output times with the same solver.
+
+    Args:
+        rtol, atol: tolerances of the backward solve (``None``: those of the forward).
+        seminorm: measure the backward error on ``y`` and ``dL/dy`` only, not on the
+            parameter integrals (Kidger et al. 2021); usually fewer backward steps.
+        params: tensors ``f`` depends on; ``None`` takes ``f.parameters()`` when ``f``
+            is an ``nn.Module`` (or a method of one), else no parameters.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    seminorm: bool = False
+    params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
+
+    def solve(self, p: Problem) -> torch.Tensor:
+        return _via_union(p, lambda q: _AdjointFn.apply(self, q, q.y0, q.grid.times, *q.params))
+
+
+@dataclass(frozen=True)
+class Checkpointed:
+    """Store only the state at each accepted step; retake each step during backward.
+
+    Gradients equal those of :class:`Backprop` (same discrete solution) while memory
+    holds one state per step instead of the whole autograd graph; backward costs one
+    more evaluation of every accepted step.
+
+    Args:
+        params: as for :class:`Adjoint`.
+    """
+
+    params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
+
+    def solve(self, p: Problem) -> torch.Tensor:
+        return _via_union(p, lambda q: _CheckpointFn.apply(q, q.y0, q.grid.times, *q.params))
+
+
+GradientMethod = Backprop | Adjoint | Checkpointed
+
+
+def _via_union(p: Problem, run: Any) -> torch.Tensor:
+    """Solve on one shared time grid, then pick each sample's own output times."""
+    g = p.grid
+    if g.rows is None:
+        out: torch.Tensor = run(p)
+        return out
+    ukeys = sorted(set(g.keys))
+    times = torch.tensor([k * g.direction for k in ukeys], dtype=g.times.dtype,
+                         device=g.times.device)
+    ugrid = OutputGrid(times=times, keys=ukeys, rows=None, direction=g.direction)
+    ys = run(dataclasses.replace(p, grid=ugrid))
+    idx = torch.tensor([bisect_left(ukeys, k) for k in g.keys], device=ys.device)
+    return ys[idx, g.rows]
+
+
+def _mixed_norm(sizes: list[int], device: torch.device) -> Norm:
+    """Largest mean square over the segments of a flat state (torchdiffeq's mixed norm)."""
+    seg = torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                  torch.tensor(sizes, device=device))
+    inv = 1.0 / torch.tensor(sizes, dtype=torch.float64, device=device)
+    total = sum(sizes)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1)[:total]
+        sums = x.new_zeros(len(sizes)).index_add_(0, seg, x.square())
+        return (sums * inv.to(x.dtype)).max()
+
+    return norm
+
+
+def _vjp(
+    f: VectorField, t: torch.Tensor, y: torch.Tensor, cotangent: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``f(t, y)`` and ``cotangent^T d f / d(y, params)``."""
+    with torch.enable_grad():
+        y_ = y.detach().requires_grad_(True)
+        fy = f(t, y_)
+        grads: tuple[torch.Tensor | None, ...] = (None,) * (1 + len(params))
+        if fy.requires_grad:
+            grads = torch.autograd.grad(fy, (y_, *params), cotangent, allow_unused=True)
+    out = [torch.zeros_like(x) if gx is None else gx
+           for x, gx in zip((y_, *params), grads, strict=True)]
+    return fy.detach(), out
+
+
+def _time_grads(
+    f: VectorField, times: torch.Tensor, ys: torch.Tensor, g: torch.Tensor, a0: torch.Tensor
+) -> torch.Tensor:
+    """dL/dt_i = g_i . f(t_i, y_i) for i >= 1; the start time moves the whole flow."""
+    out = torch.zeros_like(times)
+    for i in range(1, times.shape[0]):
+        out[i] = (g[i] * f(times[i], ys[i])).sum().to(times.dtype)
+    out[0] = -((a0 - g[0]) * f(times[0], ys[0])).sum().to(times.dtype)
+    return out
+
+
+class _AdjointFn(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, method: Adjoint, p: Problem, y0: torch.Tensor, times: torch.Tensor,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            ys = integrate(p.f, y0, p.grid, p.solver, p.controller, max_steps=p.max_steps)
+        ctx.method, ctx.p = method, p
+        ctx.save_for_backward(ys, times, *params)
+        return ys
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        method: Adjoint = ctx.method
+        p: Problem = ctx.p
+        ys, times, *params_l = ctx.saved_tensors
+        params = tuple(params_l)
+        shape = ys.shape[1:]
+        n = ys[0].numel()
+        sizes = [n, n] + [q.numel() for q in params]
+        norm = _mixed_norm(sizes[:2] if method.seminorm else sizes, ys.device)
+        ctrl = p.controller
+        if isinstance(ctrl, PIController):
+            ctrl = dataclasses.replace(
+                ctrl,
+                rtol=ctrl.rtol if method.rtol is None else method.rtol,
+                atol=ctrl.atol if method.atol is None else method.atol,
+            )
+        f = p.f
+
+        def aug(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            y = z[:n].view(shape)
+            fy, vj = _vjp(f, t, y, -z[n : 2 * n].view(shape), params)
+            return torch.cat([fy.reshape(-1)] + [v.reshape(-1) for v in vj])
+
+        keys = p.grid.keys
+        d = p.grid.direction
+        a = g[-1].clone()
+        pg = [torch.zeros_like(q) for q in params]
+        with _backward_phase(), torch.no_grad():
+            for i in range(ys.shape[0] - 1, 0, -1):
+                z0 = torch.cat([ys[i].reshape(-1), a.reshape(-1)] + [q.reshape(-1) for q in pg])
+                back = OutputGrid(
+                    times=torch.stack([times[i], times[i - 1]]),
+                    keys=[-keys[i], -keys[i - 1]],
+                    rows=None,
+                    direction=-d,
+                )
+                z = integrate(aug, z0, back, p.solver, ctrl, max_steps=p.max_steps, norm=norm)[-1]
+                a = z[n : 2 * n].view(shape) + g[i - 1]
+                pg = list(torch.split(z[2 * n :], sizes[2:]))
+                pg = [x.view_as(q) for x, q in zip(pg, params, strict=True)]
+            t_grad = _time_grads(f, times, ys, g, a) if ctx.needs_input_grad[3] else None
+        return (None, None, a, t_grad, *pg)
+
+
+class _CheckpointFn(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, p: Problem, y0: torch.Tensor, times: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int]] = []
+
+        def record(t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, lo: int, mid: int,
+                   hi: int) -> None:
+            steps.append((t, h, y, lo, mid, hi))
+
+        with torch.no_grad():
+            ys = integrate(p.f, y0, p.grid, p.solver, p.controller, max_steps=p.max_steps,
+                           on_accept=record)
+        ctx.p, ctx.steps = p, steps
+        ctx.save_for_backward(ys, times, *params)
+        return ys
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        p: Problem = ctx.p
+        ys, times, *params_l = ctx.saved_tensors
+        params = tuple(params_l)
+        a = torch.zeros_like(ys[0])
+        pg = [torch.zeros_like(q) for q in params]
+        with _backward_phase():
+            for t, h, y, lo, mid, hi in reversed(ctx.steps):
+                with torch.enable_grad():
+                    y_ = y.detach().requires_grad_(True)
+                    y1, outs = replay_step(p.f, t, h, y_, p.grid, lo, mid, hi, p.solver,
+                                           Stats())
+                    tensors, cots = [y1], [a]
+                    if outs is not None:
+                        tensors.append(outs)
+                        cots.append(g[lo:hi])
+                    grads = torch.autograd.grad(tensors, (y_, *params), cots, allow_unused=True)
+                a = grads[0] if grads[0] is not None else torch.zeros_like(a)
+                for j, gq in enumerate(grads[1:]):
+                    if gq is not None:
+                        pg[j] = pg[j] + gq
+            a = a + g[0]
+            with torch.no_grad():
+                t_grad = _time_grads(p.f, times, ys, g, a) if ctx.needs_input_grad[2] else None
+        return (None, a, t_grad, *pg)
+
+
+def find_params(f: object, method: GradientMethod) -> tuple[torch.Tensor, ...]:
+    """Tensors the adjoint differentiates: given explicitly, or those of ``f``'s module."""
+    explicit = getattr(method, "params", None)
+    if explicit is not None:
+        params = tuple(explicit)
+        for q in params:
+            if not isinstance(q, torch.Tensor):
+                raise InputError(f"params must be tensors; got {type(q).__name__}")
+    else:
+        owner = f if isinstance(f, torch.nn.Module) else getattr(f, "__self__", None)
+        params = tuple(owner.parameters()) if isinstance(owner, torch.nn.Module) else ()
+    return tuple(q for q in params if q.requires_grad)

@@ -1,0 +1,102 @@
+"""``ODEBlock``: a layer of continuous depth, ``h(0) -> h(t1)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from infdepth.errors import InputError
+from infdepth.ode._adjoint import Adjoint, Checkpointed, GradientMethod, in_backward
+from infdepth.ode._odeint import odeint
+from infdepth.ode._solvers import Dopri5, RungeKutta
+
+
+class ODEBlock(nn.Module):
+    """Map ``h(0)`` to ``h(t1)`` where ``dh/dt = func(t, h)``: a residual stack of infinite depth.
+
+    ``t1`` plays the role of depth. With ``learn_t1=True`` it is a trainable parameter
+    (learned continuous depth, the continuous twin of the g-infinity layer's ``w``),
+    regularised by :meth:`penalty` ``= t1_l2 * t1**2`` which the training loss adds.
+
+    Function evaluations are counted: ``nfe_forward`` during the forward solve,
+    ``nfe_backward`` during the backward solve of the adjoint or checkpointed
+    methods (backprop through the solver evaluates ``func`` in backward zero times).
+
+    Args:
+        func: the vector field, an ``nn.Module`` called as ``func(t, h)``.
+        t1: integration end time (depth), > 0.
+        learn_t1: make ``t1`` a parameter.
+        t1_l2: weight of the ``t1**2`` penalty.
+        t1_min: ``t1`` is clamped to at least this during the forward pass.
+        solver, rtol, atol, step_size, adjoint, max_steps: as in :func:`odeint`.
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        t1: float = 1.0,
+        *,
+        learn_t1: bool = False,
+        t1_l2: float = 0.0,
+        t1_min: float = 1e-3,
+        solver: RungeKutta | None = None,
+        rtol: float = 1e-3,
+        atol: float = 1e-4,
+        step_size: float | None = None,
+        adjoint: GradientMethod | None = None,
+        max_steps: int = 10_000,
+    ) -> None:
+        super().__init__()
+        if not (isinstance(t1, (int, float)) and t1 > 0 and math.isfinite(t1)):
+            raise InputError(f"t1={t1!r} is not accepted; expected a finite number > 0")
+        if not (t1_l2 >= 0 and math.isfinite(t1_l2)):
+            raise InputError(f"t1_l2={t1_l2!r} is not accepted; expected a finite number >= 0")
+        if not 0 < t1_min <= t1:
+            raise InputError(f"t1_min={t1_min!r} is not accepted; expected 0 < t1_min <= t1")
+        self.func = func
+        if learn_t1:
+            self.t1 = nn.Parameter(torch.tensor(float(t1)))
+        else:
+            self.register_buffer("t1", torch.tensor(float(t1)))
+        self.t1_l2 = float(t1_l2)
+        self.t1_min = float(t1_min)
+        self.solver = Dopri5() if solver is None else solver
+        self.rtol, self.atol, self.step_size = rtol, atol, step_size
+        if isinstance(adjoint, (Adjoint, Checkpointed)) and adjoint.params is None:
+            # the parameters of func only: t1 receives its gradient through the times
+            adjoint = dataclasses.replace(adjoint, params=tuple(func.parameters()))
+        self.adjoint = adjoint
+        self.max_steps = max_steps
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+
+    def _field(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        if in_backward():
+            self.nfe_backward += 1
+        else:
+            self.nfe_forward += 1
+        out: torch.Tensor = self.func(t, h)
+        return out
+
+    def reset_nfe(self) -> None:
+        """Set both evaluation counters to zero."""
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+
+    def forward(self, h0: torch.Tensor) -> torch.Tensor:
+        t1 = self.t1.clamp(min=self.t1_min).to(h0.device)
+        t = torch.stack([torch.zeros_like(t1), t1])
+        ys = odeint(self._field, h0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
+                    step_size=self.step_size, adjoint=self.adjoint, max_steps=self.max_steps)
+        return ys[-1]
+
+    def penalty(self) -> torch.Tensor:
+        """``t1_l2 * t1**2``: the depth penalty to add to the training loss."""
+        return self.t1_l2 * self.t1.square()
+
+    def extra_repr(self) -> str:
+        return (f"t1={float(self.t1):.4g}, learn_t1={isinstance(self.t1, nn.Parameter)}, "
+                f"solver={type(self.solver).__name__}()")
