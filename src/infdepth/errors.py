@@ -18,7 +18,7 @@ class DivergenceError(RuntimeError):
     """
 
 
-def check_choice(name: str, value: object, accepted: "list[str] | tuple[str, ...]") -> None:
+def check_choice(name: str, value: object, accepted: list[str] | tuple[str, ...]) -> None:
     """Raise :class:`InputError` unless ``value`` is one of ``accepted``."""
     if value not in accepted:
         raise InputError(f"{name}={value!r} is not accepted; choose one of {', '.join(map(repr, accepted))}")

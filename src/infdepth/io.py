@@ -90,7 +90,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a fresh ``torch.Generator`` seeded with ``seed``."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds legacy global users too
     torch.manual_seed(seed)
     gen = torch.Generator()
     gen.manual_seed(seed)

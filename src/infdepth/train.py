@@ -198,7 +198,10 @@ def fit(
             x = ctx.shard(x).to(device, non_blocking=True)
             y = ctx.shard(y).to(device, non_blocking=True)
             wrapped.train()
-            out = wrapped(x)
+            try:
+                out = wrapped(x)
+            except DivergenceError as exc:
+                raise DivergenceError(f"at step {step + 1}: {exc}") from exc
             loss = loss_fn(out, y)
             penalty = total_penalty(raw)
             objective = loss if penalty is None else loss + penalty
@@ -245,13 +248,10 @@ def fit(
                 result.history.append(record)
                 if out_dir is not None and ctx.is_main:
                     append_jsonl(out_dir / METRICS, record)
-                bar.set_postfix(
-                    loss=f"{record['loss']:.3g}", w=" ".join(f"{v:.2f}" for v in ws.values())
-                )
+                bar.set_postfix(loss=f"{record['loss']:.3g}", w=" ".join(f"{v:.2f}" for v in ws.values()))
             bar.update(1)
             if out_dir is not None and (
-                done == config.steps
-                or (config.checkpoint_every and done % config.checkpoint_every == 0)
+                done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
             ):
                 if ctx.is_main:
                     save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result)

@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from infdepth.depth.gates import Gate, make_gate
 from infdepth.depth.idempotent import check_idempotent, make_h
 from infdepth.depth.merges import make_merge
-from infdepth.errors import InputError, check_choice
+from infdepth.errors import DivergenceError, InputError, check_choice
 
 BlockFactory = Callable[[int], nn.Module]
 Penalised = Callable[[nn.Module], list[Tensor]]
@@ -147,7 +147,7 @@ class InfiniteDepth(nn.Module):
         """Number of sub-layers that run: ``max(0, ceil(w))``."""
         w = self.depth
         if not math.isfinite(w):
-            raise FloatingPointError(f"w is {w}")
+            raise DivergenceError(f"w of {type(self).__name__} is {w}")
         return max(0, math.ceil(w))
 
     @property
@@ -180,8 +180,9 @@ class InfiniteDepth(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        active = self.active_blocks if math.isfinite(self.depth) else "?"
         return (
-            f"w={self.depth:.4g}, active_blocks={self.active_blocks}, built_blocks={self.built_blocks}, "
+            f"w={self.depth:.4g}, active_blocks={active}, built_blocks={self.built_blocks}, "
             f"merge={self.merge_name!r}, grow_step={self.grow_step}"
         )
 
@@ -191,7 +192,9 @@ class InfiniteDepth(nn.Module):
             torch.manual_seed((self.seed * 1_000_003 + i) % (2**63 - 1))
             module = self.factory(i)
         if not isinstance(module, nn.Module):
-            raise InputError(f"block factory returned {type(module).__name__} for i={i}; expected an nn.Module")
+            raise InputError(
+                f"block factory returned {type(module).__name__} for i={i}; expected an nn.Module"
+            )
         module.to(device=self.w.device, dtype=self.w.dtype)
         module.train(self.training)
         return module

@@ -110,8 +110,9 @@ def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return ((logits > 0).to(y.dtype) == y).to(torch.float32).mean()
 
 
-def run_xor(cfg: XorConfig, out_dir: Path | None = None, *, resume: bool = False,
-            progress: bool = True) -> XorResult:
+def run_xor(
+    cfg: XorConfig, out_dir: Path | None = None, *, resume: bool = False, progress: bool = True
+) -> XorResult:
     """Train one XOR network; writes ``metrics.jsonl`` and checkpoints into ``out_dir``."""
     started = time.perf_counter()
     seed_everything(cfg.seed)
@@ -293,11 +294,19 @@ def plot_sweep(out_dir: Path, results: list[XorResult]) -> None:
             hist = read_jsonl(out_dir / f"k{r.k}_seed{r.seed}" / "metrics.jsonl")
             steps = [h["step"] for h in hist if key in h or key == "w"]
             vals = [h["w"]["2"] if key == "w" else h[key] for h in hist if key in h or key == "w"]
-            ax.plot(steps, vals, color=cmap(r.k / INPUTS), lw=1,
-                    label=f"k={r.k}" if r.seed == min(x.seed for x in results if x.k == r.k) else None)
+            ax.plot(
+                steps,
+                vals,
+                color=cmap(r.k / INPUTS),
+                lw=1,
+                label=f"k={r.k}" if r.seed == min(x.seed for x in results if x.k == r.k) else None,
+            )
         if key == "w" and ref:
             horizon = max(x.k for x in results)
-            last = max(h["step"] for h in read_jsonl(out_dir / f"k{results[-1].k}_seed{results[-1].seed}" / "metrics.jsonl"))
+            last = max(
+                h["step"]
+                for h in read_jsonl(out_dir / f"k{results[-1].k}_seed{results[-1].seed}" / "metrics.jsonl")
+            )
             for k, d in ref.items():
                 if k <= horizon:
                     it = np.asarray(d["iteration"])
@@ -334,21 +343,33 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true",
-                   help="quick setting: 3000 steps, 3 seeds (overrides --steps/--seeds)")
+    p.add_argument(
+        "--quick", action="store_true", help="quick setting: 3000 steps, 3 seeds (overrides --steps/--seeds)"
+    )
     p.add_argument("--steps", type=int, default=100_000, help="optimizer steps per run (the paper: 100,000)")
-    p.add_argument("--k", type=_int_list, default=list(range(INPUTS + 1)),
-                   help="comma-separated numbers of active inputs to run (0..8)")
+    p.add_argument(
+        "--k",
+        type=_int_list,
+        default=list(range(INPUTS + 1)),
+        help="comma-separated numbers of active inputs to run (0..8)",
+    )
     p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds")
     p.add_argument("--w-l2", type=float, default=1e-4, help="l2 factor on w (the paper's text: 1e-5)")
-    p.add_argument("--gamma-l2", type=float, default=1e-8, help="l2 factor on the BatchNorm gamma of each sub-layer")
+    p.add_argument(
+        "--gamma-l2", type=float, default=1e-8, help="l2 factor on the BatchNorm gamma of each sub-layer"
+    )
     p.add_argument("--w0", type=float, default=1.0, help="initial depth w")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=1000, help="fresh samples per step")
-    p.add_argument("--eval-every", type=int, default=100, help="steps between validations (10,000 fresh samples)")
-    p.add_argument("--checkpoint-every", type=int, default=5000, help="steps between checkpoints (0: end only)")
-    p.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1),
-                   help="parallel processes (one run each)")
+    p.add_argument(
+        "--eval-every", type=int, default=100, help="steps between validations (10,000 fresh samples)"
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=5000, help="steps between checkpoints (0: end only)"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=max(1, os.cpu_count() or 1), help="parallel processes (one run each)"
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--out", type=Path, default=Path("runs/xor"), help="output folder")
     p.add_argument("--resume", action="store_true", help="continue every run from its last checkpoint")
@@ -368,18 +389,28 @@ def main(args: argparse.Namespace) -> int:
     for name in ("w_l2", "gamma_l2", "lr"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
-            raise InputError(f"--{name.replace('_', '-')}={value} is not accepted; expected a finite number >= 0")
+            raise InputError(
+                f"--{name.replace('_', '-')}={value} is not accepted; expected a finite number >= 0"
+            )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device={args.device!r} is not accepted: CUDA is not available here; use cpu")
     base = XorConfig(
-        k=0, steps=steps, w0=args.w0, w_l2=args.w_l2, gamma_l2=args.gamma_l2, lr=args.lr,
-        batch_size=args.batch_size, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, device=args.device,
+        k=0,
+        steps=steps,
+        w0=args.w0,
+        w_l2=args.w_l2,
+        gamma_l2=args.gamma_l2,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "config.json", {**asdict(base), "ks": args.k, "seeds": seeds, "jobs": args.jobs})
-    summary = run_sweep(args.k, seeds, base, args.out, jobs=min(args.jobs, len(args.k) * len(seeds)),
-                        resume=args.resume)
+    run_sweep(
+        args.k, seeds, base, args.out, jobs=min(args.jobs, len(args.k) * len(seeds)), resume=args.resume
+    )
     print((args.out / "table.md").read_text())
     print(f"results: {args.out / 'summary.json'}; figures: {args.out}/xor_*.png")
     return 0

@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from infdepth.depth import InfiniteDepth
+from infdepth.errors import DivergenceError, InputError
+from infdepth.train import CHECKPOINT, METRICS, FitConfig, fit
+
+
+def make(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    layer = InfiniteDepth(
+        lambda i: nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6), nn.Dropout(0.2)),
+        h="relu",
+        w0=1.8,
+        w_l2=1e-3,
+        block_l2=1e-3,
+        grow_step=2,
+        seed=seed,
+    )
+    model = nn.Sequential(nn.Linear(4, 6), layer, nn.Linear(6, 1), nn.Flatten(0))
+    return model, torch.optim.Adam(model.parameters(), lr=5e-2)
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(32, 4, generator=gen)
+    return x, (x[:, 0] * x[:, 1] > 0).float()
+
+
+def run(out, steps: int, resume: bool = False, checkpoint_every: int = 5):
+    model, opt = make()
+    result = fit(
+        model,
+        opt,
+        batch,
+        nn.BCEWithLogitsLoss(),
+        FitConfig(
+            steps=steps,
+            eval_every=5,
+            log_every=5,
+            checkpoint_every=checkpoint_every,
+            out_dir=out,
+            resume=resume,
+            progress=False,
+        ),
+        evaluate=lambda m: {"val_loss": float(nn.BCEWithLogitsLoss()(m(batch(-1)[0]), batch(-1)[1]))},
+    )
+    return model, opt, result
+
+
+def test_training_grows_and_writes_metrics(tmp_path) -> None:
+    model, opt, result = run(tmp_path, 40)
+    layer = model[1]
+    lines = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(5, 41, 5))
+    assert lines == result.history
+    assert all("val_loss" in r and "1" in r["w"] for r in lines)
+    assert layer.built_blocks >= layer.active_blocks
+    assert (tmp_path / CHECKPOINT).is_file()
+
+
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path) -> None:
+    full_model, full_opt, full = run(tmp_path / "full", 30)
+    run(tmp_path / "part", 15)  # "interrupted" after 15 steps (checkpoint at 15)
+    model, opt, resumed = run(tmp_path / "part", 30, resume=True)
+    assert resumed.resumed_from == 15
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.history == full.history
+    assert (tmp_path / "part" / METRICS).read_text() == (tmp_path / "full" / METRICS).read_text()
+    sa, sb = full_opt.state_dict(), opt.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for k in sa["state"]:
+        for key in sa["state"][k]:
+            assert torch.equal(sa["state"][k][key], sb["state"][k][key])
+
+
+def test_non_finite_w_raises_with_step_and_keeps_checkpoint(tmp_path) -> None:
+    run(tmp_path, 10)
+    saved = (tmp_path / CHECKPOINT).read_bytes()
+    model, opt = make()
+
+    def poisoned(step: int):
+        x, y = batch(step)
+        if step == 12:
+            with torch.no_grad():
+                model[1].w.fill_(float("nan"))
+        return x, y
+
+    with pytest.raises(DivergenceError, match="step 13"):
+        fit(
+            model,
+            opt,
+            poisoned,
+            nn.BCEWithLogitsLoss(),
+            FitConfig(steps=20, checkpoint_every=1, out_dir=tmp_path, resume=True, progress=False),
+        )
+    assert (tmp_path / CHECKPOINT).read_bytes() != saved  # steps 11, 12 were checkpointed
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 12
+    assert torch.isfinite(ckpt["model"]["1.w"])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path) -> None:
+    model, opt = make()
+    with pytest.raises(InputError, match="no checkpoint"):
+        fit(
+            model,
+            opt,
+            batch,
+            nn.BCEWithLogitsLoss(),
+            FitConfig(steps=5, out_dir=tmp_path, resume=True, progress=False),
+        )
+
+
+def test_corrupt_checkpoint_is_named(tmp_path) -> None:
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    model, opt = make()
+    with pytest.raises(InputError, match="cannot be read"):
+        fit(
+            model,
+            opt,
+            batch,
+            nn.BCEWithLogitsLoss(),
+            FitConfig(steps=5, out_dir=tmp_path, resume=True, progress=False),
+        )
+
+
+@pytest.mark.parametrize(
+    "kw", [{"steps": 0}, {"steps": 5, "eval_every": 0}, {"steps": 5, "checkpoint_every": -1}]
+)
+def test_bad_config(kw) -> None:
+    with pytest.raises(InputError):
+        FitConfig(**kw)
