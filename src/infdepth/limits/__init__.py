@@ -1,0 +1,69 @@
+"""Depth limits of random residual networks: diffusions, closed-form laws and kernels.
+
+* :func:`simulate_resnet` samples finite random ResNets (:class:`HayouInit`,
+  :class:`ShrinkingInit`), vectorised over samples;
+* :class:`ResNetSDE` and :func:`simulate` give their depth limits (diffusions), solved with
+  :class:`EulerMaruyama` or :class:`LogScaleEuler`;
+* :mod:`~infdepth.limits.laws` gives closed-form laws as ``scipy.stats`` distributions;
+* :func:`infinite_kernels` gives the depth-then-width NNGP and NTK kernels, with
+  :func:`kernel_regression`, :func:`gp_posterior` and the scikit-learn
+  :class:`InfiniteDepthKernel`.
+"""
+
+from infdepth.limits._activation import KNOWN_ACTIVATIONS, Activation, resolve_activation
+from infdepth.limits.kernels import (
+    InfiniteDepthKernel,
+    KernelPair,
+    diagonal_kernels,
+    gp_posterior,
+    gradient_descent_prediction,
+    infinite_kernels,
+    kernel_regression,
+    pair_moments,
+    variance_ode,
+)
+from infdepth.limits.laws import (
+    expected_active_given_alive,
+    infinite_width_law,
+    linear_norm_law,
+    relu_log_post_norm_drift,
+    relu_width1_law,
+)
+from infdepth.limits.resnet import (
+    HayouInit,
+    ResNetRun,
+    ShrinkingInit,
+    input_layer,
+    simulate_resnet,
+)
+from infdepth.limits.sde import EulerMaruyama, LogScaleEuler, Paths, ResNetSDE, simulate
+
+__all__ = [
+    "KNOWN_ACTIVATIONS",
+    "Activation",
+    "EulerMaruyama",
+    "HayouInit",
+    "InfiniteDepthKernel",
+    "KernelPair",
+    "LogScaleEuler",
+    "Paths",
+    "ResNetRun",
+    "ResNetSDE",
+    "ShrinkingInit",
+    "diagonal_kernels",
+    "expected_active_given_alive",
+    "gp_posterior",
+    "gradient_descent_prediction",
+    "infinite_kernels",
+    "infinite_width_law",
+    "input_layer",
+    "kernel_regression",
+    "linear_norm_law",
+    "pair_moments",
+    "relu_log_post_norm_drift",
+    "relu_width1_law",
+    "resolve_activation",
+    "simulate",
+    "simulate_resnet",
+    "variance_ode",
+]
