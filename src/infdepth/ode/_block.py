@@ -98,5 +98,5 @@ class ODEBlock(nn.Module):
         return self.t1_l2 * self.t1.square()
 
     def extra_repr(self) -> str:
-        return (f"t1={float(self.t1):.4g}, learn_t1={isinstance(self.t1, nn.Parameter)}, "
+        return (f"t1={float(self.t1.detach()):.4g}, learn_t1={isinstance(self.t1, nn.Parameter)}, "
                 f"solver={type(self.solver).__name__}()")
