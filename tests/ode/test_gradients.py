@@ -111,13 +111,13 @@ def test_adjoint_backward_memory_is_independent_of_steps(field: Field) -> None:
 
 def test_seminorm_takes_fewer_backward_evaluations(field: Field) -> None:
     counts = []
+    calls = [0]
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return field(t, y)
+
     for seminorm in (False, True):
-        calls = [0]
-
-        def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            calls[0] += 1
-            return field(t, y)
-
         y0 = torch.randn(8, 2, dtype=D, requires_grad=True)
         ys = odeint(f, y0, torch.tensor([0.0, 2.0], dtype=D), rtol=1e-6, atol=1e-6,
                     adjoint=Adjoint(seminorm=seminorm, params=list(field.parameters())))
