@@ -189,6 +189,8 @@ def infinite_kernels(x1: Tensor | np.ndarray, x2: Tensor | np.ndarray | None = N
     k0 = a @ b.T / d
     da, db = (a * a).sum(1) / d, (b * b).sum(1) / d
     k, tk = _integrate(phi, da, db, k0, t1, steps, sigma_b, sigma_w)
+    if x2 is None:  # quadrature is not exactly symmetric in (a, b)
+        k, tk = (k + k.T) / 2, (tk + tk.T) / 2
     return KernelPair(k, k + tk if ntk else k)
 
 
