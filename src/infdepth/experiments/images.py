@@ -161,6 +161,8 @@ class GoingDeeperCNN(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        # channels-last convolutions are faster on CPU (oneDNN) and on recent GPUs
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
             x = F.max_pool2d(self.dcnn0(self.stem0(x)), 2)
             x = F.max_pool2d(self.dcnn1(self.stem1(x)), 2)
