@@ -145,7 +145,11 @@ def simulate_resnet(y0: Tensor, depth: int, *,
     use_qr = m < n
     for layer in range(1, depth + 1):
         p = phi(y)
-        if use_qr:
+        if m == 1:
+            # one input: W p has i.i.d. N(0, ||p||^2 sd_w^2) coordinates
+            z = torch.randn(s, 1, n, generator=generator, dtype=y.dtype, device=y.device)
+            y = y + (sd_w * p.norm(dim=-1, keepdim=True)) * z
+        elif use_qr:
             # W p^T has the law of Z R with Z ~ N(0, 1) (n x m) when p^T = Q R: Gaussian
             # weights are rotation invariant, so n*m draws replace n*n.
             r = torch.linalg.qr(p.transpose(1, 2), mode="r")[1]
