@@ -22,7 +22,8 @@ def prepare_run(out: str | os.PathLike[str], config: Any) -> Path:
     if path.exists() and not path.is_dir():
         raise InputError(f"--out={str(out)!r} is not accepted; it exists and is not a folder")
     path.mkdir(parents=True, exist_ok=True)
-    write_json(path / "config.json", asdict(config) if is_dataclass(config) else dict(config))
+    data = asdict(config) if is_dataclass(config) and not isinstance(config, type) else config
+    write_json(path / "config.json", dict(data))
     return path
 
 
