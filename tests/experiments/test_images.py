@@ -188,3 +188,11 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path, capsys, monkeypatch
 def test_model_is_plain_module():
     assert issubclass(GoingDeeperCNN, torch.nn.Module)
     assert isinstance(build_model(SMALL, (1, 8, 8), 10).dcnn0, InfiniteDepth)
+
+
+def test_mixed_precision_forward_gives_float_logits():
+    model = build_model(replace(SMALL, amp=True), (1, 8, 8), 10)
+    out = model(torch.rand(4, 1, 8, 8))
+    assert out.dtype == torch.float32 and out.shape == (4, 10) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert model.dcnn0.w.grad is not None

@@ -48,7 +48,7 @@ PAPER_FINAL_W = {"dcnn0": 0.339, "dcnn1": 1.928, "dfc0": 0.406}
 OPTIMIZERS = ("adadelta", "adam")
 DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3}
 #: default epochs per data set (digits: the quick always-available run)
-DEFAULT_EPOCHS = {"digits": 40, "mnist": 20, "fashion-mnist": 20, "idx": 20}
+DEFAULT_EPOCHS = {"digits": 30, "mnist": 20, "fashion-mnist": 20, "idx": 20}
 DEFAULT_BATCH = {"digits": 64, "mnist": 512, "fashion-mnist": 512, "idx": 512}
 
 
@@ -62,7 +62,7 @@ class ImagesConfig:
 
     dataset: str = "digits"
     data_dir: str | None = None
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 64
     dropout: float = 0.25
     conv_w_l2: float = 5e-5
@@ -263,7 +263,8 @@ def run_images(
         old = load_checkpoint(out_dir / CHECKPOINT)["history"]
         previous_seconds = float(old[-1].get("seconds", 0.0)) if old else 0.0
     started = time.perf_counter()
-    running: dict[str, float] = {"loss": 0.0, "acc": 0.0, "n": 0}
+    # running sums stay tensors so that a GPU run does not synchronise every step
+    running: dict[str, Any] = {"loss": 0.0, "acc": 0.0, "n": 0}
 
     def loss_fn(out: Tensor, y: Tensor) -> Tensor:
         loss = F.cross_entropy(out, y)
@@ -272,8 +273,8 @@ def run_images(
 
     def step_metrics(out: Tensor, y: Tensor) -> dict[str, Tensor]:
         acc = _accuracy(out, y)
-        running["loss"] += float(F.cross_entropy(out, y))
-        running["acc"] += float(acc)
+        running["loss"] = running["loss"] + F.cross_entropy(out, y).detach()
+        running["acc"] = running["acc"] + acc.detach()
         running["n"] += 1
         return {"train_acc": acc}
 
@@ -295,8 +296,8 @@ def run_images(
                 for name, layer in depth_layers(net)
             )
             tqdm.write(
-                f"[{label}] epoch {epoch:3d}  train loss {running['loss'] / k:.4f} acc "
-                f"{running['acc'] / k:.4f}  test loss {rec['test_loss']:.4f} acc {rec['test_acc']:.4f}"
+                f"[{label}] epoch {epoch:3d}  train loss {float(running['loss']) / k:.4f} acc "
+                f"{float(running['acc']) / k:.4f}  test loss {rec['test_loss']:.4f} acc {rec['test_acc']:.4f}"
                 f"  {layers}  ({seconds:.0f} s)"
             )
         running.update(loss=0.0, acc=0.0, n=0)
