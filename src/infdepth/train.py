@@ -178,7 +178,8 @@ def fit(
     elif out_dir is not None and ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS).write_text("")
-    grow(raw, optimizer)
+    layers = depth_layers(raw)
+    grow(raw, optimizer, layers)
     wrapped = ctx.wrap(raw)
 
     device = torch.device(config.device)
@@ -203,7 +204,7 @@ def fit(
             except DivergenceError as exc:
                 raise DivergenceError(f"at step {step + 1}: {exc}") from exc
             loss = loss_fn(out, y)
-            penalty = total_penalty(raw)
+            penalty = total_penalty(raw, layers)
             objective = loss if penalty is None else loss + penalty
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -212,11 +213,11 @@ def fit(
                 scheduler.step()
             if ctx.enabled:
                 _sync_depths(raw)
-            ws = depths(raw)
+            ws = {name or "layer": layer.depth for name, layer in layers}
             bad = {k: v for k, v in ws.items() if not math.isfinite(v)}
             if bad:
                 raise DivergenceError(f"at step {step + 1}, w became non-finite: {bad}")
-            if grow(raw, optimizer) and ctx.enabled:
+            if grow(raw, optimizer, layers) and ctx.enabled:
                 wrapped = ctx.wrap(raw)
 
             with torch.no_grad():
@@ -237,9 +238,7 @@ def fit(
                     raise DivergenceError(f"at step {done}, the loss became {record['loss']}")
                 window, window_steps = {}, 0
                 record["w"] = ws
-                record["active_blocks"] = {
-                    name or "layer": layer.active_blocks for name, layer in depth_layers(raw)
-                }
+                record["active_blocks"] = {name or "layer": layer.active_blocks for name, layer in layers}
                 if is_eval and ctx.is_main:
                     assert evaluate is not None
                     raw.eval()

@@ -29,6 +29,14 @@ class Gate(nn.Module):
     def forward(self, x: Tensor, w: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def fixed_alpha(self) -> float | None:
+        """``alpha`` if this is ``relu(1 - exp(alpha (x - w)))`` with a constant ``alpha``, else None.
+
+        Such gates take the layer's fused fast path (:mod:`infdepth.depth.fused`).
+        """
+        return None
+
 
 class ExpGate(Gate):
     """The paper's gate ``delta_w(x) = relu(1 - exp(x - w))``."""
@@ -36,6 +44,10 @@ class ExpGate(Gate):
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         # 1 - exp(u) == -expm1(u), exact near u = 0 where the gate switches off.
         return torch.relu(-torch.expm1(x - w))
+
+    @property
+    def fixed_alpha(self) -> float | None:
+        return 1.0
 
 
 class StretchedGate(Gate):
@@ -61,6 +73,12 @@ class StretchedGate(Gate):
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         return torch.relu(-torch.expm1(self.alpha * (x - w)))
+
+    @property
+    def fixed_alpha(self) -> float | None:
+        if isinstance(self.log_alpha, nn.Parameter):
+            return None
+        return math.exp(float(self.log_alpha))
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha.item():.4g}, trainable={isinstance(self.log_alpha, nn.Parameter)}"

@@ -44,19 +44,26 @@ def register_parameters(
     group["params"].sort(key=lambda p: order.get(id(p), len(order)))
 
 
-def grow(model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, int]:
+def grow(
+    model: nn.Module,
+    optimizer: Optimizer | None = None,
+    layers: list[tuple[str, InfiniteDepth]] | None = None,
+) -> dict[str, int]:
     """Grow every g-infinity layer of ``model`` whose ``ceil(w)`` passed its built count.
 
     New parameters are registered with ``optimizer`` (if given), keeping every old
-    parameter's state.  Returns ``{layer name: new sub-layer count}`` for the layers
-    that grew (empty when nothing grew).
+    parameter's state; sub-layers that ``forward`` built lazily since the last call
+    are registered too.  ``layers`` (from :func:`depth_layers`) skips the module
+    traversal in a hot loop.  Returns ``{layer name: new sub-layer count}`` for the
+    layers that grew (empty when nothing grew).
     """
     grown: dict[str, int] = {}
-    for name, layer in depth_layers(model):
+    for name, layer in depth_layers(model) if layers is None else layers:
         new = layer.grow()
-        if optimizer is not None:
-            # also picks up sub-layers that forward() built lazily since the last call
-            register_parameters(optimizer, model, layer, layer.blocks.parameters())
+        if optimizer is not None and layer.pending:
+            params = [p for block in layer.pending for p in block.parameters()]
+            layer.pending.clear()
+            register_parameters(optimizer, model, layer, params)
         if new:
             grown[name or "<root>"] = len(new)
     return grown

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from infdepth.depth.fused import GatedPenalty, GatedResidual, host_gate
 from infdepth.depth.gates import Gate, make_gate
 from infdepth.depth.idempotent import check_idempotent, make_h
 from infdepth.depth.merges import make_merge
@@ -117,8 +119,14 @@ class InfiniteDepth(nn.Module):
         self.penalised = penalised
         self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         self.w = nn.Parameter(torch.tensor(float(w0)))
+        self._depth_version: tuple[int, int] = (-1, 0)
+        self._depth_cache = float(w0)
         self.blocks = nn.ModuleList()
+        # sub-layers built but not yet handed to an optimizer (see infdepth.depth.growth.grow)
+        self.pending: list[nn.Module] = []
+        self._last_module: dict[int, nn.Module] = {}
         self.register_buffer("index", torch.zeros(0), persistent=False)
+        self.register_buffer("index_eps", torch.zeros(0), persistent=False)
         self._params_per_block: int | None = None
         self._h_checked = isinstance(h, str)
         if not self._h_checked:
@@ -139,8 +147,12 @@ class InfiniteDepth(nn.Module):
     # ------------------------------------------------------------------ reporting
     @property
     def depth(self) -> float:
-        """The current depth ``w`` as a Python float."""
-        return float(self.w.detach())
+        """The current depth ``w`` as a Python float (read from the device once per update of ``w``)."""
+        version = (self.w._version, self.w.data_ptr())
+        if version != self._depth_version:
+            self._depth_cache = float(self.w.detach())
+            self._depth_version = version
+        return self._depth_cache
 
     @property
     def active_blocks(self) -> int:
@@ -211,7 +223,9 @@ class InfiniteDepth(nn.Module):
         new = [self._build(i) for i in range(len(self.blocks), total)]
         for module in new:
             self.blocks.append(module)
+        self.pending.extend(new)
         self.index = torch.arange(len(self.blocks), device=self.w.device, dtype=self.w.dtype)
+        self.index_eps = self.index + PENALTY_EPS
         return new
 
     def prune(self) -> int:
@@ -221,6 +235,8 @@ class InfiniteDepth(nn.Module):
         if removed > 0:
             self.blocks = nn.ModuleList(list(self.blocks)[:keep])
             self.index = self.index[:keep]
+            self.index_eps = self.index_eps[:keep]
+            self.pending = [m for m in self.pending if any(m is b for b in self.blocks)]
         return max(0, removed)
 
     def _load_from_state_dict(
@@ -245,6 +261,7 @@ class InfiniteDepth(nn.Module):
         out = super()._apply(fn, recurse)
         # keep the index in w's dtype after .double() / .half() (buffers of ints are left alone)
         self.index = self.index.to(dtype=self.w.dtype)
+        self.index_eps = self.index + PENALTY_EPS
         return out
 
     # ------------------------------------------------------------------ forward
@@ -267,50 +284,69 @@ class InfiniteDepth(nn.Module):
             check_idempotent(self.h, x.detach())
             self._h_checked = True
         n = self.active_blocks
+        h = self.h
         if n == 0:
-            return self.h(x)
+            return h(x)
         if n > len(self.blocks):
             # w was set from outside (or a step jumped past the built blocks): build now.
             # The training loop registers the new parameters with the optimizer after the step.
             self.grow()
-        deltas = self.gates(n).unbind()
-        h, merge = self.h, self.merge
+        # skip the module-call overhead for the two common h (a hot loop for narrow layers)
+        h_fast = None if isinstance(h, nn.Identity) else torch.relu if type(h) is nn.ReLU else h
+        alpha = self.gate.fixed_alpha
+        if alpha is not None and self.merge_name == "residual":
+            w = self.depth
+            for i, block in enumerate(itertools.islice(self.blocks, n)):
+                fx = block(x)
+                if fx.shape != x.shape:
+                    self._check_shape(i, x, fx)
+                delta, ddelta = host_gate(float(i), w, alpha)
+                x = GatedResidual.apply(x, fx, self.w, delta, ddelta)
+                if h_fast is not None:
+                    x = h_fast(x)
+            return x
+        deltas = self.gate(self.index[:n], self.w).unbind()
+        merge = self.merge
         for i, (block, delta) in enumerate(zip(self.blocks, deltas)):
             fx = block(x)
             if fx.shape != x.shape:
                 self._check_shape(i, x, fx)
-            x = h(merge(x, fx, delta))
+            x = merge(x, fx, delta)
+            if h_fast is not None:
+                x = h_fast(x)
         return x
 
     # ------------------------------------------------------------------ regularisation
-    def penalised_tensors(self, i: int) -> Iterator[tuple[Tensor, bool]]:
+    def penalised_tensors(self, i: int) -> list[tuple[Tensor, bool]]:
         """The tensors the block penalty acts on for sub-layer ``i``, with "is BatchNorm gamma"."""
         block = self.blocks[i]
         if self.penalised is not None:
-            for t in self.penalised(block):
-                yield t, False
-            return
-        module = last_parameterised(block)
+            return [(t, False) for t in self.penalised(block)]
+        module = self._last_module.get(id(block))
+        if module is None:  # found once per sub-layer: a module walk is slow in the step loop
+            module = self._last_module[id(block)] = last_parameterised(block)
         if isinstance(module, _BatchNorm):
-            if module.weight is not None:
-                yield module.weight, True
-            return
+            return [] if module.weight is None else [(module.weight, True)]
         weight = getattr(module, "weight", None)
         if isinstance(weight, Tensor):
-            yield weight, False
-        else:
-            for p in module.parameters(recurse=False):
-                yield p, False
+            return [(weight, False)]
+        return [(p, False) for p in module.parameters(recurse=False)]
 
     def block_norms(self, n: int) -> Tensor:
         """``l2`` of the penalised tensors of sub-layers ``0 .. n-1`` (shifted form for gamma)."""
         terms = []
         for i in range(n):
-            total = self.w.new_zeros(())
+            parts = []
             for t, is_gamma in self.penalised_tensors(i):
-                sq = t.square()
-                total = total + (torch.relu(sq - self.gamma_shift) if is_gamma else sq).sum()
-            terms.append(total)
+                flat = t.reshape(-1)
+                if is_gamma and self.gamma_shift != 0:
+                    parts.append(torch.relu(flat.square() - self.gamma_shift).sum())
+                else:  # relu(g^2 - 0) == g^2: one fused dot product
+                    parts.append(torch.dot(flat, flat))
+            if not parts:
+                terms.append(self.w.new_zeros(()))
+            else:
+                terms.append(parts[0] if len(parts) == 1 else torch.stack(parts).sum())
         return torch.stack(terms)
 
     def penalty(self) -> Tensor:
@@ -319,11 +355,27 @@ class InfiniteDepth(nn.Module):
         Sub-layers with ``i >= w`` have a zero gate, so they add nothing and get no gradient.
         """
         scale = self.w_l2 * (self.params_per_block if self.w_penalty == "param_scaled" else 1.0)
-        total = scale * self.w.square()
         n = self.active_blocks
+        alpha = self.gate.fixed_alpha
+        if self.block_l2 > 0 and n > 0 and alpha is not None and self.gamma_shift == 0:
+            tensors = [self.penalised_tensors(i) for i in range(n)]
+            if all(len(ts) == 1 for ts in tensors):
+                w = self.depth
+                pairs = [host_gate(i + PENALTY_EPS, w, alpha) for i in range(n)]
+                return GatedPenalty.apply(
+                    self.w,
+                    [p[0] for p in pairs],
+                    [p[1] for p in pairs],
+                    scale,
+                    self.block_l2,
+                    *(ts[0][0] for ts in tensors),
+                )
+        total = self.w.square() * scale
         if self.block_l2 > 0 and n > 0:
-            deltas = self.gate(self.index[:n] + PENALTY_EPS, self.w)
-            total = total + self.block_l2 * (deltas * self.block_norms(n)).sum()
+            if n > self.index_eps.numel():
+                self.grow(n)
+            deltas = self.gate(self.index_eps[:n], self.w)
+            total = torch.add(total, torch.dot(deltas, self.block_norms(n)), alpha=self.block_l2)
         return total
 
 
@@ -332,9 +384,15 @@ def depth_layers(model: nn.Module) -> list[tuple[str, InfiniteDepth]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, InfiniteDepth)]
 
 
-def total_penalty(model: nn.Module) -> Tensor | None:
-    """Sum of :meth:`InfiniteDepth.penalty` over every g-infinity layer in ``model`` (None if none)."""
-    terms = [layer.penalty() for _, layer in depth_layers(model)]
+def total_penalty(model: nn.Module, layers: list[tuple[str, InfiniteDepth]] | None = None) -> Tensor | None:
+    """Sum of :meth:`InfiniteDepth.penalty` over the g-infinity layers of ``model`` (None if none).
+
+    ``layers`` (from :func:`depth_layers`) skips the module traversal in a hot loop.
+    """
+    layers = depth_layers(model) if layers is None else layers
+    terms = [layer.penalty() for _, layer in layers]
+    if len(terms) == 1:
+        return terms[0]
     if not terms:
         return None
     return torch.stack(terms).sum()
