@@ -37,14 +37,18 @@ class Field(nn.Module):
         return out
 
 
-def _time(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm up
-    times = []
+def _time_pair(ours: Callable[[], None], theirs: Callable[[], None],
+               repeats: int) -> tuple[float, float]:
+    """Median seconds of each, runs interleaved so that load changes hit both alike."""
+    ours()  # warm up
+    theirs()
+    t_ours, t_theirs = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in ((ours, t_ours), (theirs, t_theirs)):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(t_ours), statistics.median(t_theirs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             field.zero_grad()
             fn()
             nfe.append(field.nfe)
-        t_ours = _time(ours, args.repeats)
-        t_theirs = _time(theirs, args.repeats)
+        t_ours, t_theirs = _time_pair(ours, theirs, args.repeats)
         print(f"# {name}: ours {t_ours * 1e3:.2f} ms (NFE {nfe[0]}), "
               f"torchdiffeq {t_theirs * 1e3:.2f} ms (NFE {nfe[1]}), "
               f"NFE difference {abs(nfe[0] - nfe[1]) / nfe[1]:.1%}")
