@@ -74,7 +74,10 @@ class Adjoint:
     """The continuous adjoint (Chen et al. 2018): memory independent of the step count.
 
     The backward pass solves the adjoint ODE for ``(y, dL/dy, dL/dparams)`` backwards
-    between consecutive output times with the same solver.
+    between consecutive output times with the same solver (restarting at each output
+    time, where ``dL/dy`` jumps). Gradients with respect to the output times are
+    ``dL/dy(t_i) . f(t_i, y(t_i))``; with per-sample time grids the times are treated
+    as constants (use :class:`Backprop` for gradients with respect to them).
 
     Args:
         rtol, atol: tolerances of the backward solve (``None``: those of the forward).

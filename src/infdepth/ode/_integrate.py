@@ -309,12 +309,13 @@ def _integrate_adaptive(
             key = direction * tc_py
             mid = bisect_left(grid.keys, key, lo=n_done)
             hi = bisect_right(grid.keys, key, lo=n_done)
-            ht = h if isinstance(h, torch.Tensor) else torch.full_like(t, h)
-            if on_accept is not None:
-                on_accept(t, ht, y, n_done, mid, hi)
-            if hi > n_done:
-                _store(outs, grid, n_done, mid, hi, t, ht, y, y1, k, tabs.dense)
-                n_done = hi
+            if on_accept is not None or hi > n_done:
+                ht = h if isinstance(h, torch.Tensor) else torch.full_like(t, h)
+                if on_accept is not None:
+                    on_accept(t, ht, y, n_done, mid, hi)
+                if hi > n_done:
+                    _store(outs, grid, n_done, mid, hi, t, ht, y, y1, k, tabs.dense)
+                    n_done = hi
             t, y, t_py, y_abs = t_cand, y1, tc_py, y1_abs
             if not solver.fsal:
                 k1 = _call(f, t, y, stats)
