@@ -14,6 +14,7 @@ from infdepth.limits._activation import KNOWN_ACTIVATIONS, Activation, resolve_a
 from infdepth.limits.kernels import (
     InfiniteDepthKernel,
     KernelPair,
+    KernelState,
     diagonal_kernels,
     gp_posterior,
     gradient_descent_prediction,
@@ -45,6 +46,7 @@ __all__ = [
     "HayouInit",
     "InfiniteDepthKernel",
     "KernelPair",
+    "KernelState",
     "LogScaleEuler",
     "Paths",
     "ResNetRun",

@@ -84,7 +84,7 @@ def variance_ode(activation: ActivationLike, t1: float, q0: float = 1.0, *,
     """``q_t1`` for ``dq/dt = sigma_b^2 + sigma_w^2 E[phi(sqrt(q) Z)^2]``, ``q_0 = q0`` (RK4)."""
     q = torch.tensor([float(check_finite("q0", q0, positive=True))], dtype=torch.float64)
     k = _integrate(resolve_activation(activation), q, q, q.view(1, 1), t1, steps,
-                   sigma_b, sigma_w)[0]
+                   sigma_b, sigma_w)[2]
     return float(k[0, 0])
 
 
@@ -98,14 +98,15 @@ def _rhs(phi: Activation, state: tuple[Tensor, Tensor, Tensor, Tensor], sb2: flo
 
 
 def _integrate(phi: Activation, da: Tensor, db: Tensor, kab: Tensor, t1: float, steps: int,
-               sigma_b: float, sigma_w: float) -> tuple[Tensor, Tensor]:
-    """RK4 for ``(K_aa, K_bb, K_ab, T_ab)``; returns ``(K_ab, T_ab)`` at ``t1``."""
+               sigma_b: float, sigma_w: float, tab: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RK4 for ``(K_aa, K_bb, K_ab, T_ab)`` over ``[0, t1]``; ``T_ab`` starts at ``K_ab`` by default."""
     t1 = check_finite("t1", t1, positive=True)
     steps = check_int("steps", steps)
     sb2 = check_finite("sigma_b", sigma_b, nonnegative=True) ** 2
     sw2 = check_finite("sigma_w", sigma_w, nonnegative=True) ** 2
     h = t1 / steps
-    state = (da, db, kab, kab.clone())
+    state = (da, db, kab, kab.clone() if tab is None else tab)
 
     def shift(slope: tuple[Tensor, ...], c: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         a, b, k, t = (x + c * s for x, s in zip(state, slope, strict=True))
@@ -118,7 +119,46 @@ def _integrate(phi: Activation, da: Tensor, db: Tensor, kab: Tensor, t1: float, 
         k4 = _rhs(phi, shift(k3, h), sb2, sw2)
         slope = tuple((a + 2 * b + 2 * c + d) / 6 for a, b, c, d in zip(k1, k2, k3, k4, strict=True))
         state = shift(slope, h)
-    return state[2], state[3]
+    return state
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """State of the kernel ODEs at time ``t`` between inputs ``a`` (rows) and ``b`` (columns).
+
+    ``kaa`` and ``kbb`` are the variances ``K_t(a, a)``, ``K_t(b, b)``; ``kab`` is ``K_t(a, b)``
+    and ``tab`` the hidden-layer tangent kernel ``T_t(a, b)``.
+    """
+
+    t: float
+    kaa: Tensor
+    kbb: Tensor
+    kab: Tensor
+    tab: Tensor
+
+    @classmethod
+    def initial(cls, x1: Tensor | np.ndarray, x2: Tensor | np.ndarray | None = None
+                ) -> KernelState:
+        """``K_0 = T_0 = x_a . x_b / d`` (input layer with N(0, 1/d) weights)."""
+        a = _as_inputs("x1", x1)
+        b = a if x2 is None else _as_inputs("x2", x2).to(a.dtype)
+        if b.shape[1] != a.shape[1]:
+            raise_input("x2", f"{b.shape[1]} features", f"{a.shape[1]} features like x1")
+        d = a.shape[1]
+        k0 = a @ b.T / d
+        return cls(0.0, (a * a).sum(1) / d, (b * b).sum(1) / d, k0, k0.clone())
+
+    def evolve(self, dt: float, *, activation: ActivationLike = "relu", sigma_b: float = 0.0,
+               sigma_w: float = 1.0, steps: int = 16) -> KernelState:
+        """Integrate the ODEs ``dt`` further with ``steps`` RK4 steps."""
+        kaa, kbb, kab, tab = _integrate(resolve_activation(activation), self.kaa, self.kbb,
+                                        self.kab, dt, steps, sigma_b, sigma_w, self.tab)
+        return KernelState(self.t + dt, kaa, kbb, kab, tab)
+
+    @property
+    def correlation(self) -> Tensor:
+        """``K_t(a, b) / sqrt(K_t(a, a) K_t(b, b))``."""
+        return self.kab / torch.sqrt(self.kaa.view(-1, 1) * self.kbb.view(1, -1))
 
 
 def diagonal_kernels(q0: Tensor, *, activation: ActivationLike = "relu", t1: float = 1.0,
@@ -180,15 +220,9 @@ def infinite_kernels(x1: Tensor | np.ndarray, x2: Tensor | np.ndarray | None = N
     ``sigma_b = 0, sigma_w = 1`` is Hayou's scaling; ``sigma_b > 0`` adds the shrinking bias
     of Peluchetti & Favaro. With ``ntk=False`` the returned ``ntk`` equals ``nngp``.
     """
-    phi = resolve_activation(activation)
-    a = _as_inputs("x1", x1)
-    b = a if x2 is None else _as_inputs("x2", x2).to(a.dtype)
-    if b.shape[1] != a.shape[1]:
-        raise_input("x2", f"{b.shape[1]} features", f"{a.shape[1]} features like x1")
-    d = a.shape[1]
-    k0 = a @ b.T / d
-    da, db = (a * a).sum(1) / d, (b * b).sum(1) / d
-    k, tk = _integrate(phi, da, db, k0, t1, steps, sigma_b, sigma_w)
+    state = KernelState.initial(x1, x2).evolve(t1, activation=activation, sigma_b=sigma_b,
+                                               sigma_w=sigma_w, steps=steps)
+    k, tk = state.kab, state.tab
     if x2 is None:  # quadrature is not exactly symmetric in (a, b)
         k, tk = (k + k.T) / 2, (tk + tk.T) / 2
     return KernelPair(k, k + tk if ntk else k)
