@@ -5,7 +5,7 @@ t in [0, 1]. Three cases: forward alone (no autograd), forward + backward throug
 the adjoint, forward + backward through the solver (backprop). Prints the NFE of
 each side and lines ``name: ratio`` with ratio = torchdiffeq time / our time.
 
-    python bench/bench_ode.py [--repeats 20] [--threads 1]
+    python bench/bench_ode.py [--repeats 20] [--threads 1] [--t1 1.0]
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per case")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--t1", type=float, default=1.0,
+                        help="end time (the issue's problem: 1; longer spans take more steps)")
     args = parser.parse_args(argv)
     try:
         import torchdiffeq
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     field = Field()
     y0 = torch.randn(64, 4)
-    t = torch.tensor([0.0, 1.0])
+    t = torch.tensor([0.0, args.t1])
 
     def ours_fwd() -> None:
         with torch.no_grad():
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "forward+backward backprop": (ours_bp, theirs_bp),
     }
     print(f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}, "
-          f"threads {args.threads}, repeats {args.repeats}")
+          f"threads {args.threads}, repeats {args.repeats}, t in [0, {args.t1:g}]")
     for name, (ours, theirs) in cases.items():
         nfe = []
         for fn in (ours, theirs):
