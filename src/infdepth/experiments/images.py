@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from infdepth import distributed
 from infdepth.data.images import DATASETS, ImageData, load_images
 from infdepth.depth.layer import InfiniteDepth, depth_layers
 from infdepth.errors import InputError
@@ -252,7 +253,8 @@ def run_images(
     label = "learned" if cfg.fixed_depth is None else f"fixed{cfg.fixed_depth}"
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(cfg, out_dir, resume)
-    write_json(out_dir / "config.json", asdict(cfg))
+    if distributed.current().is_main:
+        write_json(out_dir / "config.json", asdict(cfg))
     seed_everything(cfg.seed)
     model = build_model(cfg, data.image_shape, data.classes)
     optimizer = make_optimizer(cfg, model)
@@ -289,7 +291,7 @@ def run_images(
         epoch = int(round(_current_step() / per_epoch))
         seconds = previous_seconds + time.perf_counter() - started
         rec = {"epoch": float(epoch), "test_loss": loss_sum / n, "test_acc": correct / n, "seconds": seconds}
-        if progress:
+        if progress and distributed.current().is_main:
             k = max(running["n"], 1)
             layers = " ".join(
                 f"{name}: w={layer.depth:.3f} ({layer.active_blocks} active)"
@@ -352,8 +354,9 @@ def run_images(
         seconds=seconds,
         images_per_second=len(data.x_train) * cfg.epochs / max(seconds, 1e-9),
     )
-    write_json(out_dir / "summary.json", summarise(res, history, cfg))
-    plot_run(out_dir, history, label)
+    if distributed.current().is_main:
+        write_json(out_dir / "summary.json", summarise(res, history, cfg))
+        plot_run(out_dir, history, label)
     return res
 
 
