@@ -1,9 +1,10 @@
 """The integration loop: the one place where steps are taken, accepted and stored.
 
-Host synchronisation: an adaptive solve reads back three numbers per attempted step
-(error ratio, candidate time, step size) in one transfer, needed to decide whether to
-continue; everything else (stages, error norm, step-size control) stays on the
-device. A fixed-step solve reads nothing back until the end.
+Host synchronisation: an adaptive solve reads back one number per attempted step
+(the error ratio), which the loop needs to decide whether to continue; the step-size
+controller then runs on the host on that number, and everything else (stages, error
+estimate, dense output) stays on the device. A fixed-step solve reads back nothing
+until its end, where one check for non-finite states is made.
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ def _integrate_adaptive(
         hm_py = min(abs(h_py) * factor, ctrl.dtmax)
         if accepted:
             stats.accepted += 1
-            prev_r = r
+            prev_r = max(r, 1e-10)
             key = direction * tc_py
             mid = bisect_left(grid.keys, key, lo=n_done)
             hi = bisect_right(grid.keys, key, lo=n_done)
