@@ -127,7 +127,7 @@ def register(sub: Any) -> None:
     q.add_argument("--res-blocks", type=int, default=6, help="residual blocks of the ResNet")
     q.add_argument("--epochs", type=int, default=12, help="training epochs per model")
     q.add_argument("--batch", type=int, default=64, help="images per step")
-    q.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (Adam, one-cycle)")
+    q.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (Adam, one-cycle)")
     q.add_argument("--rtol", type=float, default=1e-3, help="ODE solver relative tolerance")
     q.add_argument("--atol", type=float, default=1e-3, help="ODE solver absolute tolerance")
     q.add_argument("--backprop", action="store_true",

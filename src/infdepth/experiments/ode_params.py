@@ -39,7 +39,7 @@ class ParamsConfig:
     res_blocks: int = 6
     epochs: int = 12
     batch: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-2
     rtol: float = 1e-3
     atol: float = 1e-3
     adjoint: bool = True
