@@ -46,7 +46,7 @@ class RungeKutta:
         return self.tableau.fsal
 
     @property
-    def dense_needs_end_derivative(self) -> bool:
+    def dense_needs_end_derivative(self) -> bool:  # read once per solve
         """Dense output uses ``f(t1, y1)`` as an extra row (non-FSAL Hermite interpolant)."""
         return self.tableau.dense_matrix().shape[0] > self.stages
 

@@ -15,6 +15,7 @@ interpolant needs one extra row, for the derivative at the end of the step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from numpy.polynomial import polynomial as npoly
@@ -55,7 +56,7 @@ class ButcherTableau:
     def stages(self) -> int:
         return len(self.c)
 
-    @property
+    @cached_property
     def fsal(self) -> bool:
         """First same as last: the last stage is evaluated at ``(t1, y1)``."""
         s = self.stages
