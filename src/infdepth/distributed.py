@@ -46,6 +46,19 @@ class DistContext:
         device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
+    def rewrap(self, wrapped: nn.Module, model: nn.Module) -> nn.Module:
+        """A fresh DDP wrapper after ``model`` grew; the old one's gradient hooks are removed first.
+
+        DDP fixes its parameter set (and gradient buckets) at construction, so new
+        sub-layers need a new wrapper.  Its constructor broadcasts rank 0's
+        parameters, which also re-asserts that every rank holds the same values.
+        """
+        if not self.enabled:
+            return model
+        if isinstance(wrapped, DistributedDataParallel):
+            wrapped._remove_autograd_hooks()  # else the stale reducer fires on the next backward
+        return self.wrap(model)
+
     def barrier(self) -> None:
         """Wait for every rank (no-op in one process)."""
         if self.enabled:
@@ -98,3 +111,15 @@ def all_equal_depths(depths: list[float]) -> list[float]:
         t = t.cuda()
     dist.broadcast(t, src=0)
     return t.cpu().tolist()
+
+
+def mean_over_ranks(values: dict[str, Tensor | float]) -> dict[str, float]:
+    """Average scalar metrics over the ranks (one collective); floats as they are in one process."""
+    ctx = current()
+    if not ctx.enabled or not values:
+        return {k: float(v) for k, v in values.items()}
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()).cpu() for v in values.values()])
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return dict(zip(values, (t / ctx.world).cpu().tolist()))

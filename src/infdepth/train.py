@@ -86,13 +86,26 @@ class FitResult:
         return [r[key] for r in self.history if key in r]
 
 
+class WithPenalty(nn.Module):
+    """``x -> (model(x), penalty)``: the penalty is computed inside ``forward``.
+
+    DistributedDataParallel only sees parameters used in its ``forward``; a ``w`` whose
+    layer runs no sub-layer (``w <= 0``) is used by the penalty alone, so the penalty
+    must be part of the wrapped forward or DDP reports it as used twice.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = depth_layers(model)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.model(x), total_penalty(self.model, self.layers)
+
+
 def depths(model: nn.Module) -> dict[str, float]:
     """``{layer name: w}`` for every g-infinity layer of ``model``."""
     return {name or "layer": layer.depth for name, layer in depth_layers(model)}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _sync_depths(model: nn.Module) -> None:
@@ -147,7 +160,7 @@ def fit(
             must be a pure function of ``step`` for exact resumption.
         loss_fn: ``(outputs, targets) -> scalar`` data loss (the penalty is added here).
         config: steps, cadences, run folder, resume.
-        evaluate: ``model -> {metric: value}``, called in eval mode on rank 0.
+        evaluate: ``model -> {metric: value}``, called in eval mode (on every rank).
         step_metrics: ``(outputs, targets) -> {metric: scalar tensor}``, averaged per log window.
         scheduler: optional LR scheduler, stepped once per optimizer step.
 
@@ -178,9 +191,10 @@ def fit(
     elif out_dir is not None and ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS).write_text("")
-    layers = depth_layers(raw)
+    net = WithPenalty(raw)
+    layers = net.layers
     grow(raw, optimizer, layers)
-    wrapped = ctx.wrap(raw)
+    wrapped = ctx.wrap(net)
 
     device = torch.device(config.device)
     window: dict[str, Tensor] = {}
@@ -200,11 +214,10 @@ def fit(
             y = ctx.shard(y).to(device, non_blocking=True)
             wrapped.train()
             try:
-                out = wrapped(x)
+                out, penalty = wrapped(x)
             except DivergenceError as exc:
                 raise DivergenceError(f"at step {step + 1}: {exc}") from exc
             loss = loss_fn(out, y)
-            penalty = total_penalty(raw, layers)
             objective = loss if penalty is None else loss + penalty
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
@@ -218,7 +231,7 @@ def fit(
             if bad:
                 raise DivergenceError(f"at step {step + 1}, w became non-finite: {bad}")
             if grow(raw, optimizer, layers) and ctx.enabled:
-                wrapped = ctx.wrap(raw)
+                wrapped = ctx.rewrap(wrapped, net)
 
             with torch.no_grad():
                 window["loss"] = window.get("loss", 0) + loss.detach()
@@ -233,13 +246,13 @@ def fit(
             is_log = done % config.log_every == 0 or done == config.steps or is_eval
             if is_log:
                 record: dict[str, Any] = {"step": done}
-                record.update({k: float(v) / window_steps for k, v in window.items()})
+                record.update(distributed.mean_over_ranks({k: v / window_steps for k, v in window.items()}))
                 if not math.isfinite(record["loss"]):
                     raise DivergenceError(f"at step {done}, the loss became {record['loss']}")
                 window, window_steps = {}, 0
                 record["w"] = ws
                 record["active_blocks"] = {name or "layer": layer.active_blocks for name, layer in layers}
-                if is_eval and ctx.is_main:
+                if is_eval:  # on every rank: histories stay identical, so do resumes
                     assert evaluate is not None
                     raw.eval()
                     with torch.no_grad():
@@ -273,7 +286,7 @@ def save_checkpoint(
     atomic_torch_save(
         {
             "step": step,
-            "model": _unwrap(model).state_dict(),
+            "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": _rng_state(),

@@ -26,6 +26,7 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from infdepth import distributed
 from infdepth.data.xor import step_generator, xor_batch
 from infdepth.depth.layer import InfiniteDepth
 from infdepth.errors import InputError
@@ -167,7 +168,8 @@ def run_xor(
 
 def _worker(job: tuple[XorConfig, str, bool]) -> XorResult:
     cfg, out, resume = job
-    torch.set_num_threads(1)
+    if not distributed.current().enabled:
+        torch.set_num_threads(1)
     out_dir = Path(out)
     if resume and not (out_dir / "checkpoint.pt").is_file():
         resume = False
@@ -195,16 +197,21 @@ def run_sweep(
     *,
     jobs: int,
     resume: bool = False,
+    write: bool = True,
 ) -> dict[str, Any]:
-    """Every (k, seed) in parallel processes; writes summary.json, figures and a table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Every (k, seed) in parallel processes; writes summary.json, figures and a table.
+
+    ``write=False`` (the non-zero ranks under torchrun) trains but writes nothing.
+    """
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
     work = [
         (XorConfig(**{**asdict(base), "k": k, "seed": s}), str(out_dir / f"k{k}_seed{s}"), resume)
         for k in ks
         for s in seeds
     ]
     results: list[XorResult] = []
-    with tqdm(total=len(work), desc="xor runs", dynamic_ncols=True) as bar:
+    with tqdm(total=len(work), desc="xor runs", dynamic_ncols=True, disable=not write) as bar:
         if jobs <= 1:
             for job in work:
                 results.append(_worker(job))
@@ -216,6 +223,8 @@ def run_sweep(
                     bar.update(1)
     results.sort(key=lambda r: (r.k, r.seed))
     summary = summarise(results, base)
+    if not write:
+        return summary
     write_json(out_dir / "summary.json", summary)
     (out_dir / "table.md").write_text(comparison_table(summary))
     plot_sweep(out_dir, results)
@@ -394,6 +403,8 @@ def main(args: argparse.Namespace) -> int:
             )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device={args.device!r} is not accepted: CUDA is not available here; use cpu")
+    ctx = distributed.setup(args.device)
+    device = distributed.local_device(args.device)
     base = XorConfig(
         k=0,
         steps=steps,
@@ -404,13 +415,19 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
-        device=args.device,
+        device=device,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "config.json", {**asdict(base), "ks": args.k, "seeds": seeds, "jobs": args.jobs})
-    run_sweep(
-        args.k, seeds, base, args.out, jobs=min(args.jobs, len(args.k) * len(seeds)), resume=args.resume
-    )
-    print((args.out / "table.md").read_text())
-    print(f"results: {args.out / 'summary.json'}; figures: {args.out}/xor_*.png")
+    jobs = min(args.jobs, len(args.k) * len(seeds))
+    if ctx.enabled:
+        jobs = 1  # under torchrun every run is data-parallel over the ranks, one run at a time
+    if ctx.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(
+            args.out / "config.json",
+            {**asdict(base), "ks": args.k, "seeds": seeds, "jobs": jobs, "world_size": ctx.world},
+        )
+    run_sweep(args.k, seeds, base, args.out, jobs=jobs, resume=args.resume, write=ctx.is_main)
+    if ctx.is_main:
+        print((args.out / "table.md").read_text())
+        print(f"results: {args.out / 'summary.json'}; figures: {args.out}/xor_*.png")
     return 0

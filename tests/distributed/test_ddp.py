@@ -1,0 +1,165 @@
+"""Real multi-process training: torchrun, gloo, 2 processes on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0"]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("WORLD_SIZE", None)
+    e["OMP_NUM_THREADS"] = "1"
+    e["PYTHONPATH"] = str(HERE)
+    return e
+
+
+def torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    # --master-port 0 lets the rendezvous pick a free port
+    return subprocess.run(
+        [*TORCHRUN, "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", *args],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    done = torchrun([str(HERE / "ddp_worker.py"), str(out / "two"), "30"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, str(HERE / "ddp_worker.py"), str(out / "one"), "30"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    return out
+
+
+def test_ranks_grow_in_lockstep_and_stay_identical(ddp_run: Path) -> None:
+    r0 = torch.load(ddp_run / "two" / "rank0.pt")
+    r1 = torch.load(ddp_run / "two" / "rank1.pt")
+    assert r0["built"] == r1["built"] and r0["built"] > 2, "w must have grown past the first chunk"
+    assert r0["w"] == r1["w"]
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+
+
+def test_two_half_batches_match_one_full_batch(ddp_run: Path) -> None:
+    two = torch.load(ddp_run / "two" / "rank0.pt")
+    one = torch.load(ddp_run / "one" / "rank0.pt")
+    assert two["built"] == one["built"]
+    for k in one["state"]:
+        torch.testing.assert_close(two["state"][k], one["state"][k], rtol=1e-9, atol=1e-11)
+
+
+def test_only_rank_zero_writes_and_metrics_are_global(ddp_run: Path) -> None:
+    lines = [json.loads(x) for x in (ddp_run / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (ddp_run / "one" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [r["step"] for r in ref]
+    for a, b in zip(lines, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
+    assert sorted(p.name for p in (ddp_run / "two").iterdir()) == ["rank0.pt", "rank1.pt", "run"]
+
+
+def _rank_pids(marker: str) -> dict[int, int]:
+    pids = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in cmd and "infdepth" in cmd and "torch.distributed.run" not in cmd:
+            ranks = [e for e in environ if e.startswith(b"RANK=")]
+            if ranks:
+                pids[int(ranks[0].split(b"=")[1])] = int(proc.name)
+    return pids
+
+
+def test_killing_a_rank_fails_clearly_and_the_checkpoint_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "xor"
+    args = [
+        "-m",
+        "infdepth",
+        "xor",
+        "--k",
+        "3",
+        "--steps",
+        "4000",
+        "--eval-every",
+        "50",
+        "--checkpoint-every",
+        "50",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [*TORCHRUN, "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", *args],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpt = out / "k3_seed0" / "checkpoint.pt"
+    deadline = time.time() + 180
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    pids = _rank_pids(str(out))
+    assert set(pids) == {0, 1}
+    os.kill(pids[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert "FAILED" in err or "failed" in err.lower()
+    saved = torch.load(ckpt, weights_only=False)  # intact and readable
+    step = saved["step"]
+    assert step >= 50 and step % 50 == 0
+    # resume from it, in one process, for a few more steps
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infdepth",
+            "xor",
+            "--k",
+            "3",
+            "--steps",
+            str(step + 100),
+            "--eval-every",
+            "50",
+            "--checkpoint-every",
+            "50",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+            "--resume",
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(ckpt, weights_only=False)["step"] == step + 100
