@@ -8,12 +8,34 @@ Three routes to infinite depth:
   (:mod:`infdepth.limits`).
 """
 
+from infdepth.depth import (
+    ExpGate,
+    FixedBatchNorm,
+    Gate,
+    InfiniteDepth,
+    StretchedGate,
+    depth_layers,
+    grow,
+    total_penalty,
+)
 from infdepth.errors import DivergenceError, InputError
+from infdepth.train import FitConfig, FitResult, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DivergenceError",
+    "ExpGate",
+    "FitConfig",
+    "FitResult",
+    "FixedBatchNorm",
+    "Gate",
+    "InfiniteDepth",
     "InputError",
+    "StretchedGate",
     "__version__",
+    "depth_layers",
+    "fit",
+    "grow",
+    "total_penalty",
 ]
