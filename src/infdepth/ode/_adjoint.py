@@ -157,7 +157,10 @@ def _vjp(
         fy = f(t, y_)
         grads: tuple[torch.Tensor | None, ...] = (None,) * (1 + len(params))
         if fy.requires_grad:
-            grads = torch.autograd.grad(fy, (y_, *params), cotangent, allow_unused=True)
+            # a scalar output: autograd's shape checks of grad_outputs cost more per call
+            # than the extra product and sum
+            grads = torch.autograd.grad(torch.vdot(fy.reshape(-1), cotangent.reshape(-1)),
+                                        (y_, *params), allow_unused=True)
     out = [torch.zeros_like(x) if gx is None else gx
            for x, gx in zip((y_, *params), grads, strict=True)]
     return fy.detach(), out
