@@ -22,7 +22,7 @@ CASES = {
     "width-regime": ["--widths", "1,4", "--t-max", "4", "--dt", "0.1", "--samples", "100",
                      "--saves", "10"],
     "kernel-ode": ["--widths", "8,16", "--depths", "2,4", "--samples", "4", "--inputs", "3",
-                   "--activations", "relu", "--bootstrap", "10"],
+                   "--activations", "relu"],
     "inference": ["--train", "30", "--test", "20", "--steps", "5", "--widths", "8",
                   "--fixed-depth", "2", "--depths", "2,3", "--fixed-width", "8"],
     "expressivity": ["--times", "0,0.5", "--grid", "5", "--circle-points", "6", "--mc-width",
