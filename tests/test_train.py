@@ -135,3 +135,36 @@ def test_corrupt_checkpoint_is_named(tmp_path) -> None:
 def test_bad_config(kw) -> None:
     with pytest.raises(InputError):
         FitConfig(**kw)
+
+
+def test_non_finite_parameters_never_reach_a_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1), nn.Flatten(0))  # no w to watch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def poisoned(step: int):
+        x, y = batch(step)
+        if step == 10:
+            with torch.no_grad():
+                model[2].weight.fill_(float("inf"))
+        return x, y
+
+    config = dict(log_every=100, checkpoint_every=5, out_dir=tmp_path, progress=False)
+    fit(model, opt, poisoned, nn.BCEWithLogitsLoss(), FitConfig(steps=10, **config))
+    saved = (tmp_path / CHECKPOINT).read_bytes()
+    with pytest.raises(DivergenceError, match=r"at step 15, non-finite values in .*'2.weight'"):
+        fit(model, opt, poisoned, nn.BCEWithLogitsLoss(), FitConfig(steps=20, resume=True, **config))
+    assert (tmp_path / CHECKPOINT).read_bytes() == saved
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path) -> None:
+    run(tmp_path, 5)
+    other = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(InputError, match="does not fit this model"):
+        fit(
+            other,
+            torch.optim.Adam(other.parameters()),
+            batch,
+            nn.MSELoss(),
+            FitConfig(steps=10, out_dir=tmp_path, resume=True, progress=False),
+        )

@@ -176,9 +176,15 @@ def fit(
     if config.resume:
         assert out_dir is not None
         ckpt = load_checkpoint(out_dir / CHECKPOINT)
-        raw.load_state_dict(ckpt["model"])
-        grow(raw, optimizer)
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            raw.load_state_dict(ckpt["model"])
+            grow(raw, optimizer)
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise InputError(
+                f"checkpoint {out_dir / CHECKPOINT} does not fit this model or optimizer "
+                f"(was it written with other settings?): {exc}"
+            ) from exc
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"])
@@ -265,6 +271,9 @@ def fit(
             if out_dir is not None and (
                 done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
             ):
+                bad_params = [n for n, p in raw.named_parameters() if not bool(torch.isfinite(p).all())]
+                if bad_params:  # never replace the last good checkpoint by a broken one
+                    raise DivergenceError(f"at step {done}, non-finite values in {bad_params[:5]}")
                 if ctx.is_main:
                     save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result)
                 ctx.barrier()
