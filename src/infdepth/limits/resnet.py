@@ -9,6 +9,13 @@ network an Euler-Maruyama step of a diffusion on ``[0, t1]`` with step ``t1 / L`
 * :class:`ShrinkingInit` (Peluchetti & Favaro, 2021): bias and weight distributions
   whose mean and variance shrink like ``1/L``: ``b ~ N(mu_b h, sigma_b^2 h)``,
   ``W_ij ~ N(mu_w h / n, sigma_w^2 h / n)`` with ``h = t1/L``.
+
+Weights are sampled *in law*, which is exact and much cheaper: for one input ``W phi(y)`` has
+i.i.d. ``N(0, sd^2 ||phi(y)||^2)`` coordinates (``n`` draws instead of ``n^2``); for ``m < n``
+inputs sharing the weights, ``W phi(Y)^T = (W Q) R`` with ``phi(Y)^T = Q R`` and ``W Q`` i.i.d.
+Gaussian by rotation invariance (``n m`` draws); otherwise the ``n x n`` matrix is drawn.
+The weights themselves are never returned: use :class:`~infdepth.limits.finite.FiniteResNet`
+for a network whose parameters you can inspect or train.
 """
 
 from __future__ import annotations
