@@ -107,7 +107,9 @@ def bench_growth(width: int, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--inner", type=int, default=10, help="steps per timing round")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
