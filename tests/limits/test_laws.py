@@ -106,3 +106,28 @@ def test_log_scale_euler_is_euler_pathwise() -> None:
     a = simulate(sde, y0, 2.0, 100, samples=64, generator=_gen(8), solver=EulerMaruyama())
     b = simulate(sde, y0, 2.0, 100, samples=64, generator=_gen(8), solver=LogScaleEuler())
     torch.testing.assert_close(a.values(), b.values(), rtol=1e-9, atol=1e-12)
+
+
+def test_richardson_removes_first_order_weak_bias() -> None:
+    """Linear width 3, coarse steps: E log||X_T|| and E||X_T||^2 against the closed forms."""
+    from infdepth.limits import richardson_expectation
+
+    n, t, steps, samples = 3, 2.0, 10, 100_000
+    sde = ResNetSDE.create(n, "linear")
+    y0 = torch.full((n,), 1 / math.sqrt(n), dtype=torch.float64)
+    exact_log = (0.5 - 1 / n) * t
+    em = simulate(sde, y0, t, steps, samples=samples, generator=_gen(11)).values()[-1]
+    em_log = em.norm(dim=-1).log()
+    em_bias = abs(float(em_log.mean()) - exact_log)
+    est = richardson_expectation(sde, lambda x: x.norm(dim=-1).log(), y0, t, steps,
+                                 samples=samples, generator=_gen(12))
+    assert abs(est.value - exact_log) < 4 * est.standard_error + 1e-3
+    assert em_bias > 4 * float(em_log.std()) / math.sqrt(samples)  # plain EM is biased here
+    sq = richardson_expectation(sde, lambda x: (x * x).sum(-1), y0, t, steps, samples=samples,
+                                generator=_gen(13))
+    # E||X||^2 grows by exactly (1 + h) per Euler step: (1 + h)^N = 6.19 instead of e^2 = 7.39;
+    # the extrapolated scheme has mean 2 (1 + h/2)^(2N) - (1 + h)^N = 7.26, O(h^2) from e^2
+    h = t / steps
+    assert abs(sq.value - (2 * (1 + h / 2) ** (2 * steps) - (1 + h) ** steps)) \
+        < 4 * sq.standard_error
+    assert abs(sq.value - math.exp(t)) < 0.25 * abs((1 + h) ** steps - math.exp(t))

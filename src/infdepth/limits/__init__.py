@@ -3,7 +3,8 @@
 * :func:`simulate_resnet` samples finite random ResNets (:class:`HayouInit`,
   :class:`ShrinkingInit`), vectorised over samples;
 * :class:`ResNetSDE` and :func:`simulate` give their depth limits (diffusions), solved with
-  :class:`EulerMaruyama` or :class:`LogScaleEuler`;
+  :class:`EulerMaruyama` or :class:`LogScaleEuler`, or with weak order 2 for
+  expectations by :func:`richardson_expectation`;
 * :mod:`~infdepth.limits.laws` gives closed-form laws as ``scipy.stats`` distributions;
 * :func:`infinite_kernels` gives the depth-then-width NNGP and NTK kernels, with
   :func:`kernel_regression`, :func:`gp_posterior` and the scikit-learn
@@ -37,11 +38,20 @@ from infdepth.limits.resnet import (
     input_layer,
     simulate_resnet,
 )
-from infdepth.limits.sde import EulerMaruyama, LogScaleEuler, Paths, ResNetSDE, simulate
+from infdepth.limits.sde import (
+    Estimate,
+    EulerMaruyama,
+    LogScaleEuler,
+    Paths,
+    ResNetSDE,
+    richardson_expectation,
+    simulate,
+)
 
 __all__ = [
     "KNOWN_ACTIVATIONS",
     "Activation",
+    "Estimate",
     "EulerMaruyama",
     "HayouInit",
     "InfiniteDepthKernel",
@@ -65,6 +75,7 @@ __all__ = [
     "relu_log_post_norm_drift",
     "relu_width1_law",
     "resolve_activation",
+    "richardson_expectation",
     "simulate",
     "simulate_resnet",
     "variance_ode",
