@@ -67,7 +67,7 @@ def run(cfg: ActivationsConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             "variance_depth_limit": float(x.var()),
             "variance_infinite_width": float(gauss.var()),
             "excess_kurtosis": float(stats.kurtosis(x)),
-            "excess_kurtosis_se": math.sqrt(24 / cfg.samples),
+            "excess_kurtosis_se_if_gaussian": math.sqrt(24 / cfg.samples),
             "ks_vs_gaussian": float(ks.statistic),
             "p_value_vs_gaussian": float(ks.pvalue),
             "fraction_exactly_frozen": float(np.mean(x == y0[:, 0].numpy())),
