@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from infdepth.limits import ShrinkingInit, input_layer, simulate_resnet
@@ -13,17 +14,23 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def test_one_layer_increment_covariance_shared_weights() -> None:
-    """Given Y, the increments of two inputs are N(0, phi(Y) phi(Y)^T / n) per coordinate."""
-    y0 = torch.tensor([[[1.0, -0.5, 2.0], [0.3, 0.8, -1.0]]], dtype=torch.float64)
+@pytest.mark.parametrize("inputs,width", [(1, 3), (2, 3), (3, 2)])
+def test_one_layer_increment_covariance_shared_weights(inputs: int, width: int) -> None:
+    """Given Y, the increments of the inputs are N(0, phi(Y) phi(Y)^T / n) per coordinate.
+
+    Covers the three sampling paths: one input, QR (inputs < width), explicit weights.
+    """
+    y0 = torch.tensor([[1.0, -0.5, 2.0], [0.3, 0.8, -1.0], [-0.7, 0.2, 0.4]],
+                      dtype=torch.float64)[:inputs, :width].unsqueeze(0)
     samples = 20000
     run = simulate_resnet(y0.expand(samples, -1, -1), 1, activation="tanh", generator=_gen(0))
-    inc = (run.final - y0).permute(0, 2, 1).reshape(-1, 2)
+    inc = (run.final - y0).permute(0, 2, 1).reshape(-1, inputs)
     emp = inc.T @ inc / inc.shape[0]
     p = torch.tanh(y0[0])
-    exact = p @ p.T / 3
+    exact = p @ p.T / width
     se = math.sqrt(2.0 / inc.shape[0]) * exact.diagonal().max()
     assert torch.all((emp - exact).abs() < 5 * se)
+    assert torch.all((inc.mean(0)).abs() < 5 * exact.diagonal().sqrt() / math.sqrt(inc.shape[0]))
 
 
 def test_shrinking_init_mean_and_variance() -> None:
