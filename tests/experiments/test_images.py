@@ -103,6 +103,7 @@ def test_short_digits_run_learns(tmp_path, digits_small):
     assert hist["train_acc"][-1] > hist["train_acc"][0] + 0.2
     assert set(hist["w"]) == set(LAYERS) and all(len(v) == 4 for v in hist["w"].values())
     assert summary["reference_mnist"]["paper_peak_test_acc"] == 0.9955
+    assert res.final_test_acc_precise_bn is not None and 0 < res.final_test_acc_precise_bn <= 1
     for fig in ("images_acc.png", "images_loss.png", "images_w.png"):
         assert (tmp_path / fig).stat().st_size > 1000
 
@@ -196,3 +197,27 @@ def test_mixed_precision_forward_gives_float_logits():
     assert out.dtype == torch.float32 and out.shape == (4, 10) and torch.isfinite(out).all()
     out.sum().backward()
     assert model.dcnn0.w.grad is not None
+
+
+def test_precise_bn_recomputes_statistics_on_a_copy():
+    from infdepth.experiments.images import precise_bn
+
+    model = build_model(SMALL, (1, 8, 8), 10)
+    before = model.dfc0.blocks[0][2].running_mean.clone()
+    x = torch.rand(50, 1, 8, 8)
+    net = precise_bn(model, x, batch_size=50)
+    assert torch.equal(model.dfc0.blocks[0][2].running_mean, before)
+    assert not net.training and not torch.equal(net.dfc0.blocks[0][2].running_mean, before)
+    # with the statistics of x, eval mode on x matches batch statistics without dropout
+    ref = copy_with_batch_stats(model)
+    torch.testing.assert_close(net(x), ref(x), rtol=0.05, atol=0.05)
+
+
+def copy_with_batch_stats(model):
+    import copy
+
+    net = copy.deepcopy(model).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    return net
