@@ -161,17 +161,19 @@ def plot(summary: dict[str, Any], cfg: InferenceConfig, path: Any) -> None:
     plt = pyplot()
     rows = summary["finite"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    by_w = [r for r in rows if r["depth"] == cfg.fixed_depth]
-    by_d = [r for r in rows if r["width"] == cfg.fixed_width]
-    axes[0].loglog([r["width"] for r in by_w], [r["relative_distance_to_ntk"] for r in by_w],
-                   "o-")
-    axes[0].set_xlabel(f"width n (depth {cfg.fixed_depth})")
-    axes[1].semilogx([r["depth"] for r in by_d], [r["relative_distance_to_ntk"] for r in by_d],
-                     "o-")
-    axes[1].set_xlabel(f"depth L (width {cfg.fixed_width})")
-    for ax in axes[:2]:
+    by_w = sorted((r for r in rows if r["depth"] == cfg.fixed_depth), key=lambda r: r["width"])
+    by_d = sorted((r for r in rows if r["width"] == cfg.fixed_width), key=lambda r: r["depth"])
+    for ax, sel, key, label in ((axes[0], by_w, "width", f"width n (depth {cfg.fixed_depth})"),
+                                (axes[1], by_d, "depth", f"depth L (width {cfg.fixed_width})")):
+        xs = [r[key] for r in sel]
+        ax.plot(xs, [r["relative_distance_to_ntk"] for r in sel], "o-")
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_ylim(0, None)
+        ax.set_xlabel(label)
         ax.set_ylabel("||f_net - f_NTK|| / ||f_NTK|| (test)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, alpha=0.3)
     labels = [f"n={r['width']},L={r['depth']}" for r in rows] + \
         ["NTK (GD)", "NTK (ridgeless)", "NNGP (GP)"]
     accs = [r["accuracy"] for r in rows] + [summary["kernels"][k]["accuracy"] for k in
