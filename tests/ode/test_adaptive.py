@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from infdepth.ode import Bosh3, Dopri5, PIController, RungeKutta, Tsit5, odeint
+from infdepth.ode import RK4, Bosh3, Dopri5, PIController, RungeKutta, Tsit5, odeint
 
 D = torch.float64
 ADAPTIVE = [Bosh3, Dopri5, Tsit5]
@@ -106,3 +106,16 @@ def test_float32_state_and_output_dtype() -> None:
     y = odeint(lambda t, y: -y, torch.ones(3), torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-6)
     assert y.dtype == torch.float32
     assert abs(float(y[-1, 0]) - math.exp(-1)) < 1e-4
+
+
+def test_per_sample_grids_with_fixed_steps() -> None:
+    # fixed steps shared by the batch, each sample read off by dense output
+    torch.manual_seed(2)
+    y0 = torch.randn(3, 2, dtype=D)
+    t = torch.tensor([[0.0, 0.0, 0.0], [0.33, 0.1, 0.5], [0.9, 0.47, 1.0]], dtype=D)
+    f = lambda t, y: torch.sin(y) - 0.5 * y
+    for solver in (RK4(), Dopri5()):
+        ys = odeint(f, y0, t, solver=solver, step_size=0.05)
+        for b in range(3):
+            yb = odeint(f, y0[b : b + 1], t[:, b], solver=solver, step_size=0.05)
+            torch.testing.assert_close(ys[:, b], yb[:, 0], rtol=0, atol=1e-6)
