@@ -108,7 +108,7 @@ def register(sub: Any) -> None:
     ode_sub = p.add_subparsers(dest="ode_command", metavar="EXPERIMENT", required=True)
 
     m = ode_sub.add_parser("memory", help="memory of a training step against depth",
-                           description="Peak memory kept for backward by a training step: "
+                           description="Memory a training step keeps for backward (and the CUDA peak): "
                            "ResNet with L blocks, ODE block with L Euler steps by backprop, "
                            "and by the adjoint.",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
