@@ -8,6 +8,7 @@ Three routes to infinite depth:
   (:mod:`infdepth.limits`).
 """
 
+from infdepth import limits, ode
 from infdepth.depth import (
     ExpGate,
     FixedBatchNorm,
@@ -19,11 +20,61 @@ from infdepth.depth import (
     total_penalty,
 )
 from infdepth.errors import DivergenceError, InputError
+from infdepth.limits import (
+    InfiniteDepthKernel,
+    ResNetSDE,
+    gp_posterior,
+    infinite_kernels,
+    kernel_regression,
+    linear_norm_law,
+    relu_width1_law,
+    simulate,
+    simulate_resnet,
+)
+from infdepth.ode import (
+    RK4,
+    Adjoint,
+    Backprop,
+    Bosh3,
+    Checkpointed,
+    Dopri5,
+    Euler,
+    Heun,
+    Midpoint,
+    ODEBlock,
+    PIController,
+    Tsit5,
+    odeint,
+)
 from infdepth.train import FitConfig, FitResult, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "RK4",
+    "Adjoint",
+    "Backprop",
+    "Bosh3",
+    "Checkpointed",
+    "Dopri5",
+    "Euler",
+    "Heun",
+    "InfiniteDepthKernel",
+    "Midpoint",
+    "ODEBlock",
+    "PIController",
+    "ResNetSDE",
+    "Tsit5",
+    "gp_posterior",
+    "infinite_kernels",
+    "kernel_regression",
+    "limits",
+    "linear_norm_law",
+    "odeint",
+    "relu_width1_law",
+    "simulate",
+    "simulate_resnet",
+    "ode",
     "DivergenceError",
     "ExpGate",
     "FitConfig",
