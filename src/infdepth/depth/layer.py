@@ -37,7 +37,7 @@ def last_parameterised(block: nn.Module) -> nn.Module:
     """The last submodule of ``block`` (in registration order) that owns parameters itself."""
     last: nn.Module | None = None
     for module in block.modules():
-        if next(module.parameters(recurse=False), None) is not None:
+        if any(p is not None for p in module._parameters.values()):
             last = module
     if last is None:
         raise InputError(f"block {block!r} has no parameters to penalise")
@@ -119,15 +119,9 @@ class InfiniteDepth(nn.Module):
         self.penalised = penalised
         self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         self.w = nn.Parameter(torch.tensor(float(w0)))
-        self._depth_version: tuple[int, int] = (-1, 0)
-        self._depth_cache = float(w0)
         self.blocks = nn.ModuleList()
         # sub-layers built but not yet handed to an optimizer (see infdepth.depth.growth.grow)
         self.pending: list[nn.Module] = []
-        self._last_module: dict[int, nn.Module] = {}
-        self.register_buffer("index", torch.zeros(0), persistent=False)
-        self.register_buffer("index_eps", torch.zeros(0), persistent=False)
-        self._params_per_block: int | None = None
         self._h_checked = isinstance(h, str)
         if not self._h_checked:
             probe = example_input if example_input is not None else torch.randn(16, 8)
@@ -147,17 +141,19 @@ class InfiniteDepth(nn.Module):
     # ------------------------------------------------------------------ reporting
     @property
     def depth(self) -> float:
-        """The current depth ``w`` as a Python float (read from the device once per update of ``w``)."""
-        version = (self.w._version, self.w.data_ptr())
-        if version != self._depth_version:
-            self._depth_cache = float(self.w.detach())
-            self._depth_version = version
-        return self._depth_cache
+        """The current depth ``w`` as a Python float, read from the parameter on every call.
+
+        Nothing is cached: whoever changed ``w`` (any optimizer, fused ones included, an
+        in-place write, ``load_state_dict``, a DDP broadcast), this is its value now.
+        """
+        return float(self.w.detach())
 
     @property
     def active_blocks(self) -> int:
         """Number of sub-layers that run: ``max(0, ceil(w))``."""
-        w = self.depth
+        return self._active(self.depth)
+
+    def _active(self, w: float) -> int:
         if not math.isfinite(w):
             raise DivergenceError(f"w of {type(self).__name__} is {w}")
         return max(0, math.ceil(w))
@@ -170,10 +166,8 @@ class InfiniteDepth(nn.Module):
     @property
     def params_per_block(self) -> int:
         """Number of trainable parameters of one sub-layer (of sub-layer 0)."""
-        if self._params_per_block is None:
-            probe = self.blocks[0] if self.blocks else self._build(0)
-            self._params_per_block = sum(p.numel() for p in probe.parameters() if p.requires_grad)
-        return self._params_per_block
+        probe = self.blocks[0] if self.blocks else self._build(0)
+        return sum(p.numel() for p in probe.parameters() if p.requires_grad)
 
     @property
     def used_parameters(self) -> int:
@@ -224,8 +218,6 @@ class InfiniteDepth(nn.Module):
         for module in new:
             self.blocks.append(module)
         self.pending.extend(new)
-        self.index = torch.arange(len(self.blocks), device=self.w.device, dtype=self.w.dtype)
-        self.index_eps = self.index + PENALTY_EPS
         return new
 
     def prune(self) -> int:
@@ -234,8 +226,6 @@ class InfiniteDepth(nn.Module):
         removed = len(self.blocks) - keep
         if removed > 0:
             self.blocks = nn.ModuleList(list(self.blocks)[:keep])
-            self.index = self.index[:keep]
-            self.index_eps = self.index_eps[:keep]
             self.pending = [m for m in self.pending if any(m is b for b in self.blocks)]
         return max(0, removed)
 
@@ -257,13 +247,6 @@ class InfiniteDepth(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def _apply(self, fn: Any, recurse: bool = True) -> InfiniteDepth:
-        out = super()._apply(fn, recurse)
-        # keep the index in w's dtype after .double() / .half() (buffers of ints are left alone)
-        self.index = self.index.to(dtype=self.w.dtype)
-        self.index_eps = self.index + PENALTY_EPS
-        return out
-
     # ------------------------------------------------------------------ forward
     def _check_shape(self, i: int, x: Tensor, fx: Tensor) -> None:
         if fx.shape != x.shape:
@@ -275,15 +258,19 @@ class InfiniteDepth(nn.Module):
     def gates(self, n: int | None = None) -> Tensor:
         """``delta_w(i)`` for ``i = 0 .. n-1`` (default: the active sub-layers)."""
         n = self.active_blocks if n is None else n
-        if n > self.index.numel():
-            self.grow(n)
-        return self.gate(self.index[:n], self.w)
+        return self.gate(self._index(n), self.w)
+
+    def _index(self, n: int, shift: float = 0.0) -> Tensor:
+        """``[0, 1, .., n-1] + shift`` in ``w``'s dtype and on its device."""
+        index = torch.arange(n, dtype=self.w.dtype, device=self.w.device)
+        return index + shift if shift else index
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._h_checked:
             check_idempotent(self.h, x.detach())
             self._h_checked = True
-        n = self.active_blocks
+        w = self.depth  # the one host read of w in a forward
+        n = self._active(w)
         h = self.h
         if n == 0:
             return h(x)
@@ -295,7 +282,6 @@ class InfiniteDepth(nn.Module):
         h_fast = None if isinstance(h, nn.Identity) else torch.relu if type(h) is nn.ReLU else h
         alpha = self.gate.fixed_alpha
         if alpha is not None and self.merge_name == "residual":
-            w = self.depth
             for i, block in enumerate(itertools.islice(self.blocks, n)):
                 fx = block(x)
                 if fx.shape != x.shape:
@@ -305,7 +291,7 @@ class InfiniteDepth(nn.Module):
                 if h_fast is not None:
                     x = h_fast(x)
             return x
-        deltas = self.gate(self.index[:n], self.w).unbind()
+        deltas = self.gate(self._index(n), self.w).unbind()
         merge = self.merge
         for i, (block, delta) in enumerate(zip(self.blocks, deltas)):
             fx = block(x)
@@ -322,9 +308,7 @@ class InfiniteDepth(nn.Module):
         block = self.blocks[i]
         if self.penalised is not None:
             return [(t, False) for t in self.penalised(block)]
-        module = self._last_module.get(id(block))
-        if module is None:  # found once per sub-layer: a module walk is slow in the step loop
-            module = self._last_module[id(block)] = last_parameterised(block)
+        module = last_parameterised(block)  # walked on every call: the block may have changed
         if isinstance(module, _BatchNorm):
             return [] if module.weight is None else [(module.weight, True)]
         weight = getattr(module, "weight", None)
@@ -355,12 +339,14 @@ class InfiniteDepth(nn.Module):
         Sub-layers with ``i >= w`` have a zero gate, so they add nothing and get no gradient.
         """
         scale = self.w_l2 * (self.params_per_block if self.w_penalty == "param_scaled" else 1.0)
-        n = self.active_blocks
+        w = self.depth
+        n = self._active(w)
+        if self.block_l2 > 0 and n > len(self.blocks):  # w moved past the built sub-layers
+            self.grow()
         alpha = self.gate.fixed_alpha
         if self.block_l2 > 0 and n > 0 and alpha is not None and self.gamma_shift == 0:
             tensors = [self.penalised_tensors(i) for i in range(n)]
             if all(len(ts) == 1 for ts in tensors):
-                w = self.depth
                 pairs = [host_gate(i + PENALTY_EPS, w, alpha) for i in range(n)]
                 return GatedPenalty.apply(
                     self.w,
@@ -372,9 +358,7 @@ class InfiniteDepth(nn.Module):
                 )
         total = self.w.square() * scale
         if self.block_l2 > 0 and n > 0:
-            if n > self.index_eps.numel():
-                self.grow(n)
-            deltas = self.gate(self.index_eps[:n], self.w)
+            deltas = self.gate(self._index(n, PENALTY_EPS), self.w)
             total = torch.add(total, torch.dot(deltas, self.block_norms(n)), alpha=self.block_l2)
         return total
 
