@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,13 @@ from infdepth.data.xor import step_generator, xor_batch
 from infdepth.depth.layer import InfiniteDepth
 from infdepth.errors import InputError
 from infdepth.io import seed_everything, write_json
+from infdepth.runfolder import open_run
 from infdepth.train import FitConfig, fit
 
 INPUTS = 8
+FULL_STEPS = 100_000  # the paper's setting
+QUICK_STEPS = 3000
+QUICK_SEEDS = (0, 1, 2)
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "data" / "reference" / "going_deeper_xor_history.csv.gz"
 
 
@@ -242,7 +246,9 @@ def summarise(results: list[XorResult], base: XorConfig) -> dict[str, Any]:
     for k, runs in sorted(by_k.items()):
         entry: dict[str, Any] = {
             "final_w": float(np.mean([r.final_w for r in runs])),
+            "final_w_std": float(np.std([r.final_w for r in runs])),
             "final_w_per_seed": [r.final_w for r in runs],
+            "seconds": float(np.mean([r.seconds for r in runs])),
             "max_w": float(np.mean([r.max_w for r in runs])),
             "final_val_acc": float(np.mean([r.final_val_acc for r in runs])),
             "min_final_val_acc": min(r.final_val_acc for r in runs),
@@ -259,8 +265,14 @@ def summarise(results: list[XorResult], base: XorConfig) -> dict[str, Any]:
     spearman_mean = (
         stats.spearmanr(mean_ks, [per_k[str(k)]["final_w"] for k in mean_ks]) if len(mean_ks) > 1 else None
     )
+    per_seed: dict[str, float | None] = {}
+    for seed in sorted({r.seed for r in results}):
+        mine = [r for r in results if r.seed == seed]
+        rho = stats.spearmanr([r.k for r in mine], [r.final_w for r in mine]) if len(mine) > 2 else None
+        per_seed[str(seed)] = None if rho is None else float(rho.statistic)
     return {
         "config": asdict(base),
+        "spearman_k_vs_final_w_per_seed": per_seed,
         "runs": [asdict(r) for r in results],
         "per_k": per_k,
         "spearman_k_vs_final_w_runs": None if spearman is None else float(spearman.statistic),
@@ -272,15 +284,23 @@ def summarise(results: list[XorResult], base: XorConfig) -> dict[str, Any]:
 def comparison_table(summary: dict[str, Any]) -> str:
     """Markdown table of final and max w per k beside the original run."""
     lines = [
-        "| k | final w (ours, mean) | final w (original) | max w (ours) | max w (original) | final val acc |",
-        "|---|---|---|---|---|---|",
+        "| k | final w (ours, mean +- sd) | final w (original) | max w (ours) | max w (original) "
+        "| final val acc (min) | s per run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for k, e in summary["per_k"].items():
         lines.append(
-            f"| {k} | {e['final_w']:.2f} | {e.get('reference_final_w', float('nan')):.2f} | "
-            f"{e['max_w']:.2f} | {e.get('reference_max_w', float('nan')):.2f} | {e['final_val_acc']:.4f} |"
+            f"| {k} | {e['final_w']:.2f} +- {e['final_w_std']:.2f} | "
+            f"{e.get('reference_final_w', float('nan')):.2f} | "
+            f"{e['max_w']:.2f} | {e.get('reference_max_w', float('nan')):.2f} | "
+            f"{e['min_final_val_acc']:.4f} | {e['seconds']:.0f} |"
         )
     lines.append("")
+    rhos = ", ".join(
+        f"seed {s}: {'n/a' if r is None else f'{r:.3f}'}"
+        for s, r in summary["spearman_k_vs_final_w_per_seed"].items()
+    )
+    lines.append(f"Spearman(k, final w) per seed: {rhos}")
     lines.append(f"Spearman(k, final w) over runs: {summary['spearman_k_vs_final_w_runs']}")
     lines.append(f"Spearman(k, mean final w): {summary['spearman_k_vs_final_w_means']}")
     return "\n".join(lines) + "\n"
@@ -354,16 +374,21 @@ def register(sub: Any) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--quick", action="store_true", help="quick setting: 3000 steps, 3 seeds (overrides --steps/--seeds)"
+        "--quick",
+        action="store_true",
+        help=f"quick setting: {QUICK_STEPS} steps and seeds {','.join(map(str, QUICK_SEEDS))} "
+        "unless --steps / --seeds are given",
     )
-    p.add_argument("--steps", type=int, default=100_000, help="optimizer steps per run (the paper: 100,000)")
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"optimizer steps per run (default: the paper's {FULL_STEPS})"
+    )
     p.add_argument(
         "--k",
         type=_int_list,
         default=list(range(INPUTS + 1)),
         help="comma-separated numbers of active inputs to run (0..8)",
     )
-    p.add_argument("--seeds", type=_int_list, default=[0], help="comma-separated seeds")
+    p.add_argument("--seeds", type=_int_list, default=None, help="comma-separated seeds (default: 0)")
     p.add_argument("--w-l2", type=float, default=1e-4, help="l2 factor on w (the paper's text: 1e-5)")
     p.add_argument(
         "--gamma-l2", type=float, default=1e-8, help="l2 factor on the BatchNorm gamma of each sub-layer"
@@ -382,28 +407,70 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--out", type=Path, default=Path("runs/xor"), help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue every run from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out from its checkpoints (only --steps, --checkpoint-every, "
+        "--jobs and --device may differ from the saved config.json)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the previous run in --out instead of refusing"
+    )
     p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the sweep described by the parsed ``args``; print the table."""
-    steps, seeds = (3000, [0, 1, 2]) if args.quick else (args.steps, args.seeds)
+#: settings that may change when a sweep is resumed (recorded in config.json under "resumes")
+RESUMABLE = ("steps", "checkpoint_every", "jobs", "device", "world_size")
+
+
+def _check_args(args: argparse.Namespace) -> tuple[int, list[int]]:
+    """Validate every flag (before anything is written); returns the steps and seeds to run."""
+    steps = args.steps if args.steps is not None else QUICK_STEPS if args.quick else FULL_STEPS
+    seeds = args.seeds if args.seeds is not None else list(QUICK_SEEDS) if args.quick else [0]
     bad_k = [k for k in args.k if not 0 <= k <= INPUTS]
     if bad_k:
         raise InputError(f"--k={bad_k} is not accepted; each k must be in 0..{INPUTS}")
-    for name in ("steps", "batch_size", "eval_every", "jobs"):
-        value = steps if name == "steps" else getattr(args, name)
+    for name, values in (("--k", args.k), ("--seeds", seeds)):
+        if len(set(values)) != len(values):
+            raise InputError(f"{name}={','.join(map(str, values))} is not accepted: it repeats an entry")
+    if any(s < 0 for s in seeds):
+        raise InputError(f"--seeds={','.join(map(str, seeds))} is not accepted; seeds must be >= 0")
+    for name, value in (
+        ("steps", steps),
+        ("batch_size", args.batch_size),
+        ("eval_every", args.eval_every),
+        ("jobs", args.jobs),
+    ):
         if value < 1:
             raise InputError(f"--{name.replace('_', '-')}={value} is not accepted; expected an integer >= 1")
-    for name in ("w_l2", "gamma_l2", "lr"):
+    if args.checkpoint_every < 0:
+        raise InputError(
+            f"--checkpoint-every={args.checkpoint_every} is not accepted; expected an integer >= 0"
+        )
+    for name in ("w_l2", "gamma_l2"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             raise InputError(
                 f"--{name.replace('_', '-')}={value} is not accepted; expected a finite number >= 0"
             )
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise InputError(f"--lr={args.lr} is not accepted; expected a finite number > 0")
+    if not math.isfinite(args.w0):
+        raise InputError(f"--w0={args.w0} is not accepted; expected a finite number")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device={args.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device={args.device!r} is not accepted: CUDA is not available here; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device={args.device!r} is not accepted; use cpu or cuda")
+    return steps, seeds
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the sweep described by the parsed ``args``; print the table."""
+    steps, seeds = _check_args(args)
     ctx = distributed.setup(args.device)
     device = distributed.local_device(args.device)
     base = XorConfig(
@@ -416,17 +483,24 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every,
-        device=device,
+        device=args.device,
     )
     jobs = min(args.jobs, len(args.k) * len(seeds))
     if ctx.enabled:
         jobs = 1  # under torchrun every run is data-parallel over the ranks, one run at a time
+    config = {**asdict(base), "ks": args.k, "seeds": seeds, "jobs": jobs, "world_size": ctx.world}
+    options: dict[str, Any] = dict(
+        resume=args.resume,
+        overwrite=args.overwrite,
+        resumable=RESUMABLE,
+        labels={"ks": "--k", "world_size": "the process count (torchrun --nproc-per-node)"},
+    )
+    open_run(args.out, config, write=False, **options)  # every rank checks before rank 0 writes
+    ctx.barrier()
     if ctx.is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_json(
-            args.out / "config.json",
-            {**asdict(base), "ks": args.k, "seeds": seeds, "jobs": jobs, "world_size": ctx.world},
-        )
+        open_run(args.out, config, **options)
+    ctx.barrier()
+    base = replace(base, device=device)
     run_sweep(args.k, seeds, base, args.out, jobs=jobs, resume=args.resume, write=ctx.is_main)
     if ctx.is_main:
         print((args.out / "table.md").read_text())
