@@ -102,6 +102,11 @@ def test_short_digits_run_learns(tmp_path, digits_small):
     assert hist["test_loss"][-1] < hist["test_loss"][0] - 0.2
     assert hist["train_acc"][-1] > hist["train_acc"][0] + 0.2
     assert set(hist["w"]) == set(LAYERS) and all(len(v) == 4 for v in hist["w"].values())
+    # the depth is learned: every layer's w left its initial value, and the reported w is the parameter
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    for name in LAYERS:
+        assert abs(res.final_w[name] - cfg.w0) > 0.02, (name, res.final_w)
+        assert res.final_w[name] == float(saved[f"{name}.w"])
     assert summary["reference_mnist"]["paper_peak_test_acc"] == 0.9955
     assert res.final_test_acc_precise_bn is not None and 0 < res.final_test_acc_precise_bn <= 1
     for fig in ("images_acc.png", "images_loss.png", "images_w.png"):
@@ -126,6 +131,26 @@ def test_resume_refuses_changed_settings(tmp_path, digits_small):
     run_images(replace(SMALL, epochs=1), tmp_path, data=digits_small, progress=False)
     with pytest.raises(InputError, match="dropout"):
         run_images(replace(SMALL, dropout=0.1), tmp_path, data=digits_small, resume=True, progress=False)
+
+
+def test_fresh_run_refuses_a_used_folder_and_overwrite_replaces_it(tmp_path, digits_small, capsys,
+                                                                  monkeypatch):
+    import infdepth.experiments.images as images
+
+    monkeypatch.setattr(images, "load_images", lambda name, data_dir=None: digits_small)
+    argv = ["images", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
+    assert cli_main(argv) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert cli_main([*argv, "--dropout", "0.1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert cli_main([*argv, "--resume", "--dropout", "0.1"]) == 2
+    assert "--dropout=0.1" in capsys.readouterr().err
+    assert cli_main([*argv, "--overwrite", "--dropout", "0.1"]) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["dropout"] == 0.1
+    assert cli_main([*argv, "--resume", "--epochs", "2", "--dropout", "0.1"]) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["epochs"] == 2 and config["resumes"] == [{"epochs": [1, 2]}]
 
 
 def test_reference_history_is_packaged():

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from infdepth.cli import main
 from infdepth.experiments.xor import XorConfig, build_xor_model, run_xor
@@ -61,14 +62,90 @@ def exit_code(argv: list[str]) -> int:
         (["xor", "--w-l2", "-1"], "--w-l2=-1.0"),
         (["xor", "--k", "a,b"], "comma-separated integers"),
         (["xor", "--no-such-flag"], "unrecognized arguments"),
+        (["xor", "--lr", "0"], "--lr=0.0 is not accepted"),
+        (["xor", "--lr", "nan"], "--lr=nan is not accepted"),
+        (["xor", "--device", "foo"], "--device='foo'"),
+        (["xor", "--k", "1,1"], "--k=1,1 is not accepted: it repeats"),
+        (["xor", "--seeds", "0,2,0"], "--seeds=0,2,0 is not accepted: it repeats"),
+        (["xor", "--w0", "nan"], "--w0=nan"),
+        (["xor", "--resume"], "--resume: no run to continue"),
+        (["xor", "--resume", "--overwrite"], "exclude each other"),
     ],
 )
 def test_cli_misuse_exits_2_without_traceback(argv, needle, capsys, tmp_path) -> None:
-    assert exit_code([*argv, "--out", str(tmp_path)]) == 2
+    out = tmp_path / "run"
+    assert exit_code([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert "usage:" in err
-    assert not (tmp_path / "summary.json").exists()
+    assert not out.exists(), "a rejected command writes nothing"
+
+
+def test_out_that_is_a_file_exits_2(tmp_path, capsys) -> None:
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    assert exit_code(["xor", "--k", "1", "--steps", "5", "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "keep me"
+
+
+def _run(out, *extra: str, steps: int = 60) -> int:
+    argv = ["xor", "--k", "2", "--seeds", "0", "--steps", str(steps), "--eval-every", "20"]
+    return exit_code([*argv, "--checkpoint-every", "20", "--jobs", "1", "--out", str(out), *extra])
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_fresh_run_refuses_a_used_out_and_leaves_it_intact(tmp_path, capsys) -> None:
+    assert _run(tmp_path) == 0
+    before = _snapshot(tmp_path)
+    assert _run(tmp_path, "--lr", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--resume" in err and "--overwrite" in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_the_previous_run(tmp_path) -> None:
+    assert _run(tmp_path, steps=40) == 0
+    assert _run(tmp_path, "--overwrite", "--lr", "0.01", steps=20) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["lr"] == 0.01 and config["resumes"] == []
+    saved = torch.load(tmp_path / "k2_seed0" / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 20  # the old run's checkpoint at step 40 is gone
+
+
+def test_overwrite_never_empties_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _run(tmp_path, "--overwrite") == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_a_changed_setting_naming_the_flag(tmp_path, capsys) -> None:
+    assert _run(tmp_path, steps=40) == 0
+    before = _snapshot(tmp_path)
+    assert _run(tmp_path, "--resume", "--lr", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "--lr=0.5" in err and "0.001" in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_resume_with_more_steps_continues_and_records_the_change(tmp_path) -> None:
+    assert _run(tmp_path, steps=40) == 0
+    assert _run(tmp_path, "--resume", steps=60) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["steps"] == 60 and config["resumes"] == [{"steps": [40, 60]}]
+    saved = torch.load(tmp_path / "k2_seed0" / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 60 and [r["step"] for r in saved["history"]] == [20, 40, 60]
+
+
+def test_quick_does_not_override_explicit_flags(tmp_path) -> None:
+    assert exit_code(["xor", "--quick", "--k", "0", "--seeds", "4", "--steps", "10", "--eval-every", "10",
+                      "--jobs", "1", "--out", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["seeds"] == [4] and config["steps"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["k0_seed4"]
 
 
 def test_help_explains_every_flag(capsys) -> None:

@@ -18,11 +18,10 @@ import argparse
 import copy
 import csv
 import gzip
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from infdepth.data.images import DATASETS, ImageData, load_images
 from infdepth.depth.layer import InfiniteDepth, depth_layers
 from infdepth.errors import InputError
 from infdepth.io import seed_everything, write_json
+from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT, FitConfig, fit, load_checkpoint
 
 REFERENCE_CSV = (
@@ -248,16 +248,22 @@ def run_images(
     *,
     data: ImageData | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> ImagesResult:
-    """Train one network; writes ``config.json``, ``metrics.jsonl``, checkpoints and ``summary.json``."""
+    """Train one network; writes ``config.json``, ``metrics.jsonl``, checkpoints and ``summary.json``.
+
+    A fresh run needs an empty ``out_dir`` (``overwrite=True`` replaces a previous run);
+    ``resume=True`` continues the run there and refuses changed settings
+    (see :func:`infdepth.runfolder.open_run`).
+    """
+    if resume and not (out_dir / CHECKPOINT).is_file():
+        raise InputError(f"no checkpoint at {out_dir / CHECKPOINT}; run without --resume first")
+    open_run(out_dir, asdict(cfg), resume=resume, overwrite=overwrite, resumable=RESUMABLE,
+             write=distributed.current().is_main)
     data = load_images(cfg.dataset, cfg.data_dir) if data is None else data
     data = data.to(cfg.device)
     label = "learned" if cfg.fixed_depth is None else f"fixed{cfg.fixed_depth}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(cfg, out_dir, resume)
-    if distributed.current().is_main:
-        write_json(out_dir / "config.json", asdict(cfg))
     seed_everything(cfg.seed)
     model = build_model(cfg, data.image_shape, data.classes)
     optimizer = make_optimizer(cfg, model)
@@ -406,26 +412,8 @@ def _used_parameters(model: GoingDeeperCNN) -> int:
     return used
 
 
-def _check_resume(cfg: ImagesConfig, out_dir: Path, resume: bool) -> None:
-    if not resume:
-        return
-    if not (out_dir / CHECKPOINT).is_file():
-        raise InputError(f"no checkpoint at {out_dir / CHECKPOINT}; run without --resume first")
-    path = out_dir / "config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        changeable = {"epochs", "device", "eval_batch", "amp", "precise_bn"}
-        diff = {
-            f.name: (old.get(f.name), getattr(cfg, f.name))
-            for f in fields(cfg)
-            if f.name not in changeable and old.get(f.name) != getattr(cfg, f.name)
-        }
-        if diff:
-            raise InputError(
-                f"--resume with settings that differ from {path}: "
-                + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                + " (only --epochs, --device, --amp may change)"
-            )
+#: settings that may change when a run is resumed (recorded in config.json under "resumes")
+RESUMABLE = ("epochs", "device", "eval_batch", "amp", "precise_bn")
 
 
 # --------------------------------------------------------------------------- reference and summary
@@ -577,7 +565,9 @@ def run_comparison(
 
     def one(c: ImagesConfig, folder: Path) -> ImagesResult:
         again = resume and (folder / CHECKPOINT).is_file()
-        return run_images(c, folder, data=data, resume=again, progress=progress)
+        # a member run that had not reached its first checkpoint starts again from scratch
+        return run_images(c, folder, data=data, resume=again, overwrite=resume and not again,
+                          progress=progress)
 
     learned = one(cfg, out_dir / "learned")
     fixed = [one(replace(cfg, fixed_depth=k), out_dir / f"fixed{k}") for k in depths]
@@ -640,7 +630,11 @@ def register(sub: Any) -> None:
                    help="CPU threads for torch (0: torch's default); 1 is fastest on a shared machine")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (mixed precision)")
     p.add_argument("--out", type=Path, default=Path("runs/images"), help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (only --epochs, --device, "
+                        "--amp, --precise-bn may differ from its config.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the previous run in --out instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=main)
 
@@ -715,6 +709,8 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
     if args.compare_depths:
+        open_run(args.out, {**asdict(cfg), "compare_depths": args.compare_depths}, resume=args.resume,
+                 overwrite=args.overwrite, resumable=RESUMABLE)
         summary = run_comparison(cfg, args.out, args.compare_depths, resume=args.resume, progress=progress)
         rows = [summary["learned"], *summary["fixed"]]
         for r in rows:
@@ -723,7 +719,7 @@ def main(args: argparse.Namespace) -> int:
                   f"{r['active_blocks']}  {r['seconds']:.0f} s")
         print(f"results: {args.out / 'comparison.json'}; figure: {args.out / 'images_fixed_depth.png'}")
         return 0
-    res = run_images(cfg, args.out, resume=args.resume, progress=progress)
+    res = run_images(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress)
     ws = "  ".join(f"{k}: w={v:.3f}" for k, v in res.final_w.items())
     print(f"{cfg.dataset} {res.label}: final test acc {res.final_test_acc:.4f}, best "
           f"{res.best_test_acc:.4f} (epoch {res.best_epoch}), {res.epochs} epochs, "
