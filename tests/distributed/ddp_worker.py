@@ -20,6 +20,7 @@ from infdepth.train import FitConfig, fit
 def main() -> None:
     out = Path(sys.argv[1])
     steps = int(sys.argv[2])
+    impl = sys.argv[3] if len(sys.argv) > 3 else "default"  # default, foreach or fused
     torch.set_num_threads(1)
     ctx = distributed.setup("cpu")
     torch.manual_seed(0)
@@ -34,6 +35,7 @@ def main() -> None:
             {"params": [layer.w], "lr": 0.2, "maximize": True},
         ],
         lr=1e-2,
+        **({} if impl == "default" else {impl: True}),
     )
 
     def batch(step: int):
@@ -51,7 +53,7 @@ def main() -> None:
         ),
     )
     torch.save(
-        {"state": model.state_dict(), "built": layer.built_blocks, "w": layer.depth},
+        {"state": model.state_dict(), "built": layer.built_blocks, "w": layer.depth, "w0": 1.5},
         out / f"rank{ctx.rank}.pt",
     )
 

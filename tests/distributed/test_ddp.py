@@ -36,13 +36,14 @@ def torchrun(args: list[str], timeout: float = 240) -> subprocess.CompletedProce
     )
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    done = torchrun([str(HERE / "ddp_worker.py"), str(out / "two"), "30"])
+@pytest.fixture(scope="module", params=["default", "fused"])
+def ddp_run(tmp_path_factory, request) -> Path:
+    """The same BN-free training (Adam in the given implementation) in 2 ranks and in 1 process."""
+    out = tmp_path_factory.mktemp(f"ddp-{request.param}")
+    done = torchrun([str(HERE / "ddp_worker.py"), str(out / "two"), "30", request.param])
     assert done.returncode == 0, done.stderr[-3000:]
     single = subprocess.run(
-        [sys.executable, str(HERE / "ddp_worker.py"), str(out / "one"), "30"],
+        [sys.executable, str(HERE / "ddp_worker.py"), str(out / "one"), "30", request.param],
         env=env(),
         capture_output=True,
         text=True,
@@ -65,6 +66,9 @@ def test_two_half_batches_match_one_full_batch(ddp_run: Path) -> None:
     two = torch.load(ddp_run / "two" / "rank0.pt")
     one = torch.load(ddp_run / "one" / "rank0.pt")
     assert two["built"] == one["built"]
+    assert abs(two["w"] - two["w0"]) > 0.5, "w must be learned under torchrun"
+    assert two["w"] == pytest.approx(one["w"], rel=1e-9)
+    assert two["w"] == float(two["state"]["1.w"])
     for k in one["state"]:
         torch.testing.assert_close(two["state"][k], one["state"][k], rtol=1e-9, atol=1e-11)
 
@@ -76,6 +80,25 @@ def test_only_rank_zero_writes_and_metrics_are_global(ddp_run: Path) -> None:
     for a, b in zip(lines, ref):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-9)
     assert sorted(p.name for p in (ddp_run / "two").iterdir()) == ["rank0.pt", "rank1.pt", "run"]
+
+
+def test_torchrun_xor_learns_depth_as_one_process_does(tmp_path: Path) -> None:
+    """The main job under 2 gloo ranks: w moves as in one process (BatchNorm sees half batches,
+    so the two runs agree closely, not bitwise)."""
+    args = ["-m", "infdepth", "xor", "--k", "6", "--steps", "800", "--eval-every", "400", "--jobs", "1"]
+    done = torchrun([*args, "--out", str(tmp_path / "two")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env(),
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    w = {}
+    for name in ("one", "two"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        w[name] = summary["per_k"]["6"]["final_w"]
+        world = json.loads((tmp_path / name / "config.json").read_text())["world_size"]
+        assert world == (2 if name == "two" else 1)
+    assert abs(w["one"] - 1.0) > 0.3 and abs(w["two"] - 1.0) > 0.3, w
+    assert w["two"] == pytest.approx(w["one"], abs=0.02), w
 
 
 def _rank_pids(marker: str) -> dict[int, int]:
