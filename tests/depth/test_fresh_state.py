@@ -134,9 +134,10 @@ def assert_reflects_w(layer: InfiniteDepth) -> None:
         assert layer.built_blocks >= layer.active_blocks
         torch.testing.assert_close(out, explicit_forward(layer, x), rtol=1e-5, atol=1e-6)
         gates = layer.gates()
+        expected = [delta(i, w, alpha_of(layer)) for i in range(layer.active_blocks)]
         torch.testing.assert_close(
             gates,
-            torch.tensor([delta(i, w, alpha_of(layer)) for i in range(layer.active_blocks)], dtype=gates.dtype),
+            torch.tensor(expected, dtype=gates.dtype),
             rtol=1e-5,
             atol=1e-7,
         )

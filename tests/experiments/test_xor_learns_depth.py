@@ -113,7 +113,8 @@ def test_kill_and_resume_is_bitwise(tmp_path: Path) -> None:
     proc.wait()
     killed_at = torch.load(ckpt, weights_only=False)["step"]
     assert 400 <= killed_at < steps
-    resumed = subprocess.run(_xor(tmp_path / "b", steps, "--resume"), env=env, capture_output=True, timeout=300)
+    again = _xor(tmp_path / "b", steps, "--resume")
+    resumed = subprocess.run(again, env=env, capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     a = torch.load(tmp_path / "a" / "k5_seed0" / "checkpoint.pt", weights_only=False)
     b = torch.load(ckpt, weights_only=False)
