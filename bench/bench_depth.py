@@ -7,13 +7,18 @@ each block's BatchNorm gamma.  Contenders run interleaved in one process; the
 median of many repeats is compared.  Also: the cost of a growth event (5 new
 sub-layers registered with the running optimizer) in training steps.
 
-Prints ``name: ratio`` lines (g-infinity time / static time; target <= 1.10).
+Also the cost of reading ``w`` on the host (``layer.depth``, no cache: the layer reads it
+once in ``forward`` and once in ``penalty``) as a share of one training step.
+
+Prints ``name: ratio`` lines (g-infinity time / static time; target <= 1.10), the
+absolute times beside them, and the load average before and after.
 Run: ``.venv/bin/python bench/bench_depth.py [--repeats N]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -64,7 +69,7 @@ def time_steps(step, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def bench_pair(width: int, depth: int, repeats: int, inner: int) -> float:
+def bench_pair(width: int, depth: int, repeats: int, inner: int) -> tuple[float, float, float]:
     torch.manual_seed(0)
     x = torch.randn(1000, width)
     y = torch.randn(1000, width)
@@ -83,7 +88,15 @@ def bench_pair(width: int, depth: int, repeats: int, inner: int) -> float:
         b.append(time_steps(theirs, inner))
     # keep w pinned below the next integer so d sub-layers run throughout
     assert layer.active_blocks == depth, layer.active_blocks
-    return statistics.median(a) / statistics.median(b)
+    return statistics.median(a) / statistics.median(b), statistics.median(a), statistics.median(b)
+
+
+def bench_w_read(layer: InfiniteDepth, n: int = 20_000) -> float:
+    """Seconds of one host read of ``w`` (``layer.depth``)."""
+    start = time.perf_counter()
+    for _ in range(n):
+        layer.depth  # noqa: B018 - the read is what is timed
+    return (time.perf_counter() - start) / n
 
 
 def bench_growth(width: int, repeats: int) -> float:
@@ -117,12 +130,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 1000")
+    print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if os.getloadavg()[0] > 0.5:
+        print("# WARNING: load above 0.5, timings are not comparable")
+    probe = InfiniteDepth(lambda i: block(24), w0=1.0, seed=0)
+    t_read = bench_w_read(probe)
     for width in (24, 256):
         for depth in (1, 3, 5, 10):
-            ratio = bench_pair(width, depth, args.repeats, args.inner)
-            print(f"ginf_vs_static_step_w{width}_d{depth}: {ratio:.3f}")
+            ratio, t_ours, t_static = bench_pair(width, depth, args.repeats, args.inner)
+            print(
+                f"ginf_vs_static_step_w{width}_d{depth}: {ratio:.3f}  "
+                f"(ours {t_ours * 1e3:.3f} ms, static {t_static * 1e3:.3f} ms, "
+                f"2 host reads of w {2 * t_read / t_ours:.2%} of the step)"
+            )
+    print(f"# one host read of w: {t_read * 1e6:.2f} us")
     for width in (24, 256):
         print(f"growth_event_in_steps_w{width}: {bench_growth(width, args.repeats):.3f}")
+    print(f"# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
