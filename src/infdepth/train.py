@@ -15,6 +15,7 @@ lockstep (the wrapper is rebuilt after a growth) and only rank 0 writes.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     resumed_from: int = 0
+    #: wall-clock seconds of the training loop, summed over every resumed part of the run
+    seconds: float = 0.0
 
     def series(self, key: str) -> list[Any]:
         """Values of ``key`` over the records that have it."""
@@ -191,6 +194,7 @@ def fit(
         start = int(ckpt["step"])
         result.history = list(ckpt["history"])
         result.resumed_from = start
+        result.seconds = float(ckpt.get("seconds", 0.0))
         if ctx.is_main:
             lines = "".join(_json_line(r) for r in result.history)
             atomic_write_bytes(out_dir / METRICS, lines.encode())
@@ -203,6 +207,8 @@ def fit(
     wrapped = ctx.wrap(net)
 
     device = torch.device(config.device)
+    earlier_seconds = result.seconds
+    started = time.perf_counter()
     window: dict[str, Tensor] = {}
     window_steps = 0
     bar = tqdm(
@@ -274,11 +280,13 @@ def fit(
                 bad_params = [n for n, p in raw.named_parameters() if not bool(torch.isfinite(p).all())]
                 if bad_params:  # never replace the last good checkpoint by a broken one
                     raise DivergenceError(f"at step {done}, non-finite values in {bad_params[:5]}")
+                result.seconds = earlier_seconds + time.perf_counter() - started
                 if ctx.is_main:
                     save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result)
                 ctx.barrier()
     finally:
         bar.close()
+    result.seconds = earlier_seconds + time.perf_counter() - started
     result.steps = config.steps
     return result
 
@@ -300,6 +308,7 @@ def save_checkpoint(
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": _rng_state(),
             "history": result.history,
+            "seconds": result.seconds,
         },
         path,
     )

@@ -133,7 +133,11 @@ def test_resume_refuses_a_changed_setting_naming_the_flag(tmp_path, capsys) -> N
 
 def test_resume_with_more_steps_continues_and_records_the_change(tmp_path) -> None:
     assert _run(tmp_path, steps=40) == 0
+    first = torch.load(tmp_path / "k2_seed0" / "checkpoint.pt", weights_only=False)["seconds"]
     assert _run(tmp_path, "--resume", steps=60) == 0
+    # the reported wall time is the whole run's: both parts, not the resumed part alone
+    run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
+    assert run["seconds"] > first > 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["steps"] == 60 and config["resumes"] == [{"steps": [40, 60]}]
     saved = torch.load(tmp_path / "k2_seed0" / "checkpoint.pt", weights_only=False)
