@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -36,18 +35,65 @@ from infdepth.limits._activation import (
 ActivationLike = str | Callable[[Tensor], Tensor] | Activation
 
 
-@lru_cache(maxsize=8)
-def _hermite(order: int) -> tuple[np.ndarray, np.ndarray]:
-    z, w = np.polynomial.hermite_e.hermegauss(order)
-    return z, w / w.sum()
+_REACH = 8.5
+"""Standard-normal coordinates beyond +-_REACH carry probability below 2e-17: left out."""
+_UNIFORM_PANELS = 8
+"""Panels of width 2 _REACH / _UNIFORM_PANELS resolve the Gaussian weight itself."""
+_NODES = 6
+"""Gauss-Legendre nodes per panel (measured worst error against scipy: 3e-8 relative)."""
+_DEGENERATE = 1e-6
+"""``V``'s conditional standard deviation below which ``V`` is taken as a function of ``U``
+(the error is of the order of its square)."""
+
+
+def _legendre(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    x, w = np.polynomial.legendre.leggauss(_NODES)
+    return (torch.as_tensor(x, dtype=dtype, device=device),
+            torch.as_tensor(w, dtype=dtype, device=device))
+
+
+def _graded_rule(center: Tensor, scale: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    """Nodes and weights of ``int g(z) N(z) dz`` for ``g`` varying on ``scale`` near ``center``.
+
+    Composite Gauss-Legendre on ``[-_REACH, _REACH]``: uniform panels for the Gaussian weight,
+    plus panel edges at ``center +- scale * 2**k`` (``k < levels``) so that a transition of
+    width ``scale`` at ``center`` (a saturating activation at large variance) is resolved
+    however small ``scale`` is. Shapes: ``center``, ``scale`` ``(...)``; result ``(..., n)``
+    with the weights including the normal density.
+    """
+    dtype, device = center.dtype, center.device
+    uniform = torch.linspace(-_REACH, _REACH, _UNIFORM_PANELS + 1, dtype=dtype, device=device)
+    steps = 2.0 ** torch.arange(levels, dtype=dtype, device=device)
+    offsets = torch.cat([torch.zeros(1, dtype=dtype, device=device), steps, -steps])
+    graded = (center.unsqueeze(-1) + scale.unsqueeze(-1) * offsets).clamp(-_REACH, _REACH)
+    edges = torch.cat([uniform.expand(*center.shape, -1), graded], -1).sort(-1).values
+    x, w = _legendre(dtype, device)
+    half = (edges[..., 1:] - edges[..., :-1]).unsqueeze(-1) / 2
+    mid = (edges[..., 1:] + edges[..., :-1]).unsqueeze(-1) / 2
+    nodes = (mid + half * x).flatten(-2)
+    weights = (half * w).flatten(-2) * torch.exp(-nodes * nodes / 2) / math.sqrt(2 * math.pi)
+    return nodes, weights
+
+
+def _levels(finest: float) -> int:
+    """Grading levels from panels of width ``finest`` up to about the uniform panels."""
+    return max(1, math.ceil(math.log2(2 * _REACH / _UNIFORM_PANELS / finest)) + 1)
 
 
 def pair_moments(activation: ActivationLike, kaa: Tensor, kbb: Tensor, kab: Tensor, *,
-                 order: int = 32, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+                 chunk: int = 16) -> tuple[Tensor, Tensor]:
     """``E[phi(U) phi(V)]`` and ``E[phi'(U) phi'(V)]`` for ``(U, V) ~ N(0, [[kaa, kab], [kab, kbb]])``.
 
-    Closed forms for linear and ReLU (the arc-cosine kernel); Gauss-Hermite quadrature with
-    ``order^2`` nodes otherwise. Arguments broadcast; the result has their common shape.
+    Closed forms for linear and ReLU (the arc-cosine kernel). Otherwise a product rule in
+    ``U = sqrt(kaa) z1``, ``V = sqrt(kbb) (rho z1 + sqrt(1 - rho^2) z2)``: composite
+    Gauss-Legendre panels graded towards the points where the activation's argument is 0
+    (``z1 = 0``; ``z2 = -rho z1 / sqrt(1 - rho^2)``) down to the width ``1/sqrt(variance)`` of
+    its transition there, so the node count grows with the log of the variance. Accurate to
+    about 1e-7 relative (of ``sqrt(E[phi(U)^2] E[phi(V)^2])``) for activations that vary on
+    the unit scale near 0 (tanh, erf, sigmoid, GELU, ...) at variances up to at least 100
+    (checked against scipy's adaptive quadrature in tests). The
+    result is symmetric in ``(U, V)`` to rounding: the variable of larger variance is
+    always integrated first. Arguments broadcast; the result has their common shape.
     """
     phi = resolve_activation(activation)
     kaa, kbb, kab = torch.broadcast_tensors(kaa, kbb, kab)
@@ -59,24 +105,40 @@ def pair_moments(activation: ActivationLike, kaa: Tensor, kbb: Tensor, kab: Tens
         theta = torch.arccos(rho)
         e_phi = norm / (2 * math.pi) * (torch.sin(theta) + (math.pi - theta) * rho)
         return e_phi, (math.pi - theta) / (2 * math.pi)
-    z_np, w_np = _hermite(order)
-    z = torch.as_tensor(z_np, dtype=kab.dtype, device=kab.device)
-    w = torch.as_tensor(w_np, dtype=kab.dtype, device=kab.device)
-    z1, z2 = z.view(-1, 1), z.view(1, -1)
-    ww = (w.view(-1, 1) * w.view(1, -1)).reshape(-1)
-    sa, sb = kaa.sqrt().reshape(-1, 1), kbb.sqrt().reshape(-1, 1)
-    r, c = rho.reshape(-1, 1), torch.sqrt((1 - rho * rho).clamp_min(0)).reshape(-1, 1)
-    out_phi, out_dphi = [], []
-    zz1 = z1.expand(order, order).reshape(1, -1)
-    zz2 = z2.expand(order, order).reshape(1, -1)
-    for i in range(0, r.shape[0], chunk):
-        sl = slice(i, i + chunk)
-        u = sa[sl] * zz1
-        v = sb[sl] * (r[sl] * zz1 + c[sl] * zz2)
-        out_phi.append((phi(u) * phi(v)) @ ww)
-        out_dphi.append((phi.grad(u) * phi.grad(v)) @ ww)
     shape = kab.shape
-    return torch.cat(out_phi).reshape(shape), torch.cat(out_dphi).reshape(shape)
+    first = kaa >= kbb  # the same order for (a, b) and (b, a)
+    sa = torch.where(first, kaa, kbb).sqrt().reshape(-1)
+    sb = torch.where(first, kbb, kaa).sqrt().reshape(-1)
+    r = rho.reshape(-1)
+    c = torch.sqrt((1 - r * r).clamp_min(0))
+    e_phi = torch.zeros_like(sa)
+    e_dphi = torch.zeros_like(sa)
+    if sa.numel() == 0:
+        return e_phi.reshape(shape), e_dphi.reshape(shape)
+    levels = _levels(1.0 / max(1.0, float(sa.max())))
+    inv_sa = 1.0 / sa.clamp_min(1.0)
+    # V = (sb rho / sa) U (the diagonal of a kernel, perfectly correlated pairs): one dimension
+    line = (sb * c <= _DEGENERATE).nonzero().squeeze(1)
+    if line.numel():
+        z1, w1 = _graded_rule(torch.zeros_like(inv_sa[line]), inv_sa[line], levels)
+        u = sa[line, None] * z1
+        v = (sb * r)[line, None] * z1
+        e_phi[line] = (phi(u) * phi(v) * w1).sum(-1)
+        e_dphi[line] = (phi.grad(u) * phi.grad(v) * w1).sum(-1)
+    plane = (sb * c > _DEGENERATE).nonzero().squeeze(1)
+    for i in range(0, plane.shape[0], chunk):
+        idx = plane[i : i + chunk]
+        z1, w1 = _graded_rule(torch.zeros_like(inv_sa[idx]), inv_sa[idx], levels)
+        ri, ci, sbi = r[idx, None], c[idx, None], sb[idx, None]
+        # V's argument crosses 0 at z2 = -rho z1 / c, with width 1 / (sb c)
+        center = (-ri * z1 / ci).clamp(-_REACH - 1, _REACH + 1)
+        scale = (1.0 / (sbi * ci)).clamp(max=1.0).expand_as(z1)
+        z2, w2 = _graded_rule(center, scale, levels)
+        u = sa[idx, None] * z1
+        v = sbi.unsqueeze(-1) * (ri.unsqueeze(-1) * z1.unsqueeze(-1) + ci.unsqueeze(-1) * z2)
+        e_phi[idx] = ((phi(v) * w2).sum(-1) * phi(u) * w1).sum(-1)
+        e_dphi[idx] = ((phi.grad(v) * w2).sum(-1) * phi.grad(u) * w1).sum(-1)
+    return e_phi.reshape(shape), e_dphi.reshape(shape)
 
 
 def variance_ode(activation: ActivationLike, t1: float, q0: float = 1.0, *,
@@ -223,7 +285,7 @@ def infinite_kernels(x1: Tensor | np.ndarray, x2: Tensor | np.ndarray | None = N
     state = KernelState.initial(x1, x2).evolve(t1, activation=activation, sigma_b=sigma_b,
                                                sigma_w=sigma_w, steps=steps)
     k, tk = state.kab, state.tab
-    if x2 is None:  # quadrature is not exactly symmetric in (a, b)
+    if x2 is None:  # K(x, x) from x @ x.T may differ from symmetric in the last bit
         k, tk = (k + k.T) / 2, (tk + tk.T) / 2
     return KernelPair(k, k + tk if ntk else k)
 

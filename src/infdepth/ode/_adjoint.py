@@ -7,7 +7,7 @@ problem and the method decides how autograd sees the solve.
 from __future__ import annotations
 
 import dataclasses
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ from infdepth.ode._integrate import (
     Norm,
     OutputGrid,
     Stats,
+    Step,
     VectorField,
     integrate,
     replay_step,
@@ -100,9 +101,10 @@ class Adjoint:
 class Checkpointed:
     """Store only the state at each accepted step; retake each step during backward.
 
-    Gradients equal those of :class:`Backprop` (same discrete solution) while memory
-    holds one state per step instead of the whole autograd graph; backward costs one
-    more evaluation of every accepted step.
+    Gradients equal those of :class:`Backprop` (same discrete solution, the same
+    operations retaken), also with respect to the output times and with per-sample time
+    grids, while memory holds one state per step instead of the whole autograd graph;
+    backward costs one more evaluation of every accepted step.
 
     Args:
         params: as for :class:`Adjoint`.
@@ -111,7 +113,8 @@ class Checkpointed:
     params: Sequence[torch.Tensor] | None = field(default=None, compare=False)
 
     def solve(self, p: Problem) -> torch.Tensor:
-        return _via_union(p, lambda q: _CheckpointFn.apply(q, q.y0, q.grid.times, *q.params))
+        out: torch.Tensor = _CheckpointFn.apply(p, p.y0, p.grid.times, *p.params)
+        return out
 
 
 GradientMethod = Backprop | Adjoint | Checkpointed
@@ -239,45 +242,49 @@ class _CheckpointFn(torch.autograd.Function):
     def forward(
         ctx: Any, p: Problem, y0: torch.Tensor, times: torch.Tensor, *params: torch.Tensor
     ) -> torch.Tensor:
-        steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int]] = []
-
-        def record(t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, lo: int, mid: int,
-                   hi: int) -> None:
-            steps.append((t, h, y, lo, mid, hi))
-
+        steps: list[Step] = []
         with torch.no_grad():
             ys = integrate(p.f, y0, p.grid, p.solver, p.controller, max_steps=p.max_steps,
-                           on_accept=record)
+                           on_accept=steps.append)
         ctx.p, ctx.steps = p, steps
-        ctx.save_for_backward(ys, times, *params)
+        ctx.save_for_backward(ys, y0, times, *params)
         return ys
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         p: Problem = ctx.p
-        ys, times, *params_l = ctx.saved_tensors
+        ys, y0, times, *params_l = ctx.saved_tensors
         params = tuple(params_l)
-        a = torch.zeros_like(ys[0])
-        pg = [torch.zeros_like(q) for q in params]
+        track = bool(ctx.needs_input_grad[2])
+        # the steps are retaken with their times rebuilt from a leaf copy of the output times
+        times_ = times.detach().requires_grad_(track)
+        grid = dataclasses.replace(p.grid, times=times_)
+        tabs = p.solver.tensors(y0.dtype, y0.device)
+        c_time = p.solver.tensors(times.dtype, times.device).c
+        inputs = (*params, times_) if track else params
+        a = torch.zeros_like(y0)
+        pg: list[torch.Tensor | None] = [None] * len(inputs)
         with _backward_phase():
-            for t, h, y, lo, mid, hi in reversed(ctx.steps):
+            for s in reversed(ctx.steps):
                 with torch.enable_grad():
-                    y_ = y.detach().requires_grad_(True)
-                    y1, outs = replay_step(p.f, t, h, y_, p.grid, lo, mid, hi, p.solver,
-                                           Stats())
+                    y_ = s.y.detach().requires_grad_(True)
+                    y1, outs = replay_step(p.f, y_, s, grid, p.solver, tabs, c_time, Stats())
                     tensors, cots = [y1], [a]
                     if outs is not None:
                         tensors.append(outs)
-                        cots.append(g[lo:hi])
-                    grads = torch.autograd.grad(tensors, (y_, *params), cots, allow_unused=True)
+                        cots.append(g[s.lo : s.hi])
+                    grads = torch.autograd.grad(tensors, (y_, *inputs), cots, allow_unused=True)
                 a = grads[0] if grads[0] is not None else torch.zeros_like(a)
                 for j, gq in enumerate(grads[1:]):
+                    prev = pg[j]
                     if gq is not None:
-                        pg[j] = pg[j] + gq
-            a = a + g[0]
-            with torch.no_grad():
-                t_grad = _time_grads(p.f, times, ys, g, a) if ctx.needs_input_grad[2] else None
-        return (None, a, t_grad, *pg)
+                        pg[j] = gq if prev is None else prev + gq
+        n0 = bisect_right(p.grid.keys, p.grid.keys[0])
+        rows = p.grid.rows
+        a = a + g[:n0].sum(0) if rows is None else a.index_add(0, rows[:n0], g[:n0])
+        out = [torch.zeros_like(x) if gx is None else gx for x, gx in zip(inputs, pg, strict=True)]
+        t_grad = out.pop() if track else None
+        return (None, a, t_grad, *out)
 
 
 def find_params(f: object, method: GradientMethod) -> tuple[torch.Tensor, ...]:

@@ -25,6 +25,10 @@ class ODEBlock(nn.Module):
     ``nfe_backward`` during the backward solve of the adjoint or checkpointed
     methods (backprop through the solver evaluates ``func`` in backward zero times).
 
+    ``t1`` is created in the dtype of ``func``'s floating-point parameters (the default
+    dtype if it has none), so a float64 field integrates to the float64 ``t1``; like any
+    buffer or parameter it follows ``.to(dtype)``, ``.double()`` and ``.float()`` of the block.
+
     Args:
         func: the vector field, an ``nn.Module`` called as ``func(t, h)``.
         t1: integration end time (depth), > 0.
@@ -57,10 +61,13 @@ class ODEBlock(nn.Module):
         if not 0 < t1_min <= t1:
             raise InputError(f"t1_min={t1_min!r} is not accepted; expected 0 < t1_min <= t1")
         self.func = func
+        dtype = next((q.dtype for q in func.parameters() if q.is_floating_point()),
+                     torch.get_default_dtype())
+        end = torch.tensor(float(t1), dtype=dtype)
         if learn_t1:
-            self.t1 = nn.Parameter(torch.tensor(float(t1)))
+            self.t1 = nn.Parameter(end)
         else:
-            self.register_buffer("t1", torch.tensor(float(t1)))
+            self.register_buffer("t1", end)
         self.t1_l2 = float(t1_l2)
         self.t1_min = float(t1_min)
         self.solver = Dopri5() if solver is None else solver

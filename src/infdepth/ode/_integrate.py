@@ -25,7 +25,6 @@ from infdepth.ode._solvers import RungeKutta, StepTensors
 VectorField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Norm = Callable[[torch.Tensor], torch.Tensor]
 """Maps a scaled error (error / tolerance) to its mean square; accept when <= 1."""
-OnAccept = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int], None]
 
 
 def rms2(x: torch.Tensor) -> torch.Tensor:
@@ -160,29 +159,102 @@ def _initial_step(
         return torch.minimum(100 * h0, h1).to(t0.dtype)
 
 
+Group = tuple[int, int]
+"""A tie group of output times: ``grid.times[lo:hi]``, all of one value."""
+
+_FIXED_SLACK = 1e-6
+"""A fixed-step grid takes a last step up to ``(1 + _FIXED_SLACK) dt`` long rather than add
+a step shorter than ``_FIXED_SLACK dt``: the step count is then constant under tiny changes
+of the span, so time gradients are derivatives that finite differences reproduce."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One accepted step, as the loop took it and as :func:`replay_step` retakes it.
+
+    ``t``, ``h`` and ``end`` are the values (no autograd) of the step's start, size and end;
+    ``y`` is the state at its start; outputs ``lo:mid`` lie inside the step and ``mid:hi`` at
+    its end. ``start`` and ``stop`` are the tie groups of output times that the start and
+    the end of the step move with (see :func:`step_times`).
+    """
+
+    t: torch.Tensor
+    h: torch.Tensor
+    end: torch.Tensor
+    y: torch.Tensor
+    lo: int
+    mid: int
+    hi: int
+    start: Group
+    stop: Group
+
+
+OnAccept = Callable[[Step], None]
+
+
+def _moves_with(times: torch.Tensor, group: Group) -> torch.Tensor:
+    """Zero, with derivative ``1/K`` with respect to each of the ``K`` tied times of ``group``."""
+    lo, hi = group
+    anchor = times[lo] if hi - lo == 1 else times[lo:hi].mean()
+    return anchor - anchor.detach()
+
+
+def step_times(times: torch.Tensor, s: Step) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(t, h, end)`` of a step with the values recorded in ``s``, differentiable in ``times``.
+
+    A step starts and ends either on the first time (its multiples of a fixed ``dt`` or of
+    the adaptive steps are shifted with it) or on an output time. Tied output times (the
+    same time in several samples' grids) share the gradient of the step end equally; each
+    output additionally receives its own part through :func:`_store`. The values are
+    exactly those recorded: the autograd links add zero.
+    """
+    a = _moves_with(times, s.start)
+    if s.stop == s.start:
+        return s.t + a, s.h, s.end + a
+    b = _moves_with(times, s.stop)
+    return s.t + a, s.h + (b - a), s.end + b
+
+
+def _needs_end_slope(s: Step) -> bool:
+    """Outputs at the step end whose own times are not the step end itself."""
+    return s.hi > s.mid and not (s.stop == (s.mid, s.hi) and s.hi - s.mid == 1)
+
+
 def _store(
     outs: list[torch.Tensor],
     grid: OutputGrid,
-    lo: int,
-    mid: int,
-    hi: int,
+    s: Step,
     t: torch.Tensor,
     h: torch.Tensor,
+    end: torch.Tensor,
     y: torch.Tensor,
     y1: torch.Tensor,
     stages: torch.Tensor,
     dense: torch.Tensor,
+    end_slope: torch.Tensor | None,
 ) -> None:
-    """Outputs ``lo:mid`` lie inside the step (dense output); ``mid:hi`` at its end."""
+    """Outputs ``lo:mid`` of step ``s`` from dense output, ``mid:hi`` at its end.
+
+    With ``end_slope = f(end, y1)``, an output at the end is ``y1 + (t_j - end) f(end, y1)``:
+    the same value (``t_j == end``), and the derivative the dense output of either
+    neighbouring step has with respect to ``t_j``, so each output time gets its own gradient.
+    """
+    lo, mid, hi = s.lo, s.mid, s.hi
     if mid > lo:
         theta = (grid.times[lo:mid] - t) / h
         rows = None if grid.rows is None else grid.rows[lo:mid]
         outs.append(dense_eval(theta, y, h.to(y.dtype), stages, dense, rows))
     if hi > mid:
         if grid.rows is None:
-            outs.append(y1.unsqueeze(0).expand(hi - mid, *y1.shape))
+            at_end = y1.unsqueeze(0).expand(hi - mid, *y1.shape)
+            slope = None if end_slope is None else end_slope.unsqueeze(0)
         else:
-            outs.append(y1[grid.rows[mid:hi]])
+            at_end = y1[grid.rows[mid:hi]]
+            slope = None if end_slope is None else end_slope[grid.rows[mid:hi]]
+        if slope is not None:
+            gap = (grid.times[mid:hi] - end).to(y1.dtype)
+            at_end = at_end + gap.view(-1, *([1] * (at_end.ndim - 1))) * slope
+        outs.append(at_end)
 
 
 def _at_start(outs: list[torch.Tensor], grid: OutputGrid, y0: torch.Tensor) -> int:
@@ -192,6 +264,10 @@ def _at_start(outs: list[torch.Tensor], grid: OutputGrid, y0: torch.Tensor) -> i
     else:
         outs.append(y0[grid.rows[:n]])
     return n
+
+
+def _last_group(grid: OutputGrid) -> Group:
+    return bisect_left(grid.keys, grid.keys[-1]), len(grid.keys)
 
 
 def integrate(
@@ -210,10 +286,10 @@ def integrate(
 
     Returns a tensor of shape ``(M, *y0.shape)`` (or ``(M, *y0.shape[1:])`` for
     per-sample outputs) in grid order. Autograd records the solve when grad is
-    enabled (the step-size control itself is never differentiated). ``on_accept``
-    is called after each accepted step with ``(t, h, y, lo, mid, hi)``: the start of
-    the step, its size, the state at its start; outputs ``lo:mid`` lie inside the step
-    and ``mid:hi`` at its end.
+    enabled (the step-size control itself is never differentiated); when ``grid.times``
+    requires grad, every step's start, size and end are linked to the output times they
+    depend on (:func:`step_times`). ``on_accept`` is called with each accepted
+    :class:`Step`.
     """
     stats = Stats() if stats is None else stats
     if isinstance(controller, PIController):
@@ -240,13 +316,17 @@ def _integrate_adaptive(
     on_accept: OnAccept | None,
 ) -> torch.Tensor:
     direction = grid.direction
+    times = grid.times
     tabs = solver.tensors(y0.dtype, y0.device)
-    t0 = grid.times[0]
-    c_time = solver.tensors(t0.dtype, t0.device).c
-    t_end = grid.times[-1]
+    c_time = tabs.c if times.dtype == y0.dtype else solver.tensors(times.dtype, times.device).c
+    track = torch.is_grad_enabled() and times.requires_grad
+    t_val, t_end_val = times[0].detach(), times[-1].detach()
     t_py, t_end_py = grid.keys[0] * direction, grid.keys[-1] * direction
     outs: list[torch.Tensor] = []
     n_done = _at_start(outs, grid, y0)
+    first, last = (0, n_done), _last_group(grid)
+    shift = _moves_with(times, first) if track else None
+    t0 = t_val if shift is None else t_val + shift
     k1 = _first_eval(f, t0, y0, stats)
     if ctrl.dt0 is None:
         hm_py = float(_initial_step(f, t0, y0, k1, solver.order, ctrl, norm or rms2, direction,
@@ -261,7 +341,7 @@ def _integrate_adaptive(
     prev_r = 1.0
     inv_sqrt_n = 1.0 / math.sqrt(max(y0.numel(), 1))
     atol = torch.tensor(ctrl.atol, dtype=y0.dtype, device=y0.device)
-    t, y = t0, y0
+    y = y0
     y_abs = y0.abs()
     m = len(grid.keys)
     while n_done < m:
@@ -277,12 +357,15 @@ def _integrate_adaptive(
                 "f discontinuous, or the tolerances too tight"
             )
         h: torch.Tensor | float
+        t = t_val if shift is None else t_val + shift
         if direction * (t_end_py - t_py) <= hm_py:  # last step: end exactly on t_end
-            h = t_end - t
-            h_py, t_cand, tc_py = t_end_py - t_py, t_end, t_end_py
+            h_py, tc_py, e_val, stop = t_end_py - t_py, t_end_py, t_end_val, last
+            h = t_end_val - t_val
+            if track:
+                h = h + (_moves_with(times, last) - shift)  # type: ignore[operator]
         else:
             h_py = direction * hm_py
-            h, t_cand, tc_py = h_py, t + h_py, t_py + h_py
+            h, tc_py, e_val, stop = h_py, t_py + h_py, t_val + h_py, first
         y1, k, err = _stages(f, t, h, y, k1, solver, tabs, c_time, stats, buf)
         assert err is not None
         with torch.no_grad():
@@ -304,29 +387,36 @@ def _integrate_adaptive(
         else:
             factor = min(max(factor, ctrl.factor_min), 1.0)
         hm_py = min(abs(h_py) * factor, ctrl.dtmax)
-        if accepted:
-            stats.accepted += 1
-            prev_r = max(r, 1e-10)
-            key = direction * tc_py
-            mid = bisect_left(grid.keys, key, lo=n_done)
-            hi = bisect_right(grid.keys, key, lo=n_done)
-            if on_accept is not None or hi > n_done:
-                ht = h if isinstance(h, torch.Tensor) else torch.full_like(t, h)
-                if on_accept is not None:
-                    on_accept(t, ht, y, n_done, mid, hi)
-                if hi > n_done:
-                    _store(outs, grid, n_done, mid, hi, t, ht, y, y1, k, tabs.dense)
-                    n_done = hi
-            t, y, t_py, y_abs = t_cand, y1, tc_py, y1_abs
-            if not solver.fsal:
-                k1 = _call(f, t, y, stats)
-            elif buf is None:
+        if not accepted:
+            stats.rejected += 1
+            continue
+        stats.accepted += 1
+        prev_r = max(r, 1e-10)
+        key = direction * tc_py
+        mid = bisect_left(grid.keys, key, lo=n_done)
+        hi = bisect_right(grid.keys, key, lo=n_done)
+        if not solver.fsal:
+            e = e_val if shift is None else e_val + _moves_with(times, stop)
+            k1 = _call(f, e, y1, stats)
+        if on_accept is not None or hi > n_done:
+            h_val = h.detach() if isinstance(h, torch.Tensor) else torch.full_like(t_val, h)
+            s = Step(t_val, h_val, e_val, y, n_done, mid, hi, first, stop)
+            if on_accept is not None:
+                on_accept(s)
+            if hi > n_done:
+                ts, hs, es = step_times(times, s) if track else (t_val, h_val, e_val)
+                slope = None
+                if track and _needs_end_slope(s):
+                    slope = k[-1] if solver.fsal else k1
+                _store(outs, grid, s, ts, hs, es, y, y1, k, tabs.dense, slope)
+                n_done = hi
+        t_val, y, t_py, y_abs = e_val, y1, tc_py, y1_abs
+        if solver.fsal:
+            if buf is None:
                 k1 = k[-1]
             else:  # keep f(t1, y1) out of the rows the next attempt overwrites
                 buf[0] = buf[-1]
                 k1 = buf[0].view(y.shape)
-        else:
-            stats.rejected += 1
     return torch.cat(outs)
 
 
@@ -341,54 +431,67 @@ def _integrate_fixed(
     on_accept: OnAccept | None,
 ) -> torch.Tensor:
     direction = grid.direction
+    times = grid.times
     tabs = solver.tensors(y0.dtype, y0.device)
-    t0 = grid.times[0]
-    c_time = solver.tensors(t0.dtype, t0.device).c
+    c_time = tabs.c if times.dtype == y0.dtype else solver.tensors(times.dtype, times.device).c
+    track = torch.is_grad_enabled() and times.requires_grad
     outs: list[torch.Tensor] = []
     n_done = _at_start(outs, grid, y0)
     m = len(grid.keys)
-    # Step ends: either the distinct output times, or a uniform grid ending on the last one.
+    first = (0, n_done)
+    # Step ends: the distinct output times (each moving with its tie group), or a uniform
+    # grid that moves with the first time and a last step ending on the last time.
     if ctrl.dt is None:
-        ends_idx = [j for j in range(n_done, m) if j == m - 1 or grid.keys[j + 1] > grid.keys[j]]
-        ends = [grid.times[j] for j in ends_idx]
-        ends_key = [grid.keys[j] for j in ends_idx]
+        ends_key, stops = [], []
+        j = n_done
+        while j < m:
+            j_end = bisect_right(grid.keys, grid.keys[j], lo=j)
+            ends_key.append(grid.keys[j])
+            stops.append((j, j_end))
+            j = j_end
     else:
         span = grid.keys[-1] - grid.keys[0]
-        n = max(1, math.ceil(span / ctrl.dt - 1e-9))
-        ends = [t0 + direction * ctrl.dt * i for i in range(1, n)] + [grid.times[-1]]
+        n = max(1, math.ceil(span / ctrl.dt - _FIXED_SLACK))
         ends_key = [grid.keys[0] + ctrl.dt * i for i in range(1, n)] + [grid.keys[-1]]
-    if len(ends) > max_steps:
+        stops = [first] * (n - 1) + [_last_group(grid)]
+    if len(ends_key) > max_steps:
         raise SolverError(
             f"max_steps={max_steps} reached at t={(grid.keys[0] + 0.0) * direction:.6g}: "
-            f"the fixed grid needs {len(ends)} steps (step size {ctrl.dt}); raise max_steps"
+            f"the fixed grid needs {len(ends_key)} steps (step size {ctrl.dt}); raise max_steps"
         )
+    end_vals = torch.tensor([direction * k for k in ends_key], dtype=times.dtype,
+                            device=times.device)
     grad = torch.is_grad_enabled()
     buf = None if grad else y0.new_zeros(solver.stages, y0.numel())
     hermite = solver.dense_needs_end_derivative
     checks: list[torch.Tensor] = []
-    t, y = t0, y0
+    t_val, start, y = times[0].detach(), first, y0
+    t0 = t_val + _moves_with(times, first) if track else t_val
     k1: torch.Tensor | None = _first_eval(f, t0, y0, stats)
-    for t_next, key in zip(ends, ends_key, strict=True):
-        h = t_next - t
+    for i, (key, stop) in enumerate(zip(ends_key, stops, strict=True)):
+        e_val = end_vals[i]
+        mid = bisect_left(grid.keys, key, lo=n_done)
+        hi = bisect_right(grid.keys, key, lo=n_done)
+        s = Step(t_val, e_val - t_val, e_val, y, n_done, mid, hi, start, stop)
+        t, h, e = step_times(times, s) if track else (s.t, s.h, s.end)
         if k1 is None:
             k1 = _call(f, t, y, stats)
         y1, k, _ = _stages(f, t, h, y, k1, solver, tabs, c_time, stats, buf)
         stats.steps += 1
         stats.accepted += 1
         checks.append(y1.detach().sum())
-        mid = bisect_left(grid.keys, key, lo=n_done)
-        hi = bisect_right(grid.keys, key, lo=n_done)
+        needs_slope = track and _needs_end_slope(s)
+        dense_here = mid > n_done and hermite
         k1 = k[-1] if solver.fsal else None
-        stages = k
-        if mid > n_done and hermite:
-            k1 = _call(f, t_next, y1, stats)
-            stages = torch.cat([k, k1.unsqueeze(0)])
+        if not solver.fsal and (dense_here or needs_slope):
+            k1 = _call(f, e, y1, stats)
+        stages = torch.cat([k, k1.unsqueeze(0)]) if dense_here and k1 is not None else k
         if on_accept is not None:
-            on_accept(t, h, y, n_done, mid, hi)
+            on_accept(s)
         if hi > n_done:
-            _store(outs, grid, n_done, mid, hi, t, h, y, y1, stages, tabs.dense)
+            _store(outs, grid, s, t, h, e, y, y1, stages, tabs.dense, k1 if needs_slope else None)
             n_done = hi
-        t, y = t_next, y1
+        t_val, start, y = e_val, stop, y1
     finite = torch.stack(checks).isfinite()
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0, 0])
@@ -402,24 +505,29 @@ def _integrate_fixed(
 
 def replay_step(
     f: VectorField,
-    t: torch.Tensor,
-    h: torch.Tensor,
     y: torch.Tensor,
+    s: Step,
     grid: OutputGrid,
-    lo: int,
-    mid: int,
-    hi: int,
     solver: RungeKutta,
+    tabs: StepTensors,
+    c_time: torch.Tensor,
     stats: Stats,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Retake one recorded step (under the caller's grad mode): ``(y1, outputs lo:hi)``."""
-    tabs = solver.tensors(y.dtype, y.device)
+    """Retake step ``s`` from ``y`` (under the caller's grad mode): ``(y1, outputs lo:hi)``.
+
+    Its times are linked to ``grid.times`` as in :func:`integrate` when those require grad,
+    so the gradients are those of backprop through the whole solve.
+    """
+    track = torch.is_grad_enabled() and grid.times.requires_grad
+    t, h, e = step_times(grid.times, s) if track else (s.t, s.h, s.end)
     k1 = _call(f, t, y, stats)
-    c_time = solver.tensors(t.dtype, t.device).c
     y1, k, _ = _stages(f, t, h, y, k1, solver, tabs, c_time, stats, None)
-    stages = k
-    if mid > lo and solver.dense_needs_end_derivative:
-        stages = torch.cat([k, _call(f, t + h, y1, stats).unsqueeze(0)])
+    needs_slope = track and _needs_end_slope(s)
+    dense_here = s.mid > s.lo and solver.dense_needs_end_derivative
+    slope = k[-1] if solver.fsal else None
+    if not solver.fsal and (dense_here or needs_slope):
+        slope = _call(f, e, y1, stats)
+    stages = torch.cat([k, slope.unsqueeze(0)]) if dense_here and slope is not None else k
     outs: list[torch.Tensor] = []
-    _store(outs, grid, lo, mid, hi, t, h, y, y1, stages, tabs.dense)
+    _store(outs, grid, s, t, h, e, y, y1, stages, tabs.dense, slope if needs_slope else None)
     return y1, (torch.cat(outs) if outs else None)

@@ -12,14 +12,11 @@ from infdepth.ode import _tableaus as tab
 
 
 class StepTensors(NamedTuple):
-    """A tableau as tensors on one device in one dtype (built once, then cached)."""
+    """A tableau as tensors on one device in one dtype (built once per solve)."""
 
     weights: torch.Tensor  # (S - 1 + 1 [+ 1], S): rows a[1:], b, then b_error if adaptive
     c: torch.Tensor  # (S,)
     dense: torch.Tensor  # (rows, degree) dense-output coefficients
-
-
-_CACHE: dict[tuple[str, torch.dtype, torch.device], StepTensors] = {}
 
 
 @dataclass(frozen=True)
@@ -51,11 +48,11 @@ class RungeKutta:
         return self.tableau.dense_matrix().shape[0] > self.stages
 
     def tensors(self, dtype: torch.dtype, device: torch.device) -> StepTensors:
-        """The tableau as tensors of ``dtype`` on ``device``."""
-        key = (type(self).__name__, dtype, device)
-        cached = _CACHE.get(key)
-        if cached is not None:
-            return cached
+        """The tableau as tensors of ``dtype`` on ``device``.
+
+        Built from ``self.tableau`` on every call (a few small copies, once per solve): no
+        cache that could answer for another solver.
+        """
         t = self.tableau
         s = t.stages
         a = np.zeros((s, s))
@@ -69,9 +66,7 @@ class RungeKutta:
         def as_t(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)
 
-        out = StepTensors(as_t(weights), as_t(np.asarray(t.c)), as_t(t.dense_matrix()))
-        _CACHE[key] = out
-        return out
+        return StepTensors(as_t(weights), as_t(np.asarray(t.c)), as_t(t.dense_matrix()))
 
 
 @dataclass(frozen=True)
