@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from infdepth.depth import InfiniteDepth, StretchedGate
+from infdepth.depth import ExpGate, InfiniteDepth, StretchedGate
 from infdepth.depth.layer import PENALTY_EPS
 
 W0 = 1.3
@@ -260,3 +260,37 @@ def test_penalty_alone_builds_missing_sub_layers() -> None:
     layer.w.data.fill_(4.4)
     assert layer.penalty().item() == pytest.approx(explicit_penalty(layer), rel=1e-6)
     assert layer.built_blocks == 6
+
+
+class _PlainExpGate(ExpGate):
+    """The paper's gate forced onto the plain autograd path."""
+
+    @property
+    def fixed_alpha(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("impl", ["default", "fused"])
+def test_fast_and_plain_paths_agree_after_training(impl: str) -> None:
+    """Values and every gradient of the fused fast path equal plain autograd on a trained layer."""
+    fast = make_layer("fast")
+    fast.grow(6)
+    kw = {} if impl == "default" else {impl: True}
+    train(fast, torch.optim.Adam(fast.parameters(), lr=0.05, **kw), 15)
+    assert abs(fast.w.item() - W0) > 1e-3
+    plain = make_layer("fast")
+    plain.gate = _PlainExpGate()
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3))
+    grads = []
+    for layer in (fast, plain):
+        layer.zero_grad()
+        out = layer(x)
+        (out.sin().sum() + layer.penalty()).backward()
+        named = layer.named_parameters()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in named if p.grad is not None}))
+    (out_f, g_f), (out_p, g_p) = grads
+    torch.testing.assert_close(out_f, out_p)
+    assert g_f.keys() == g_p.keys() and "w" in g_f
+    for name in g_f:
+        torch.testing.assert_close(g_f[name], g_p[name], rtol=1e-4, atol=1e-6)

@@ -25,12 +25,23 @@ def test_gate_is_zero_from_w_on_and_below_one(x: float, w: float, alpha: float |
 
 
 @given(a=finite, b=finite, w=finite, alpha=st.none() | alphas)
-def test_gate_non_increasing_in_x_and_non_decreasing_in_w(a: float, b: float, w: float, alpha) -> None:
+def test_gate_non_increasing_in_x(a: float, b: float, w: float, alpha) -> None:
     lo, hi = sorted((a, b))
     gate = _gate(alpha)
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     assert gate(t(lo), t(w)) >= gate(t(hi), t(w))
-    assert gate(t(lo), t(hi)) >= gate(t(lo), t(lo)) - 0.0
+
+
+@given(x=finite, a=finite, b=finite, alpha=st.none() | alphas)
+def test_gate_non_decreasing_in_w(x: float, a: float, b: float, alpha) -> None:
+    """A deeper layer switches every sub-layer on at least as much: delta_w1(x) <= delta_w2(x), w1 <= w2."""
+    w1, w2 = sorted((a, b))
+    gate = _gate(alpha)
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    assert gate(t(x), t(w1)) <= gate(t(x), t(w2))
+    k = alpha or 1.0
+    if x < w1 < w2 and math.exp(k * (x - w1)) - math.exp(k * (x - w2)) > 1e-12:
+        assert gate(t(x), t(w1)) < gate(t(x), t(w2))  # strictly, where the gate is not saturated
 
 
 @given(x=finite, w=finite)
