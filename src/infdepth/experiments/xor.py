@@ -279,18 +279,28 @@ def summarise(results: list[XorResult], base: XorConfig) -> dict[str, Any]:
     }
 
 
+def _reference_w_at(ref: dict[str, list[float]], step: int) -> float:
+    """The original run's ``w`` at the recorded iteration closest to ``step``."""
+    its = np.asarray(ref["iteration"])
+    return float(np.asarray(ref["w"])[int(np.argmin(np.abs(its - step)))])
+
+
 def comparison_table(summary: dict[str, Any]) -> str:
-    """Markdown table of final and max w per k beside the original run."""
+    """Markdown table per k: our final w per seed beside the original run's w at the same step."""
+    ref = reference_history()
+    steps = int(summary["config"]["steps"])
     lines = [
-        "| k | final w (ours, mean +- sd) | final w (original) | max w (ours) | max w (original) "
-        "| final val acc (min) | s per run |",
-        "|---|---|---|---|---|---|---|",
+        f"| k | final w per seed | mean +- sd | original w at step {steps:,} | original final w "
+        "| max w (ours, mean) | steps to 99% val acc | final val acc (min) | s per run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, e in summary["per_k"].items():
+        original = _reference_w_at(ref[int(k)], steps) if int(k) in ref else float("nan")
+        per_seed = ", ".join(f"{w:.2f}" for w in e["final_w_per_seed"])
+        to_99 = ", ".join("-" if s is None else str(s) for s in e["steps_to_99"])
         lines.append(
-            f"| {k} | {e['final_w']:.2f} +- {e['final_w_std']:.2f} | "
-            f"{e.get('reference_final_w', float('nan')):.2f} | "
-            f"{e['max_w']:.2f} | {e.get('reference_max_w', float('nan')):.2f} | "
+            f"| {k} | {per_seed} | {e['final_w']:.2f} +- {e['final_w_std']:.2f} | {original:.2f} | "
+            f"{e.get('reference_final_w', float('nan')):.2f} | {e['max_w']:.2f} | {to_99} | "
             f"{e['min_final_val_acc']:.4f} | {e['seconds']:.0f} |"
         )
     lines.append("")
