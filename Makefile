@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/infdepth xor --quick --out runs/xor-quick
+	$(BIN)/infdepth xor --quick --out runs/xor-quick --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
