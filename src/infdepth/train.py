@@ -132,15 +132,42 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: what a checkpoint written by :func:`fit` holds, with the type of each entry
+CHECKPOINT_KEYS: dict[str, type] = {
+    "step": int,
+    "model": dict,
+    "optimizer": dict,
+    "rng": dict,
+    "history": list,
+}
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit`; a missing or unreadable one is an InputError."""
+    """Read a checkpoint written by :func:`fit`.
+
+    Raises:
+        InputError: the file is missing, unreadable, or not a checkpoint of :func:`fit`
+            (a missing entry or one of the wrong type is named).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}; run without --resume first")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a corrupt file: say which
         raise InputError(f"checkpoint {path} cannot be read ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise InputError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint of infdepth")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if key not in ckpt:
+            raise InputError(f"checkpoint {path} has no {key!r} entry; it was not written by infdepth")
+        if not isinstance(ckpt[key], kind) or (kind is int and isinstance(ckpt[key], bool)):
+            raise InputError(
+                f"checkpoint {path}: {key!r} is a {type(ckpt[key]).__name__}, expected {kind.__name__}"
+            )
+    if not isinstance(ckpt["rng"].get("torch"), torch.Tensor):
+        raise InputError(f"checkpoint {path} has no torch RNG state; it was not written by infdepth")
+    return ckpt
 
 
 def fit(
@@ -183,15 +210,25 @@ def fit(
             raw.load_state_dict(ckpt["model"])
             grow(raw, optimizer)
             optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise InputError(
                 f"checkpoint {out_dir / CHECKPOINT} does not fit this model or optimizer "
                 f"(was it written with other settings?): {exc}"
             ) from exc
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        try:
+            _set_rng_state(ckpt["rng"])
+        except (RuntimeError, TypeError) as exc:
+            raise InputError(
+                f"checkpoint {out_dir / CHECKPOINT}: its RNG state cannot be restored ({exc})"
+            ) from exc
         start = int(ckpt["step"])
+        if not 0 <= start <= config.steps:
+            raise InputError(
+                f"checkpoint {out_dir / CHECKPOINT} is at step {start}, "
+                f"beyond the {config.steps} steps asked for"
+            )
         result.history = list(ckpt["history"])
         result.resumed_from = start
         result.seconds = float(ckpt.get("seconds", 0.0))

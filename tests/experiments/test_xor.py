@@ -159,3 +159,31 @@ def test_help_explains_every_flag(capsys) -> None:
     out = capsys.readouterr().out
     for flag in ("--quick", "--steps", "--k", "--seeds", "--w-l2", "--resume", "--jobs", "--device"):
         assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda c: c.pop("rng"), "no 'rng' entry"),
+        (lambda c: c.update(step="40"), "'step' is a str"),
+        (lambda c: c.update(model=[1, 2]), "'model' is a list"),
+        (lambda c: c["model"].pop("2.w"), "does not fit this model"),
+        (lambda c: c.update(step=10_000), "beyond the 60 steps"),
+    ],
+)
+def test_a_malformed_checkpoint_exits_2_naming_what_is_wrong(tmp_path, capsys, damage, needle) -> None:
+    assert _run(tmp_path, steps=40) == 0
+    path = tmp_path / "k2_seed0" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    damage(ckpt)
+    torch.save(ckpt, path)
+    assert _run(tmp_path, "--resume", steps=60) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_a_checkpoint_that_is_not_a_dict_exits_2(tmp_path, capsys) -> None:
+    assert _run(tmp_path, steps=40) == 0
+    torch.save([1, 2, 3], tmp_path / "k2_seed0" / "checkpoint.pt")
+    assert _run(tmp_path, "--resume", steps=60) == 2
+    assert "holds a list" in capsys.readouterr().err
