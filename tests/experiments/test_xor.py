@@ -187,3 +187,61 @@ def test_a_checkpoint_that_is_not_a_dict_exits_2(tmp_path, capsys) -> None:
     torch.save([1, 2, 3], tmp_path / "k2_seed0" / "checkpoint.pt")
     assert _run(tmp_path, "--resume", steps=60) == 2
     assert "holds a list" in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid``."""
+    from pathlib import Path
+
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(proc.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_die_with_a_killed_parent(tmp_path) -> None:
+    """SIGKILL to ``infdepth xor --jobs 2``: its pool workers stop within seconds, writing nothing more."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "infdepth", "xor", "--k", "3,4", "--steps", "100000", "--jobs", "2",
+            "--checkpoint-every", "10", "--eval-every", "10", "--out", str(tmp_path)]
+    parent = subprocess.Popen(argv, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    ckpts = [tmp_path / f"k{k}_seed0" / "checkpoint.pt" for k in (3, 4)]
+    deadline = time.time() + 120
+    while not all(c.is_file() for c in ckpts) and time.time() < deadline:
+        time.sleep(0.2)
+    assert all(c.is_file() for c in ckpts), "the workers did not start in time"
+    workers = _children(parent.pid)
+    assert len(workers) >= 2, workers
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:  # leave no orphan behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == [], "pool workers outlived their parent"
+    stamps = [c.stat().st_mtime_ns for c in ckpts]
+    time.sleep(1.5)
+    assert [c.stat().st_mtime_ns for c in ckpts] == stamps, "something still writes into the run folder"

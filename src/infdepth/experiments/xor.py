@@ -14,6 +14,8 @@ import gzip
 import math
 import multiprocessing as mp
 import os
+import threading
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -169,6 +171,21 @@ def run_xor(
     )
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker as soon as the process that started it is gone.
+
+    A killed ``infdepth xor`` must not leave workers training and writing into its run
+    folder; checkpoints are atomic and a torn last metrics line is ignored on reading.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _worker(job: tuple[XorConfig, str, bool]) -> XorResult:
     cfg, out, resume = job
     if not distributed.current().enabled:
@@ -220,7 +237,7 @@ def run_sweep(
                 results.append(_worker(job))
                 bar.update(1)
         else:
-            with mp.get_context("spawn").Pool(jobs) as pool:
+            with mp.get_context("spawn").Pool(jobs, _die_with_parent, (os.getpid(),)) as pool:
                 for res in pool.imap_unordered(_worker, work):
                     results.append(res)
                     bar.update(1)
