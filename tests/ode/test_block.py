@@ -100,3 +100,18 @@ def test_bad_block_arguments() -> None:
         ODEBlock(Field(), t1=-1.0)
     with pytest.raises(InputError, match="t1_l2"):
         ODEBlock(Field(), t1_l2=-1.0)
+
+
+def test_float64_field_integrates_to_the_float64_end_time(h0: torch.Tensor) -> None:
+    # 0.1 is not a float32 number: a float32 t1 would integrate to 0.10000000149
+    for learn in (False, True):
+        block = ODEBlock(Field(), t1=0.1, learn_t1=learn, solver=Euler(), step_size=0.1)
+        assert block.t1.dtype == torch.float64
+        assert float(block.t1.detach()) == 0.1
+        h1 = block(h0)
+        torch.testing.assert_close(h1, h0 + 0.1 * torch.tanh(block.func.lin(h0)), rtol=0,
+                                   atol=1e-15)
+    # a field without parameters: the default dtype; .double() converts it with the block
+    plain = ODEBlock(nn.Identity(), t1=0.1)
+    assert plain.t1.dtype == torch.get_default_dtype()
+    assert plain.double().t1.dtype == torch.float64

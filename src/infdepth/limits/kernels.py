@@ -77,7 +77,7 @@ def _graded_rule(center: Tensor, scale: Tensor, levels: int) -> tuple[Tensor, Te
 
 def _levels(finest: float) -> int:
     """Grading levels from panels of width ``finest`` up to about the uniform panels."""
-    return max(1, math.ceil(math.log2(2 * _REACH / _UNIFORM_PANELS / finest)) + 1)
+    return max(1, math.ceil(math.log2(2 * _REACH / _UNIFORM_PANELS / finest)))
 
 
 def pair_moments(activation: ActivationLike, kaa: Tensor, kbb: Tensor, kab: Tensor, *,

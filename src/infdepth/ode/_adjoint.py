@@ -25,6 +25,7 @@ from infdepth.ode._integrate import (
     VectorField,
     integrate,
     replay_step,
+    stage_times,
 )
 from infdepth.ode._solvers import RungeKutta
 
@@ -76,9 +77,11 @@ class Adjoint:
 
     The backward pass solves the adjoint ODE for ``(y, dL/dy, dL/dparams)`` backwards
     between consecutive output times with the same solver (restarting at each output
-    time, where ``dL/dy`` jumps). Gradients with respect to the output times are
-    ``dL/dy(t_i) . f(t_i, y(t_i))``; with per-sample time grids the times are treated
-    as constants (use :class:`Backprop` for gradients with respect to them).
+    time, where ``dL/dy`` jumps). Gradients with respect to the output times are those
+    of the continuous problem, ``dL/dy(t_i) . f(t_i, y(t_i))`` (and ``-dL/dy0 . f(t_0, y0)``
+    for the start), evaluated on the computed solution: they differ from the derivatives of
+    the discrete solution (:class:`Backprop`, :class:`Checkpointed`) by the solver's
+    error. With per-sample time grids each sample's times get their own such gradient.
 
     Args:
         rtol, atol: tolerances of the backward solve (``None``: those of the forward).
@@ -121,7 +124,14 @@ GradientMethod = Backprop | Adjoint | Checkpointed
 
 
 def _via_union(p: Problem, run: Any) -> torch.Tensor:
-    """Solve on one shared time grid, then pick each sample's own output times."""
+    """Solve on one shared time grid, then pick each sample's own output times.
+
+    The union grid is a constant; when the per-sample times require grad, each sample's
+    times are linked to its outputs by zero-valued terms with the continuous-adjoint
+    derivatives: ``f(t_i, y(t_i))`` for an output time and ``-dL/dy0 . f(t_0, y0)`` (through
+    ``y0``) for the sample's start time. This costs one evaluation of ``f`` per distinct
+    output time.
+    """
     g = p.grid
     if g.rows is None:
         out: torch.Tensor = run(p)
@@ -130,9 +140,24 @@ def _via_union(p: Problem, run: Any) -> torch.Tensor:
     times = torch.tensor([k * g.direction for k in ukeys], dtype=g.times.dtype,
                          device=g.times.device)
     ugrid = OutputGrid(times=times, keys=ukeys, rows=None, direction=g.direction)
-    ys = run(dataclasses.replace(p, grid=ugrid))
-    idx = torch.tensor([bisect_left(ukeys, k) for k in g.keys], device=ys.device)
-    return ys[idx, g.rows]
+    idx = torch.tensor([bisect_left(ukeys, k) for k in g.keys], device=p.y0.device)
+    track = torch.is_grad_enabled() and g.times.requires_grad
+    y0 = p.y0
+    gap = g.times - g.times.detach()  # zero, with derivative 1 for each output time
+    if track:
+        with torch.no_grad():
+            f0 = p.f(times[0], y0)
+        n0 = bisect_right(g.keys, g.keys[0])
+        start = torch.zeros(y0.shape[0], dtype=gap.dtype, device=gap.device)
+        start = start.index_add(0, g.rows[:n0], gap[:n0]).to(y0.dtype)
+        y0 = y0 - start.view(-1, *([1] * (y0.ndim - 1))) * f0
+    ys = run(dataclasses.replace(p, grid=ugrid, y0=y0))
+    out = ys[idx, g.rows]
+    if track:
+        with torch.no_grad():
+            slopes = torch.stack([f0] + [p.f(times[u], ys[u]) for u in range(1, len(ukeys))])
+        out = out + gap.to(out.dtype).view(-1, *([1] * (out.ndim - 1))) * slopes[idx, g.rows]
+    return out
 
 
 def _mixed_norm(sizes: list[int], device: torch.device) -> Norm:
@@ -260,7 +285,7 @@ class _CheckpointFn(torch.autograd.Function):
         times_ = times.detach().requires_grad_(track)
         grid = dataclasses.replace(p.grid, times=times_)
         tabs = p.solver.tensors(y0.dtype, y0.device)
-        c_time = p.solver.tensors(times.dtype, times.device).c
+        c_time = stage_times(p.solver, tabs, times)
         inputs = (*params, times_) if track else params
         a = torch.zeros_like(y0)
         pg: list[torch.Tensor | None] = [None] * len(inputs)

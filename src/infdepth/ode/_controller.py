@@ -73,7 +73,8 @@ class ConstantStepSize:
     """Fixed steps of size ``dt`` from the first time; ``None`` steps from output to output.
 
     With ``dt`` given, outputs between steps come from the solver's dense output; the
-    last step is shortened to end exactly on the last output time.
+    last step is shortened to end exactly on the last output time (or lengthened by at
+    most ``1e-4 dt`` rather than followed by a step shorter than that).
     """
 
     dt: float | None = None

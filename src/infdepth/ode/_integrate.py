@@ -62,6 +62,13 @@ def _call(f: VectorField, t: torch.Tensor, y: torch.Tensor, stats: Stats) -> tor
     return f(t, y)
 
 
+def stage_times(solver: RungeKutta, tabs: StepTensors, times: torch.Tensor) -> torch.Tensor:
+    """The nodes ``c`` in the dtype of the times (float64 where the state is float32)."""
+    if tabs.c.dtype == times.dtype and tabs.c.device == times.device:
+        return tabs.c
+    return torch.tensor(solver.tableau.c, dtype=times.dtype, device=times.device)
+
+
 def _first_eval(f: VectorField, t0: torch.Tensor, y0: torch.Tensor, stats: Stats) -> torch.Tensor:
     k1 = _call(f, t0, y0, stats)
     if not isinstance(k1, torch.Tensor):
@@ -162,10 +169,12 @@ def _initial_step(
 Group = tuple[int, int]
 """A tie group of output times: ``grid.times[lo:hi]``, all of one value."""
 
-_FIXED_SLACK = 1e-6
-"""A fixed-step grid takes a last step up to ``(1 + _FIXED_SLACK) dt`` long rather than add
-a step shorter than ``_FIXED_SLACK dt``: the step count is then constant under tiny changes
-of the span, so time gradients are derivatives that finite differences reproduce."""
+_SLACK = 1e-4
+"""A last step is taken up to ``(1 + _SLACK)`` times the step size (fixed, or proposed by
+the controller) rather than followed by a step shorter than ``_SLACK`` of it: the step
+count is then constant under small changes of a span that ends on a step, so time
+gradients are derivatives there (that finite differences reproduce), and no step is
+wasted on rounding."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +327,7 @@ def _integrate_adaptive(
     direction = grid.direction
     times = grid.times
     tabs = solver.tensors(y0.dtype, y0.device)
-    c_time = tabs.c if times.dtype == y0.dtype else solver.tensors(times.dtype, times.device).c
+    c_time = stage_times(solver, tabs, times)
     track = torch.is_grad_enabled() and times.requires_grad
     t_val, t_end_val = times[0].detach(), times[-1].detach()
     t_py, t_end_py = grid.keys[0] * direction, grid.keys[-1] * direction
@@ -358,7 +367,7 @@ def _integrate_adaptive(
             )
         h: torch.Tensor | float
         t = t_val if shift is None else t_val + shift
-        if direction * (t_end_py - t_py) <= hm_py:  # last step: end exactly on t_end
+        if direction * (t_end_py - t_py) <= hm_py * (1 + _SLACK):  # last: end on t_end
             h_py, tc_py, e_val, stop = t_end_py - t_py, t_end_py, t_end_val, last
             h = t_end_val - t_val
             if track:
@@ -433,7 +442,7 @@ def _integrate_fixed(
     direction = grid.direction
     times = grid.times
     tabs = solver.tensors(y0.dtype, y0.device)
-    c_time = tabs.c if times.dtype == y0.dtype else solver.tensors(times.dtype, times.device).c
+    c_time = stage_times(solver, tabs, times)
     track = torch.is_grad_enabled() and times.requires_grad
     outs: list[torch.Tensor] = []
     n_done = _at_start(outs, grid, y0)
@@ -451,7 +460,7 @@ def _integrate_fixed(
             j = j_end
     else:
         span = grid.keys[-1] - grid.keys[0]
-        n = max(1, math.ceil(span / ctrl.dt - _FIXED_SLACK))
+        n = max(1, math.ceil(span / ctrl.dt - _SLACK))
         ends_key = [grid.keys[0] + ctrl.dt * i for i in range(1, n)] + [grid.keys[-1]]
         stops = [first] * (n - 1) + [_last_group(grid)]
     if len(ends_key) > max_steps:
