@@ -71,6 +71,10 @@ class InfiniteDepth(nn.Module):
         geometric_eps: ``eps`` of the geometric merge.
         seed: seed of sub-layer initialisation; default drawn from torch's global RNG.
         example_input: a sample input; if given, ``h`` and sub-layer 0 are checked on it now.
+
+    ``w`` (and a stretched gate's ``log_alpha``) start in torch's default dtype, like any
+    ``nn.Module``'s parameters: ``.double()`` makes a float64 layer, and sub-layers built
+    later follow ``w``'s dtype and device.
     """
 
     blocks: nn.ModuleList
