@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,6 +21,10 @@ SUBCOMMANDS: dict[str, str] = {
     "ode": "infdepth.experiments.ode_cli",
     "limits": "infdepth.experiments.limits_cli",
 }
+
+
+#: commands that train one model data-parallel under torchrun (each joins the process group)
+DATA_PARALLEL = ("xor", "images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``infdepth`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and args.command not in DATA_PARALLEL:
+        print(
+            f"infdepth {args.command}: error: this command does not run under torchrun "
+            f"(WORLD_SIZE={world}); run it in one process. Data-parallel commands: "
+            + ", ".join(DATA_PARALLEL),
+            file=sys.stderr,
+        )
+        return 2
     try:
         result = args.func(args)
     except (InputError, FileNotFoundError, NotADirectoryError) as exc:

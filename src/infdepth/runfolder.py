@@ -21,6 +21,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from infdepth import distributed
 from infdepth.errors import InputError
 from infdepth.io import write_json
 
@@ -59,9 +60,11 @@ def open_run(
     overwrite: bool = False,
     resumable: Collection[str] = (),
     labels: Mapping[str, str] | None = None,
-    write: bool = True,
 ) -> dict[str, Any]:
     """Check ``out`` against the run about to start, then write its ``config.json``.
+
+    Under torchrun every rank checks, then rank 0 alone replaces or writes, then all
+    ranks go on together (so no rank sees the folder half-prepared).
 
     Args:
         out: the run folder (``--out``).
@@ -70,7 +73,6 @@ def open_run(
         overwrite: ``--overwrite`` was given (replace a previous run folder).
         resumable: keys that may differ on resume; the new values apply and are recorded.
         labels: how to name a key in messages where it is not ``--key`` (e.g. ``ks``: ``--k``).
-        write: False on the non-writing ranks of a torchrun job (check only).
 
     Returns:
         The config as written (with the ``"resumes"`` record of earlier resumes).
@@ -78,8 +80,26 @@ def open_run(
     Raises:
         InputError: naming the flag, the value and what is accepted.
     """
+    ctx = distributed.current()
+    saved = _prepare(out, config, resume, overwrite, resumable, labels or {}, write=False)
+    ctx.barrier()
+    if ctx.is_main:
+        _prepare(out, config, resume, overwrite, resumable, labels or {}, write=True)
+    ctx.barrier()
+    return saved
+
+
+def _prepare(
+    out: Path,
+    config: Mapping[str, Any],
+    resume: bool,
+    overwrite: bool,
+    resumable: Collection[str],
+    labels: Mapping[str, str],
+    *,
+    write: bool,
+) -> dict[str, Any]:
     check_writable(out)
-    labels = labels or {}
 
     def name(key: str) -> str:
         return labels.get(key, flag(key))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,3 +187,34 @@ def test_killing_a_rank_fails_clearly_and_the_checkpoint_resumes(tmp_path: Path)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(ckpt, weights_only=False)["step"] == step + 100
+
+
+def test_torchrun_images_trains_one_model_on_two_shards(tmp_path: Path) -> None:
+    """``infdepth images`` under 2 gloo ranks: one run folder written once, one result printed,
+    test accuracy as in one process (BatchNorm sees half batches, so close, not equal)."""
+    args = ["-m", "infdepth", "images", "--dataset", "digits", "--epochs", "2", "--optimizer", "adam",
+            "--lr", "3e-3", "--precise-bn", "1000", "--no-progress"]
+    two = torchrun([*args, "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env(),
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.stdout.count("digits learned:") == 1, two.stdout  # only rank 0 prints
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1.0, 2.0]  # one writer
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    acc = {}
+    for n in ("one", "two"):
+        # BatchNorm statistics recomputed at the end: the running averages (momentum 0.01)
+        # lag far behind after 46 steps and would make both numbers noise
+        result = json.loads((tmp_path / n / "summary.json").read_text())["result"]
+        acc[n] = result["final_test_acc_precise_bn"]
+    assert acc["one"] > 0.9 and acc["two"] > 0.9 and abs(acc["two"] - acc["one"]) < 0.04, acc
+
+
+def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path: Path) -> None:
+    done = torchrun(["-m", "infdepth", "ode", "spiral", "--out", str(tmp_path / "s")], timeout=120)
+    assert done.returncode != 0
+    assert "infdepth ode: error: this command does not run under torchrun" in done.stderr
+    assert re.search(r"exitcode\s*:\s*2", done.stderr), done.stderr[-2000:]  # exit 2 on each rank
+    assert not (tmp_path / "s").exists()

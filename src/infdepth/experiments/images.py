@@ -259,8 +259,8 @@ def run_images(
     """
     if resume and not (out_dir / CHECKPOINT).is_file():
         raise InputError(f"no checkpoint at {out_dir / CHECKPOINT}; run without --resume first")
-    open_run(out_dir, asdict(cfg), resume=resume, overwrite=overwrite, resumable=RESUMABLE,
-             write=distributed.current().is_main)
+    open_run(out_dir, {**asdict(cfg), "world_size": distributed.current().world}, resume=resume,
+             overwrite=overwrite, resumable=RESUMABLE)
     data = load_images(cfg.dataset, cfg.data_dir) if data is None else data
     data = data.to(cfg.device)
     label = "learned" if cfg.fixed_depth is None else f"fixed{cfg.fixed_depth}"
@@ -413,7 +413,7 @@ def _used_parameters(model: GoingDeeperCNN) -> int:
 
 
 #: settings that may change when a run is resumed (recorded in config.json under "resumes")
-RESUMABLE = ("epochs", "device", "eval_batch", "amp", "precise_bn")
+RESUMABLE = ("epochs", "device", "eval_batch", "amp", "precise_bn", "world_size")
 
 
 # --------------------------------------------------------------------------- reference and summary
@@ -571,9 +571,10 @@ def run_comparison(
 
     learned = one(cfg, out_dir / "learned")
     fixed = [one(replace(cfg, fixed_depth=k), out_dir / f"fixed{k}") for k in depths]
-    plot_depth_comparison(out_dir, learned, fixed)
     summary = {"learned": asdict(learned), "fixed": [asdict(r) for r in fixed]}
-    write_json(out_dir / "comparison.json", summary)
+    if distributed.current().is_main:
+        plot_depth_comparison(out_dir, learned, fixed)
+        write_json(out_dir / "comparison.json", summary)
     return summary
 
 
@@ -708,10 +709,13 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
+    ctx = distributed.setup(cfg.device)
     if args.compare_depths:
-        open_run(args.out, {**asdict(cfg), "compare_depths": args.compare_depths}, resume=args.resume,
-                 overwrite=args.overwrite, resumable=RESUMABLE)
+        study = {**asdict(cfg), "compare_depths": args.compare_depths, "world_size": ctx.world}
+        open_run(args.out, study, resume=args.resume, overwrite=args.overwrite, resumable=RESUMABLE)
         summary = run_comparison(cfg, args.out, args.compare_depths, resume=args.resume, progress=progress)
+        if not ctx.is_main:
+            return 0
         rows = [summary["learned"], *summary["fixed"]]
         for r in rows:
             print(f"{r['label']:>8}: final test acc {r['final_test_acc']:.4f}  best "
@@ -720,6 +724,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"results: {args.out / 'comparison.json'}; figure: {args.out / 'images_fixed_depth.png'}")
         return 0
     res = run_images(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    if not ctx.is_main:
+        return 0
     ws = "  ".join(f"{k}: w={v:.3f}" for k, v in res.final_w.items())
     print(f"{cfg.dataset} {res.label}: final test acc {res.final_test_acc:.4f}, best "
           f"{res.best_test_acc:.4f} (epoch {res.best_epoch}), {res.epochs} epochs, "

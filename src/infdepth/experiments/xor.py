@@ -520,11 +520,7 @@ def main(args: argparse.Namespace) -> int:
         resumable=RESUMABLE,
         labels={"ks": "--k", "world_size": "the process count (torchrun --nproc-per-node)"},
     )
-    open_run(args.out, config, write=False, **options)  # every rank checks before rank 0 writes
-    ctx.barrier()
-    if ctx.is_main:
-        open_run(args.out, config, **options)
-    ctx.barrier()
+    open_run(args.out, config, **options)
     base = replace(base, device=device)
     run_sweep(args.k, seeds, base, args.out, jobs=jobs, resume=args.resume, write=ctx.is_main)
     if ctx.is_main:
