@@ -231,7 +231,8 @@ def fit(
             )
         result.history = list(ckpt["history"])
         result.resumed_from = start
-        result.seconds = float(ckpt.get("seconds", 0.0))
+        # NaN when the checkpoint predates wall-time keeping: unknown, not zero
+        result.seconds = float(ckpt.get("seconds", math.nan))
         if ctx.is_main:
             lines = "".join(_json_line(r) for r in result.history)
             atomic_write_bytes(out_dir / METRICS, lines.encode())

@@ -302,6 +302,10 @@ def _reference_w_at(ref: dict[str, list[float]], step: int) -> float:
     return float(np.asarray(ref["w"])[int(np.argmin(np.abs(its - step)))])
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if math.isfinite(value) else "n/a"
+
+
 def comparison_table(summary: dict[str, Any]) -> str:
     """Markdown table per k: our final w per seed beside the original run's w at the same step."""
     ref = reference_history()
@@ -318,7 +322,7 @@ def comparison_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {k} | {per_seed} | {e['final_w']:.2f} +- {e['final_w_std']:.2f} | {original:.2f} | "
             f"{e.get('reference_final_w', float('nan')):.2f} | {e['max_w']:.2f} | {to_99} | "
-            f"{e['min_final_val_acc']:.4f} | {e['seconds']:.0f} |"
+            f"{e['min_final_val_acc']:.4f} | {_seconds(e['seconds'])} |"
         )
     lines.append("")
     rhos = ", ".join(
