@@ -382,6 +382,45 @@ def plot_sweep(out_dir: Path, results: list[XorResult]) -> None:
         fig.tight_layout()
         fig.savefig(out_dir / f"xor_{key}.png", dpi=110)
         plt.close(fig)
+    _plot_w_per_k(out_dir, results, ref)
+
+
+def _plot_w_per_k(out_dir: Path, results: list[XorResult], ref: dict[int, dict[str, list[float]]]) -> None:
+    """``xor_w_by_k.png``: one panel per k, every seed's w against step beside the original run's."""
+    import matplotlib.pyplot as plt
+
+    from infdepth.io import read_jsonl
+
+    ks = sorted({r.k for r in results})
+    cols = min(3, len(ks))
+    rows = math.ceil(len(ks) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 2.8 * rows), sharex=True, sharey=True, squeeze=False
+    )
+    for ax, k in zip(axes.flat, ks):
+        last = 0
+        for r in (r for r in results if r.k == k):
+            hist = read_jsonl(out_dir / f"k{r.k}_seed{r.seed}" / "metrics.jsonl")
+            steps = [h["step"] for h in hist]
+            last = max(last, steps[-1] if steps else 0)
+            ax.plot(steps, [h["w"]["2"] for h in hist], lw=1, label=f"seed {r.seed}")
+        if k in ref:
+            it = np.asarray(ref[k]["iteration"])
+            mask = it <= last
+            ax.plot(it[mask], np.asarray(ref[k]["w"])[mask], color="black", lw=1, ls="--", label="original")
+        ax.set_title(f"k = {k}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    for ax in axes.flat[len(ks):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("w")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("XOR: learned depth w against step, per number of active inputs k")
+    fig.tight_layout()
+    fig.savefig(out_dir / "xor_w_by_k.png", dpi=100)
+    plt.close(fig)
 
 
 def _int_list(text: str) -> list[int]:
