@@ -10,19 +10,19 @@ sub-layers registered with the running optimizer) in training steps.
 Also the cost of reading ``w`` on the host (``layer.depth``, no cache: the layer reads it
 once in ``forward`` and once in ``penalty``) as a share of one training step.
 
-Prints ``name: ratio`` lines (g-infinity time / static time; target <= 1.10), the
-absolute times beside them, and the load average before and after.
-Run: ``.venv/bin/python bench/bench_depth.py [--repeats N]``.
+Prints ``name: ratio`` lines (g-infinity time / static time; goal <= 1.05, issue 12),
+the absolute times beside them, and the load average before and after (bench/_harness.py).
+Run: ``.venv/bin/python bench/bench_depth.py [--repeats N] [--quick] [--threads 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
 import torch
+from _harness import Harness, add_arguments
 from torch import nn
 
 from infdepth.depth import InfiniteDepth, depth_layers, grow, total_penalty
@@ -69,7 +69,8 @@ def time_steps(step, n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def bench_pair(width: int, depth: int, repeats: int, inner: int) -> tuple[float, float, float]:
+def bench_pair(h: Harness, width: int, depth: int, inner: int) -> dict[str, float]:
+    """Median seconds of one training step of each network (interleaved rounds)."""
     torch.manual_seed(0)
     x = torch.randn(1000, width)
     y = torch.randn(1000, width)
@@ -80,15 +81,10 @@ def bench_pair(width: int, depth: int, repeats: int, inner: int) -> tuple[float,
     )
     static = StaticResNet(width, depth)
     theirs, _ = make_step(static, static.penalty, x, y)
-    for s in (ours, theirs):
-        time_steps(s, 3)
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(time_steps(ours, inner))
-        b.append(time_steps(theirs, inner))
+    seconds = h.time({"ginf": ours, "static": theirs}, inner=inner, warmup=3)
     # keep w pinned below the next integer so d sub-layers run throughout
     assert layer.active_blocks == depth, layer.active_blocks
-    return statistics.median(a) / statistics.median(b), statistics.median(a), statistics.median(b)
+    return seconds
 
 
 def bench_w_read(layer: InfiniteDepth, n: int = 20_000) -> float:
@@ -99,12 +95,12 @@ def bench_w_read(layer: InfiniteDepth, n: int = 20_000) -> float:
     return (time.perf_counter() - start) / n
 
 
-def bench_growth(width: int, repeats: int) -> float:
+def bench_growth(width: int, repeats: int) -> tuple[float, float, float]:
     """Seconds of one growth event (build 5 sub-layers, register them) over one training step."""
     torch.manual_seed(0)
     x = torch.randn(1000, width)
     y = torch.randn(1000, width)
-    ratios = []
+    ratios, grows, steps = [], [], []
     for _ in range(repeats):
         layer = InfiniteDepth(lambda i: block(width), h="relu", w0=4.5, w_l2=1e-4, block_l2=1e-8, seed=0)
         step, opt = make_step(layer, lambda layer=layer: total_penalty(layer), x, y)
@@ -116,37 +112,35 @@ def bench_growth(width: int, repeats: int) -> float:
         t_grow = time.perf_counter() - start
         assert grown
         ratios.append(t_grow / t_step)
-    return statistics.median(ratios)
+        grows.append(t_grow)
+        steps.append(t_step)
+    return statistics.median(ratios), statistics.median(grows), statistics.median(steps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds")
+    add_arguments(parser, repeats=7, quick=2)
     parser.add_argument("--inner", type=int, default=10, help="steps per timing round")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, batch 1000")
-    print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    if os.getloadavg()[0] > 0.5:
-        print("# WARNING: load above 0.5, timings are not comparable")
+    h = Harness(args, "learned depth: InfiniteDepth training step / static ResNet, batch 1000")
     probe = InfiniteDepth(lambda i: block(24), w0=1.0, seed=0)
     t_read = bench_w_read(probe)
     for width in (24, 256):
         for depth in (1, 3, 5, 10):
-            ratio, t_ours, t_static = bench_pair(width, depth, args.repeats, args.inner)
-            print(
-                f"ginf_vs_static_step_w{width}_d{depth}: {ratio:.3f}  "
-                f"(ours {t_ours * 1e3:.3f} ms, static {t_static * 1e3:.3f} ms, "
-                f"2 host reads of w {2 * t_read / t_ours:.2%} of the step)"
-            )
-    print(f"# one host read of w: {t_read * 1e6:.2f} us")
+            name = f"ginf_vs_static_step_w{width}_d{depth}"
+            seconds = bench_pair(h, width, depth, args.inner)
+            h.times(name, seconds,
+                    f"; 2 host reads of w {2 * t_read / seconds['ginf']:.2%} of the g-inf step")
+            h.ratio(name, seconds["ginf"] / seconds["static"], goal=("<=", 1.05))
+    h.note(f"one host read of w: {t_read * 1e6:.2f} us")
     for width in (24, 256):
-        print(f"growth_event_in_steps_w{width}: {bench_growth(width, args.repeats):.3f}")
-    print(f"# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        ratio, t_grow, t_step = bench_growth(width, h.repeats)
+        name = f"growth_event_in_steps_w{width}"
+        h.times(name, {"growth event": t_grow, "training step": t_step})
+        h.ratio(name, ratio, goal=("<=", 1.0))
+    h.finish()
 
 
 if __name__ == "__main__":

@@ -7,20 +7,20 @@ growth check).  Steps of the two networks are interleaved so that load from
 other processes hits both alike; the median step time is used.
 
 Prints ``name: ratio`` lines, ratio = g-infinity step time / fixed-depth step time
-(target <= 1.10), with the images per second of each beside it.
+(goal <= 1.03, issue 12), with the step time and images per second of each beside it
+and the load average before and after (bench/_harness.py).
 
-    python bench/bench_images.py [--rounds 15] [--threads 1]
+    python bench/bench_images.py [--repeats 15] [--quick] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
+from _harness import Harness, add_arguments
 
 from infdepth.depth.growth import grow
 from infdepth.depth.layer import depth_layers, total_penalty
@@ -53,46 +53,37 @@ def _step_fn(model: GoingDeeperCNN, x: torch.Tensor, y: torch.Tensor):
     return step
 
 
-def bench_case(shape: tuple[int, int, int], batch: int, depth: int, rounds: int) -> tuple[float, float]:
-    """Median step seconds of (g-infinity, fixed depth) at ``depth`` active blocks per layer."""
+def bench_case(h: Harness, shape: tuple[int, int, int], batch: int, depth: int) -> dict[str, float]:
+    """Median step seconds of g-infinity and fixed depth at ``depth`` active blocks per layer."""
     x = torch.rand(batch, *shape)
     y = torch.randint(0, 10, (batch,))
     cfg = ImagesConfig()
     learned = build_model(replace(cfg, w0=depth - 0.5), shape, 10)
     fixed = build_model(replace(cfg, fixed_depth=depth), shape, 10)
     # keep w inside (depth - 1, depth] while timing: a tiny step on w only moves it a little
-    steps = {"learned": _step_fn(learned, x, y), "fixed": _step_fn(fixed, x, y)}
-    for fn in steps.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {"learned": [], "fixed": []}
-    for _ in range(rounds):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    steps = {"g-inf": _step_fn(learned, x, y), "fixed": _step_fn(fixed, x, y)}
+    seconds = h.time(steps, warmup=3)
     actives = {layer.active_blocks for _, layer in depth_layers(learned)}
     if actives != {depth}:
         raise RuntimeError(f"w left the bracket of {depth} active blocks: {actives}")
-    return statistics.median(times["learned"]), statistics.median(times["fixed"])
+    return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=15, help="timed steps per network and case")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    add_arguments(parser, repeats=15, quick=3)
+    parser.add_argument("--rounds", dest="repeats", type=int, help="old name of --repeats")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    h = Harness(args, "g-infinity image network training step / fixed-depth network")
     torch.manual_seed(0)
     for name, shape, batch, depth in CASES:
-        t_learned, t_fixed = bench_case(shape, batch, depth, args.rounds)
-        print(
-            f"{name}: {t_learned / t_fixed:.3f}   "
-            f"(g-inf {batch / t_learned:.0f} img/s, fixed {batch / t_fixed:.0f} img/s)",
-            flush=True,
-        )
+        seconds = bench_case(h, shape, batch, depth)
+        h.times(name, seconds, "   (" + ", ".join(f"{k} {batch / v:.0f} img/s"
+                                                 for k, v in seconds.items()) + ")")
+        h.ratio(name, seconds["g-inf"] / seconds["fixed"], goal=("<=", 1.03))
+    h.finish()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,22 @@
 """Benchmark: our Euler-Maruyama for the ResNet depth-limit SDE against ``torchsde.sdeint``.
 
 Same SDE (``dX = n^{-1/2} ||phi(X)|| dB``, Ito, diagonal noise), same method (Euler-Maruyama),
-same number of steps and samples, one process. Prints ``name: ratio`` lines with
-ratio = torchsde time / our time (higher is better for us); ``#`` lines give the raw times.
+same number of steps and samples, one process, runs interleaved (bench/_harness.py).
+Prints ``name: ratio`` lines with ratio = torchsde time / our time (higher is better for
+us; goal >= 20, issue 12); ``#`` lines give the absolute times and the load average.
+
+    python bench/bench_limits.py [--repeats 5] [--quick] [--threads 1]
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import time
 from collections.abc import Callable
 
 import torch
 import torchsde
+from _harness import Harness, add_arguments
 
 from infdepth.limits import EulerMaruyama, ResNetSDE, simulate
 
@@ -34,17 +38,8 @@ class _TorchsdeResNetSDE(torch.nn.Module):
         return vol.expand_as(y)
 
 
-def _best_of(fn: Callable[[], object], repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def bench_case(width: int, samples: int, steps: int, activation: str,
-               repeats: int = 2) -> tuple[float, float]:
+def bench_case(h: Harness, name: str, width: int, samples: int, steps: int,
+               activation: str) -> dict[str, float]:
     t1 = 1.0
     dtype = torch.float32
     y0 = torch.randn(samples, width, dtype=dtype, generator=torch.Generator().manual_seed(0))
@@ -61,21 +56,25 @@ def bench_case(width: int, samples: int, steps: int, activation: str,
         with torch.no_grad():
             return torchsde.sdeint(ref, y0, ts, method="euler", dt=t1 / steps)
 
-    ours()  # warm-up
-    theirs()
-    t_ours = _best_of(ours, repeats)
-    t_theirs = _best_of(theirs, repeats)
+    seconds = h.time({"ours": ours, "torchsde": theirs}, warmup=1)
     # sanity: both solve the same SDE (law of the log-norm at t1 agrees)
     a = simulate(sde, y0, t1, steps, generator=gen).values()[-1].norm(dim=-1).log()
     b = theirs()[-1].norm(dim=-1).log()  # type: ignore[index]
     tol = 6 * math.sqrt(float(a.var()) / samples) + 6 * math.sqrt(float(b.var()) / samples)
     if abs(float(a.mean()) - float(b.mean())) > tol:
         raise SystemExit(f"mismatch: mean log-norm {float(a.mean())} vs {float(b.mean())}")
-    return t_ours, t_theirs
+    h.note(f"{name} check: mean log |X_1|: ours {float(a.mean()):.4f}, torchsde {float(b.mean()):.4f} "
+           f"(agree within {tol:.2g}, 6 standard errors)")
+    return seconds
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser, repeats=5, quick=2)
+    args = parser.parse_args()
+    h = Harness(args, "limit SDE: Euler-Maruyama of infdepth.limits vs torchsde.sdeint")
     cases = [
         ("relu_n1_samples20000_steps1000", 1, 20_000, 1000, "relu"),
         ("relu_n4_samples20000_steps1000", 4, 20_000, 1000, "relu"),
@@ -84,9 +83,10 @@ def main() -> None:
         ("relu_n8_samples100_steps2000", 8, 100, 2000, "relu"),
     ]
     for name, width, samples, steps, act in cases:
-        t_ours, t_theirs = bench_case(width, samples, steps, act)
-        print(f"# {name}: ours {t_ours:.3f}s torchsde {t_theirs:.3f}s", flush=True)
-        print(f"{name}: {t_theirs / t_ours:.2f}", flush=True)
+        seconds = bench_case(h, name, width, samples, steps, act)
+        h.times(name, seconds)
+        h.ratio(name, seconds["torchsde"] / seconds["ours"], goal=(">=", 20.0))
+    h.finish()
 
 
 if __name__ == "__main__":

@@ -1,120 +1,680 @@
-"""Neural-ODE solve speed: infdepth.ode against torchdiffeq, in one process.
+"""Neural-ODE and ODE solve speed: infdepth.ode against torchdiffeq, torchode and scipy.
 
-Problem (issue 4): MLP 4 -> 32 -> 4 with tanh, batch 64, dopri5, rtol = atol = 1e-6,
-t in [0, 1]. Three cases: forward alone (no autograd), forward + backward through
-the adjoint, forward + backward through the solver (backprop). Prints the NFE of
-each side and lines ``name: ratio`` with ratio = torchdiffeq time / our time.
+Cases (issue 12; ``--case NAME`` picks some, default all):
 
-    python bench/bench_ode.py [--repeats 20] [--threads 1] [--t1 1.0]
+- ``spiral``: the neural-ODE training step of the torchdiffeq / DiffEqFlux benchmark.
+  Data from the cubic spiral ``dy/dt = (y**3) A``, ``A = [[-0.1, 2], [-2, -0.1]]``,
+  ``y(0) = (2, 0)``, 30 times on [0, 1.5]; model ``y**3 -> Linear(2, 50) -> tanh ->
+  Linear(50, 2)``; loss = sum of squared errors at the 30 times; one iteration =
+  forward + backward (no optimizer step, so every round solves the same problem).
+  dopri5 and tsit5 at rtol 1e-7 / atol 1e-9, float32, through backprop and through
+  the adjoint. torchdiffeq has no tsit5.
+- ``lorenz``: Lorenz (10, 28, 8/3) from (1, 0, 0) on [0, 100], float64,
+  rtol = atol = 1e-8, dopri5, outputs at t = 0, 10, 100; against torchdiffeq and
+  scipy ``solve_ivp`` RK45 and DOP853. Accuracy: max error at t = 10 against DOP853 at
+  rtol = atol = 1e-13 (chaotic flow: the error at t = 100 says nothing).
+- ``vdp``: 1024 Van der Pol oscillators, mu drawn uniformly in [0.5, 5], from (2, 0),
+  outputs at 11 times on [0, 10], float64, rtol = atol = 1e-6, dopri5, forward only.
+  torchode steps each sample with its own step size; infdepth and torchdiffeq take
+  steps shared by the batch (infdepth has no per-sample step sizes). Accuracy:
+  max error against scipy DOP853 at rtol = atol = 1e-10.
+- ``image``: the ODE-Net block of ``infdepth ode params`` (``ODEFunc``: GroupNorm, ReLU,
+  3x3 conv seeing t, twice, GroupNorm; 32 channels on 7x7 maps as for 28x28 images,
+  batch 128), ``ODEBlock`` on [0, 1], dopri5, rtol = atol = 1e-3, forward + backward
+  through the adjoint (the experiment's setting) and through backprop; vs torchdiffeq.
+- ``mlp``: the earlier small problem (MLP 4-32-4, batch 64, rtol = atol = 1e-6,
+  t in [0, t1]): forward alone, + backward through the adjoint, through backprop.
+
+For every case and contender the solver overhead is printed: wall time / the time
+the vector field alone needs at that batch, ``NFE_forward x t_fwd + NFE_backward x
+t_vjp``. ``t_fwd`` is one evaluation of ``f`` without autograd (forward-only solves and
+the adjoint's forward pass) or, for backprop through the solver, one evaluation
+recorded plus its share of one backward through 32 such evaluations (backprop
+differentiates every evaluation, in one graph); ``t_vjp`` is one evaluation of ``f``
+with its own vector-Jacobian product (each evaluation of the adjoint's backward
+pass). The limit is 1.0. NFE counts every call of ``f`` (a batched call counts once).
+scipy's overhead uses its own numpy ``f``.
+
+Lines ``name: ratio``: ``*_speedup_vs_PEER`` = PEER's time / ours (higher is better
+for us), ``*_overhead_NAME`` as above, with the issue's goals marked met / NOT met.
+``#`` lines give the absolute times, NFE, and the differences between the contenders'
+solutions (and gradients), so a reader sees that they solved the same problem.
+
+    python bench/bench_ode.py [--case spiral --case lorenz ...] [--quick] [--repeats N]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+from _harness import Harness, add_arguments, fmt_seconds
+from scipy.integrate import solve_ivp
 from torch import nn
 
-from infdepth.ode import Adjoint, Dopri5, odeint
+from infdepth.ode import Adjoint, Backprop, Dopri5, ODEBlock, Tsit5, odeint
 
-TOL = 1e-6
+try:
+    import torchdiffeq
+except ImportError:  # pragma: no cover - the bench extras are missing
+    torchdiffeq = None
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import torchode
+except ImportError:  # pragma: no cover
+    torchode = None
+
+CASES = ("spiral", "lorenz", "vdp", "image", "mlp")
+
+# the issue's goals
+SPEEDUP_TORCHDIFFEQ = 3.0
+SPEEDUP_TORCHODE = 1.0
+OVERHEAD_GOAL = 1.5
 
 
-class Field(nn.Module):
-    """The vector field ``f(t, y) = W2 tanh(W1 y + b1) + b2``; counts its calls."""
+# ---------------------------------------------------------------------------- plumbing
 
-    def __init__(self) -> None:
+
+class Counted(nn.Module):
+    """Wraps a vector field ``inner(t, y)`` and counts its calls (the NFE)."""
+
+    def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 4))
+        self.inner = inner
         self.nfe = 0
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
+        out: torch.Tensor = self.inner(t, y)
+        return out
+
+
+@dataclass
+class Outcome:
+    """What one run of a contender produced."""
+
+    ys: torch.Tensor  # solution, (T, *state) on the host in float64
+    grads: torch.Tensor | None  # all gradients, flat, float64
+    nfe_fwd: int
+    nfe_bwd: int
+
+
+@dataclass
+class Probe:
+    """``fn`` runs ``evals`` evaluations of the vector field alone (timed beside the solves)."""
+
+    fn: Callable[[], None]
+    evals: int
+
+
+@dataclass
+class Contender:
+    """A runnable contender and the probes that give the cost of its evaluations of ``f``."""
+
+    run: Callable[[], Outcome]
+    fwd: str  # probe: one evaluation in the forward pass
+    bwd: str | None = None  # probe: one evaluation in the backward pass
+
+
+def _once(fn: Callable[[], object]) -> float:
+    fn()
+    start = time.perf_counter()
+    fn()
+    return max(time.perf_counter() - start, 1e-7)
+
+
+def _probe(one: Callable[[], object], target: float = 0.01) -> Probe:
+    n = max(1, min(10_000, int(target / _once(one))))
+
+    def fn() -> None:
+        for _ in range(n):
+            one()
+
+    return Probe(fn, n)
+
+
+class FieldProbes:
+    """The cost of one evaluation of ``f`` at ``y``'s batch, as each pass runs it.
+
+    ``f``: no autograd (forward solves, the adjoint's forward pass); ``f+vjp``: recorded
+    and differentiated on its own (each evaluation of the adjoint's backward pass);
+    ``backprop``: a chain of evaluations recorded into one graph and one backward through
+    them all, per evaluation (backprop through the solver pays the autograd engine's
+    start-up once per backward, not once per evaluation).
+    """
+
+    def __init__(self, f: nn.Module, t: torch.Tensor, y: torch.Tensor) -> None:
+        params = [p for p in f.parameters() if p.requires_grad]
+        v = torch.randn_like(y)
+
+        def fwd() -> None:
+            with torch.no_grad():
+                f(t, y)
+
+        def fvjp() -> None:
+            y_ = y.detach().requires_grad_(True)
+            torch.autograd.grad(f(t, y_), (y_, *params), v)
+
+        chain = max(4, min(32, int(0.01 / _once(fvjp))))
+
+        def backprop() -> None:
+            y_ = y.detach().requires_grad_(True)
+            total = sum(torch.vdot(f(t, y_).reshape(-1), v.reshape(-1)) for _ in range(chain))
+            torch.autograd.grad(total, (y_, *params))
+
+        bp = _probe(backprop)
+        self.probes = {"f": _probe(fwd), "f+vjp": _probe(fvjp),
+                       "backprop": Probe(bp.fn, bp.evals * chain)}
+
+    def contender(self, run: Callable[[], Outcome], mode: str) -> Contender:
+        """``mode``: ``forward`` (no grad), ``backprop`` or ``adjoint``."""
+        if mode == "backprop":
+            return Contender(run, "backprop")
+        if mode == "adjoint":
+            return Contender(run, "f", "f+vjp")
+        return Contender(run, "f")
+
+
+def _flat_grads(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([
+        (torch.zeros_like(q) if q.grad is None else q.grad).detach().reshape(-1).double()
+        for q in tensors
+    ])
+
+
+def _zero(tensors: list[torch.Tensor]) -> None:
+    for q in tensors:
+        q.grad = None
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+@dataclass
+class Report:
+    goals_met: int = 0
+    goals_total: int = 0
+
+    def count(self, met: bool | None) -> None:
+        if met is not None:
+            self.goals_total += 1
+            self.goals_met += bool(met)
+
+
+REPORT = Report()
+
+
+def run_case(
+    h: Harness,
+    key: str,
+    contenders: dict[str, Contender],
+    probes: dict[str, Probe],
+    *,
+    overhead_goal: bool,
+    reference: Callable[[Outcome], float] | None = None,
+    ref_label: str = "",
+    speedup_goals: dict[str, float] | None = None,
+    check_rows: slice = slice(None),
+    check_label: str = "",
+) -> tuple[dict[str, float], dict[str, Outcome]]:
+    """Check, time and report one case; ``contenders`` must start with ``ours``.
+
+    ``reference(outcome)`` gives a contender's error against an accurate solution;
+    ``check_rows`` the output times whose solutions are compared between contenders.
+    The probes of ``f`` alone run interleaved with the contenders, in the same rounds.
+    Returns the median seconds and the check-pass outcome of each contender that ran.
+    """
+    outcomes: dict[str, Outcome] = {}
+    for name, c in list(contenders.items()):  # the check pass is also the warm-up
+        try:
+            outcomes[name] = c.run()
+        except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
+            h.note(f"{key}: {name} failed ({type(exc).__name__}: {exc}); left out")
+            del contenders[name]
+    if "ours" not in outcomes:
+        return {}, outcomes
+    ours = outcomes["ours"]
+    diffs = [f"{n} {_maxdiff(o.ys[check_rows], ours.ys[check_rows]):.2g}"
+             for n, o in outcomes.items() if n != "ours"]
+    if diffs:
+        line = f"{key} check: max |y - y_ours|{check_label} " + ", ".join(diffs)
+        if ours.grads is not None:
+            scale = float(ours.grads.abs().max()) or 1.0
+            gd = [f"{n} {_maxdiff(o.grads, ours.grads) / scale:.2g}"
+                  for n, o in outcomes.items() if n != "ours" and o.grads is not None]
+            line += "; max |grad - grad_ours| / max |grad_ours| " + ", ".join(gd)
+        h.note(line)
+    if reference is not None:
+        h.note(f"{key} error {ref_label}: "
+               + ", ".join(f"{n} {reference(o):.2g}" for n, o in outcomes.items()))
+    used = sorted({c.fwd for c in contenders.values()}
+                  | {c.bwd for c in contenders.values() if c.bwd is not None})
+    timed = h.time({**{n: c.run for n, c in contenders.items()},
+                    **{f"probe {k}": probes[k].fn for k in used}}, warmup=0)
+    per_eval = {k: timed[f"probe {k}"] / probes[k].evals for k in used}
+    seconds = {n: timed[n] for n in contenders}
+    h.times(key, seconds)
+    h.note(f"{key} one evaluation of f alone: "
+           + ", ".join(f"{k} {fmt_seconds(v)}" for k, v in per_eval.items()))
+    nfe = ", ".join(f"{n} {o.nfe_fwd}+{o.nfe_bwd}" for n, o in outcomes.items())
+    h.note(f"{key} NFE forward+backward: {nfe}")
+    limits = {n: outcomes[n].nfe_fwd * per_eval[c.fwd]
+              + (outcomes[n].nfe_bwd * per_eval[c.bwd] if c.bwd is not None else 0.0)
+              for n, c in contenders.items()}
+    h.note(f"{key} limit (time of f alone): "
+           + ", ".join(f"{n} {fmt_seconds(v)}" for n, v in limits.items()))
+    goals = {"torchdiffeq": SPEEDUP_TORCHDIFFEQ, "torchode": SPEEDUP_TORCHODE, **(speedup_goals or {})}
+    for peer in seconds:
+        if peer != "ours":
+            goal = (">=", goals[peer]) if peer in goals else None
+            REPORT.count(h.ratio(f"{key}_speedup_vs_{peer}", seconds[peer] / seconds["ours"],
+                                 goal=goal))
+    for n in seconds:
+        goal = (("<=", OVERHEAD_GOAL) if overhead_goal and n == "ours" else None)
+        met = h.ratio(f"{key}_overhead_{n}", seconds[n] / limits[n], goal=goal,
+                      note="limit 1.0" if n == "ours" else "")
+        REPORT.count(met)
+    return seconds, outcomes
+
+
+# ---------------------------------------------------------------------------- spiral
+
+SPIRAL_A = [[-0.1, 2.0], [-2.0, -0.1]]
+
+
+class Cube(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y**3
+
+
+class SpiralModel(nn.Module):
+    """``f(t, y) = Linear(50, 2)(tanh(Linear(2, 50)(y**3)))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(Cube(), nn.Linear(2, 50), nn.Tanh(), nn.Linear(50, 2))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(y)
         return out
 
 
-def _time_pair(ours: Callable[[], None], theirs: Callable[[], None],
-               repeats: int) -> tuple[float, float]:
-    """Median seconds of each, runs interleaved so that load changes hit both alike."""
-    ours()  # warm up
-    theirs()
-    t_ours, t_theirs = [], []
-    for _ in range(repeats):
-        for fn, out in ((ours, t_ours), (theirs, t_theirs)):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-    return statistics.median(t_ours), statistics.median(t_theirs)
+def _spiral_data(t: np.ndarray) -> np.ndarray:
+    a = np.array(SPIRAL_A)
+    sol = solve_ivp(lambda _, y: (y**3) @ a, (t[0], t[-1]), [2.0, 0.0], method="DOP853",
+                    t_eval=t, rtol=1e-12, atol=1e-12)
+    return sol.y.T  # (T, 2)
+
+
+def _torchode_solver(field: nn.Module, method: str, rtol: float, atol: float, adjoint: bool):
+    term = torchode.ODETerm(field)
+    step = {"dopri5": torchode.Dopri5, "tsit5": torchode.Tsit5}[method](term=term)
+    ctrl = torchode.IntegralController(atol=atol, rtol=rtol, term=term)
+    if adjoint:
+        return torchode.BacksolveAdjoint(term, step, ctrl)
+    return torchode.AutoDiffAdjoint(step, ctrl)
+
+
+def _torchode_check(sol) -> None:  # noqa: ANN001 - torchode's Solution
+    if bool((sol.status != 0).any()):
+        raise RuntimeError(f"torchode status {sol.status.tolist()}")
+
+
+def case_spiral(h: Harness) -> None:
+    rtol, atol = 1e-7, 1e-9
+    t_np = np.linspace(0.0, 1.5, 30)
+    t = torch.tensor(t_np, dtype=torch.float32)
+    target = torch.tensor(_spiral_data(t_np), dtype=torch.float32)[:, None, :]  # (T, 1, 2)
+    y0 = torch.tensor([[2.0, 0.0]])
+    torch.manual_seed(0)
+    model = SpiralModel()
+    field = Counted(model)
+    params = list(model.parameters())
+    cost = FieldProbes(model, t[0], y0)
+
+    def step(solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            _zero(params)
+            field.nfe = 0
+            ys = solve()
+            n_fwd = field.nfe
+            (ys - target).square().sum().backward()
+            return Outcome(ys.detach().double(), _flat_grads(params), n_fwd, field.nfe - n_fwd)
+
+        return run
+
+    for method, ours_solver in (("dopri5", Dopri5()), ("tsit5", Tsit5())):
+        for grad in ("backprop", "adjoint"):
+            adj = grad == "adjoint"
+            gm = Adjoint() if adj else Backprop()
+
+            def ours(s=ours_solver, gm=gm) -> torch.Tensor:  # noqa: ANN001
+                return odeint(field, y0, t, solver=s, rtol=rtol, atol=atol, adjoint=gm)
+
+            contenders = {"ours": cost.contender(step(ours), grad)}
+            if torchdiffeq is not None and method == "dopri5":
+                solve = torchdiffeq.odeint_adjoint if adj else torchdiffeq.odeint
+
+                def tde(solve=solve, m=method) -> torch.Tensor:  # noqa: ANN001
+                    return solve(field, y0, t, rtol=rtol, atol=atol, method=m)
+
+                contenders["torchdiffeq"] = cost.contender(step(tde), grad)
+            if torchode is not None:
+                solver = _torchode_solver(field, method, rtol, atol, adj)
+
+                def tode(solver=solver) -> torch.Tensor:  # noqa: ANN001
+                    sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t[None, :]))
+                    _torchode_check(sol)
+                    return sol.ys.transpose(0, 1)
+
+                contenders["torchode"] = cost.contender(step(tode), grad)
+            run_case(h, f"spiral_{method}_{grad}", contenders, cost.probes, overhead_goal=True)
+    if torchdiffeq is not None:
+        h.note("spiral_tsit5: torchdiffeq has no tsit5")
+
+
+# ---------------------------------------------------------------------------- lorenz
+
+SIGMA, RHO, BETA = 10.0, 28.0, 8.0 / 3.0
+
+
+class Lorenz(nn.Module):
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v, z = y.unbind(-1)
+        return torch.stack([SIGMA * (v - x), x * (RHO - z) - v, x * v - BETA * z], -1)
+
+
+def _lorenz_np(t: float, u: np.ndarray) -> np.ndarray:
+    x, v, z = u
+    return np.array([SIGMA * (v - x), x * (RHO - z) - v, x * v - BETA * z])
+
+
+def case_lorenz(h: Harness) -> None:
+    tol = 1e-8
+    times = [0.0, 10.0, 100.0]
+    t = torch.tensor(times, dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    field = Counted(Lorenz())
+    ref = solve_ivp(_lorenz_np, (0.0, 10.0), [1.0, 0.0, 0.0], method="DOP853", t_eval=[10.0],
+                    rtol=1e-13, atol=1e-13).y[:, -1]
+    ref_t = torch.tensor(ref)
+    cost = FieldProbes(Lorenz(), t[0], y0)
+    u0 = np.array([1.0, 0.0, 0.0])
+    probes = {**cost.probes, "numpy f": _probe(lambda: _lorenz_np(0.0, u0))}
+
+    def torch_run(solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            field.nfe = 0
+            with torch.no_grad():
+                ys = solve()
+            return Outcome(ys.double(), None, field.nfe, 0)
+
+        return run
+
+    def ours() -> torch.Tensor:
+        return odeint(field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, max_steps=10_000_000)
+
+    contenders = {"ours": cost.contender(torch_run(ours), "forward")}
+    if torchdiffeq is not None:
+        contenders["torchdiffeq"] = cost.contender(torch_run(
+            lambda: torchdiffeq.odeint(field, y0, t, rtol=tol, atol=tol, method="dopri5")),
+            "forward")
+    for method in ("RK45", "DOP853"):
+        def sp(method: str = method) -> Outcome:
+            sol = solve_ivp(_lorenz_np, (0.0, 100.0), [1.0, 0.0, 0.0], method=method,
+                            t_eval=times, rtol=tol, atol=tol)
+            if sol.status != 0:
+                raise RuntimeError(sol.message)
+            return Outcome(torch.tensor(sol.y.T), None, int(sol.nfev), 0)
+
+        contenders[f"scipy_{method}"] = Contender(sp, "numpy f")
+
+    def err(o: Outcome) -> float:
+        return float((o.ys[1] - ref_t).abs().max())
+
+    seconds, outcomes = run_case(h, "lorenz", contenders, probes, overhead_goal=False,
+                                 reference=err, check_rows=slice(0, 2),
+                                 check_label=" at t=0, 10 (t=100 is chaos)",
+                                 ref_label="at t=10 vs DOP853 rtol=atol=1e-13",
+                                 speedup_goals={"scipy_RK45": 1.0})
+    if "scipy_RK45" in seconds and "ours" in seconds:
+        acc = err(outcomes["ours"]) / max(err(outcomes["scipy_RK45"]), 1e-300)
+        REPORT.count(h.ratio("lorenz_error_ours_over_scipy_RK45", acc, goal=("<=", 1.0),
+                             note="error at t=10, equal or better accuracy"))
+
+
+# ---------------------------------------------------------------------------- van der Pol
+
+
+class VanDerPol(nn.Module):
+    def __init__(self, mu: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mu", mu)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v = y.unbind(-1)
+        return torch.stack([v, self.mu * (1 - x * x) * v - x], -1)
+
+
+def case_vdp(h: Harness) -> None:
+    batch, tol = 1024, 1e-6
+    gen = torch.Generator().manual_seed(0)
+    mu = 0.5 + 4.5 * torch.rand(batch, generator=gen, dtype=torch.float64)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).expand(batch, 2).contiguous()
+    t = torch.linspace(0.0, 10.0, 11, dtype=torch.float64)
+    vdp = VanDerPol(mu)
+    field = Counted(vdp)
+    mu_np = mu.numpy()
+
+    def f_np(_: float, u: np.ndarray) -> np.ndarray:
+        x, v = u[:batch], u[batch:]
+        return np.concatenate([v, mu_np * (1 - x * x) * v - x])
+
+    ref = solve_ivp(f_np, (0.0, 10.0), np.concatenate([y0[:, 0].numpy(), y0[:, 1].numpy()]),
+                    method="DOP853", t_eval=t.numpy(), rtol=1e-10, atol=1e-10)
+    ref_t = torch.tensor(ref.y.T).reshape(len(t), 2, batch).transpose(1, 2)  # (T, B, 2)
+    cost = FieldProbes(vdp, t[0], y0)
+    h.note(f"vdp: batch {batch}, mu in "           f"[{float(mu.min()):.2f}, {float(mu.max()):.2f}]")
+
+    def torch_run(solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            field.nfe = 0
+            with torch.no_grad():
+                ys = solve()
+            return Outcome(ys.double(), None, field.nfe, 0)
+
+        return run
+
+    contenders = {"ours": cost.contender(torch_run(
+        lambda: odeint(field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, max_steps=1_000_000)),
+        "forward")}
+    if torchdiffeq is not None:
+        contenders["torchdiffeq"] = cost.contender(torch_run(
+            lambda: torchdiffeq.odeint(field, y0, t, rtol=tol, atol=tol, method="dopri5")),
+            "forward")
+    per_sample: list[torch.Tensor] = []
+    if torchode is not None:
+        solver = _torchode_solver(field, "dopri5", tol, tol, adjoint=False)
+        t_eval = t[None, :].expand(batch, -1)
+
+        def tode() -> torch.Tensor:
+            sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
+            _torchode_check(sol)
+            per_sample[:] = [sol.stats["n_steps"]]
+            return sol.ys.transpose(0, 1)
+
+        contenders["torchode"] = cost.contender(torch_run(tode), "forward")
+    h.note("vdp: ours and torchdiffeq step the whole batch with shared step sizes (infdepth has "
+           "no per-sample step sizes); torchode steps each sample on its own")
+    run_case(h, "vdp", contenders, cost.probes, overhead_goal=False,
+             reference=lambda o: float((o.ys - ref_t).abs().max()),
+             ref_label="max over samples and times vs DOP853 rtol=atol=1e-10")
+    if per_sample:
+        n = per_sample[0].double()
+        h.note(f"vdp: torchode steps per sample: mean {float(n.mean()):.0f}, min "
+               f"{int(n.min())}, max {int(n.max())} (its NFE above counts batched calls of f)")
+
+
+# ---------------------------------------------------------------------------- image block
+
+
+def case_image(h: Harness, image_size: int = 28) -> None:
+    from infdepth.experiments.ode_params import ODEFunc
+
+    channels, batch, tol = 32, 128, 1e-3
+    size = image_size
+    while size > 7:  # the stem of ode_params.build: 8 -> 4, 28 -> 14 -> 7
+        size //= 2
+    torch.manual_seed(0)
+    func = ODEFunc(channels)
+    field = Counted(func)
+    h0 = torch.randn(batch, channels, size, size, requires_grad=True)
+    target = torch.randn(batch, channels, size, size)
+    t = torch.tensor([0.0, 1.0])
+    params = [*func.parameters(), h0]
+    cost = FieldProbes(func, t[0], h0.detach())
+    h.note(f"image: ODEFunc({channels}) on a state {batch}x{channels}x{size}x{size}")
+
+    def step(solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            _zero(params)
+            field.nfe = 0
+            h1 = solve()
+            n_fwd = field.nfe
+            (h1 - target).square().mean().backward()
+            return Outcome(h1.detach().double()[None], _flat_grads(params), n_fwd,
+                           field.nfe - n_fwd)
+
+        return run
+
+    for grad in ("adjoint", "backprop"):
+        adj = grad == "adjoint"
+        block = ODEBlock(field, t1=1.0, rtol=tol, atol=tol,
+                         adjoint=Adjoint() if adj else Backprop())
+        contenders = {"ours": cost.contender(step(lambda block=block: block(h0)), grad)}
+        if torchdiffeq is not None:
+            solve = torchdiffeq.odeint_adjoint if adj else torchdiffeq.odeint
+
+            def tde(solve=solve) -> torch.Tensor:  # noqa: ANN001
+                return solve(field, h0, t, rtol=tol, atol=tol, method="dopri5")[-1]
+
+            contenders["torchdiffeq"] = cost.contender(step(tde), grad)
+        run_case(h, f"image_{grad}", contenders, cost.probes, overhead_goal=True)
+    h.note("image: torchode not run (its solver needs a (batch, features) state)")
+
+
+# ---------------------------------------------------------------------------- mlp
+
+
+class MLPField(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 4))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(y)
+        return out
+
+
+def case_mlp(h: Harness, t1: float) -> None:
+    tol = 1e-6
+    torch.manual_seed(0)
+    mlp = MLPField()
+    field = Counted(mlp)
+    params = list(mlp.parameters())
+    y0 = torch.randn(64, 4)
+    t = torch.tensor([0.0, t1])
+    cost = FieldProbes(mlp, t[0], y0)
+
+    def run_fn(solve: Callable[[], torch.Tensor], mode: str) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            _zero(params)
+            field.nfe = 0
+            if mode == "forward":
+                with torch.no_grad():
+                    ys = solve()
+                return Outcome(ys.double(), None, field.nfe, 0)
+            ys = solve()
+            n_fwd = field.nfe
+            ys[-1].square().sum().backward()
+            return Outcome(ys.detach().double(), _flat_grads(params), n_fwd, field.nfe - n_fwd)
+
+        return run
+
+    for mode in ("forward", "adjoint", "backprop"):
+        adj = mode == "adjoint"
+        gm = Adjoint() if adj else Backprop()
+        contenders = {"ours": cost.contender(run_fn(
+            lambda gm=gm: odeint(field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, adjoint=gm),
+            mode), mode)}
+        if torchdiffeq is not None:
+            solve = torchdiffeq.odeint_adjoint if adj else torchdiffeq.odeint
+            contenders["torchdiffeq"] = cost.contender(run_fn(
+                lambda solve=solve: solve(field, y0, t, rtol=tol, atol=tol, method="dopri5"),
+                mode), mode)
+        if torchode is not None:
+            solver = _torchode_solver(field, "dopri5", tol, tol, adj)
+            t_eval = t[None, :].expand(y0.shape[0], -1)
+
+            def tode(solver=solver, t_eval=t_eval) -> torch.Tensor:  # noqa: ANN001
+                sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
+                _torchode_check(sol)
+                return sol.ys.transpose(0, 1)
+
+            contenders["torchode"] = cost.contender(run_fn(tode, mode), mode)
+        run_case(h, f"mlp_{mode}", contenders, cost.probes, overhead_goal=False)
+    h.note("mlp: torchode steps each of the 64 samples on its own (per-sample error norm)")
+
+
+# ---------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per case")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--t1", type=float, default=1.0,
-                        help="end time (the issue's problem: 1; longer spans take more steps)")
+    add_arguments(parser, repeats=5, quick=2)
+    parser.add_argument("--case", action="append", choices=CASES,
+                        help="run only this case (repeatable); default all")
+    parser.add_argument("--t1", type=float, default=1.0, help="end time of the mlp case")
+    parser.add_argument("--image-size", type=int, default=28, choices=(8, 28),
+                        help="image side of the image case (28: 7x7 maps, 8: 4x4 maps)")
     args = parser.parse_args(argv)
-    try:
-        import torchdiffeq
-    except ImportError:
-        print("torchdiffeq is not installed (pip install -e '.[bench]'); nothing to compare")
-        return 0
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    field = Field()
-    y0 = torch.randn(64, 4)
-    t = torch.tensor([0.0, args.t1])
+    h = Harness(args, "ODE solvers: infdepth.ode vs torchdiffeq, torchode, scipy (issue 12)")
+    versions = [f"torchdiffeq {getattr(torchdiffeq, '__version__', 'missing')}",
+                f"torchode {getattr(torchode, '__version__', 'missing')}"]
+    import scipy
 
-    def ours_fwd() -> None:
-        with torch.no_grad():
-            odeint(field, y0, t, solver=Dopri5(), rtol=TOL, atol=TOL)
-
-    def theirs_fwd() -> None:
-        with torch.no_grad():
-            torchdiffeq.odeint(field, y0, t, method="dopri5", rtol=TOL, atol=TOL)
-
-    def ours_adj() -> None:
-        y = odeint(field, y0, t, solver=Dopri5(), rtol=TOL, atol=TOL, adjoint=Adjoint())
-        y[-1].square().sum().backward()
-
-    def theirs_adj() -> None:
-        y = torchdiffeq.odeint_adjoint(field, y0, t, method="dopri5", rtol=TOL, atol=TOL)
-        y[-1].square().sum().backward()
-
-    def ours_bp() -> None:
-        y = odeint(field, y0, t, solver=Dopri5(), rtol=TOL, atol=TOL)
-        y[-1].square().sum().backward()
-
-    def theirs_bp() -> None:
-        y = torchdiffeq.odeint(field, y0, t, method="dopri5", rtol=TOL, atol=TOL)
-        y[-1].square().sum().backward()
-
-    cases = {
-        "forward": (ours_fwd, theirs_fwd),
-        "forward+backward adjoint": (ours_adj, theirs_adj),
-        "forward+backward backprop": (ours_bp, theirs_bp),
-    }
-    print(f"torch {torch.__version__}, torchdiffeq {torchdiffeq.__version__}, "
-          f"threads {args.threads}, repeats {args.repeats}, t in [0, {args.t1:g}]")
-    for name, (ours, theirs) in cases.items():
-        nfe = []
-        for fn in (ours, theirs):
-            field.nfe = 0
-            field.zero_grad()
-            fn()
-            nfe.append(field.nfe)
-        t_ours, t_theirs = _time_pair(ours, theirs, args.repeats)
-        print(f"# {name}: ours {t_ours * 1e3:.2f} ms (NFE {nfe[0]}), "
-              f"torchdiffeq {t_theirs * 1e3:.2f} ms (NFE {nfe[1]}), "
-              f"NFE difference {abs(nfe[0] - nfe[1]) / nfe[1]:.1%}")
-        print(f"{name}: {t_theirs / t_ours:.2f}")
+    versions.append(f"scipy {scipy.__version__}")
+    h.note(", ".join(versions) + (" (pip install -e '.[bench]' for the peers)"
+                                  if torchdiffeq is None or torchode is None else ""))
+    cases = args.case or list(CASES)
+    for name in CASES:
+        if name not in cases:
+            continue
+        start = time.perf_counter()
+        if name == "spiral":
+            case_spiral(h)
+        elif name == "lorenz":
+            case_lorenz(h)
+        elif name == "vdp":
+            case_vdp(h)
+        elif name == "image":
+            case_image(h, args.image_size)
+        else:
+            case_mlp(h, args.t1)
+        h.note(f"case {name} took {time.perf_counter() - start:.0f} s")
+    h.note(f"goals met: {REPORT.goals_met} of {REPORT.goals_total}")
+    h.finish()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
