@@ -227,15 +227,17 @@ def test_workers_die_with_a_killed_parent(tmp_path) -> None:
     argv = [sys.executable, "-m", "infdepth", "xor", "--k", "3,4", "--steps", "100000", "--jobs", "2",
             "--checkpoint-every", "10", "--eval-every", "10", "--out", str(tmp_path)]
     parent = subprocess.Popen(argv, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    ckpts = [tmp_path / f"k{k}_seed0" / "checkpoint.pt" for k in (3, 4)]
-    deadline = time.time() + 120
-    while not all(c.is_file() for c in ckpts) and time.time() < deadline:
-        time.sleep(0.2)
-    assert all(c.is_file() for c in ckpts), "the workers did not start in time"
-    workers = _children(parent.pid)
-    assert len(workers) >= 2, workers
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.wait()
+    try:
+        ckpts = [tmp_path / f"k{k}_seed0" / "checkpoint.pt" for k in (3, 4)]
+        deadline = time.time() + 120
+        while not all(c.is_file() for c in ckpts) and time.time() < deadline:
+            time.sleep(0.2)
+        assert all(c.is_file() for c in ckpts), "the workers did not start in time"
+        workers = _children(parent.pid)
+        assert len(workers) >= 2, workers
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
     deadline = time.time() + 15
     while any(_alive(pid) for pid in workers) and time.time() < deadline:
         time.sleep(0.2)
