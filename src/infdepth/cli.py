@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from infdepth.errors import DivergenceError, InputError
+from infdepth.ode import SolverError
 
 # name -> module exposing ``register(subparsers: argparse._SubParsersAction) -> None``
 SUBCOMMANDS: dict[str, str] = {
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"infdepth {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except DivergenceError as exc:
+    except (DivergenceError, SolverError) as exc:
+        # a run that diverged (or whose ODE solve could not go on): one line, exit code 1
         print(f"infdepth {args.command}: training diverged: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

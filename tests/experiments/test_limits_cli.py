@@ -63,3 +63,20 @@ def test_help_lists_every_experiment(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for name in CASES:
         assert name in text
+
+
+@pytest.mark.parametrize(("name", "args", "needle"), [
+    ("activations", ["--activations", ""], "--activations: '' is empty"),
+    ("activations", ["--activations", "relu,relu"], "repeats an entry"),
+    ("expressivity", ["--times", ""], "--times: '' is empty"),
+    ("expressivity", ["--times", "1,1"], "repeats an entry"),
+    ("convergence", ["--depths", "4,4"], "repeats an entry"),
+])
+def test_empty_or_repeated_lists_exit_2(name: str, args: list[str], needle: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["limits", name, "--out", str(tmp_path / "x"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()

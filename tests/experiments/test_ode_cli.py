@@ -76,3 +76,14 @@ def test_bad_flags_exit_2(argv: list[str], tmp_path: Path,
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_a_diverging_training_ends_with_one_line_and_exit_1(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``ode spiral --lr 1e6``: the field blows up and the solver gives up: one line, no traceback."""
+    code = main(["ode", "spiral", "--lr", "1e6", "--iterations", "3", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "training diverged" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -26,6 +26,7 @@ from infdepth.experiments.limits_common import (
     pyplot,
     save_figure,
     set_threads,
+    str_list,
 )
 from infdepth.io import seed_everything, write_json
 from infdepth.limits import ResNetSDE, infinite_width_law, resolve_activation, simulate
@@ -105,7 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--q0", type=float, default=d.q0, help="variance of Y_0 coordinates")
     p.add_argument("--samples", type=int, default=d.samples, help="samples per activation")
     p.add_argument("--steps", type=int, default=d.steps, help="Euler-Maruyama steps")
-    p.add_argument("--activations", default=",".join(d.activations),
+    p.add_argument("--activations", type=str_list, default=list(d.activations),
                    help="comma-separated activations (linear, relu, tanh)")
 
 
@@ -113,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     cfg = ActivationsConfig(width=args.width, t1=args.t1, q0=args.q0, samples=args.samples,
                             steps=args.steps,
-                            activations=[a for a in args.activations.split(",") if a],
+                            activations=list(args.activations),
                             seed=args.seed)
     for a in cfg.activations:
         resolve_activation(a, "--activations")

@@ -70,20 +70,35 @@ def mean_ci(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis), 1.96 * x.std(axis, ddof=1) / math.sqrt(n)
 
 
+def _checked(text: str, values: list) -> list:
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; expected at least one value")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats an entry; give each value once")
+    return values
+
+
 def int_list(text: str) -> list[int]:
-    """argparse type: ``"1,2,8"`` -> ``[1, 2, 8]``."""
+    """argparse type: ``"1,2,8"`` -> ``[1, 2, 8]`` (non-empty, no repeats)."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    return _checked(text, values)
 
 
 def float_list(text: str) -> list[float]:
-    """argparse type: ``"0.5,1,2"`` -> ``[0.5, 1.0, 2.0]``."""
+    """argparse type: ``"0.5,1,2"`` -> ``[0.5, 1.0, 2.0]`` (non-empty, no repeats)."""
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    return _checked(text, values)
+
+
+def str_list(text: str) -> list[str]:
+    """argparse type: ``"relu,tanh"`` -> ``["relu", "tanh"]`` (non-empty, no repeats)."""
+    return _checked(text, [v.strip() for v in text.split(",") if v.strip()])
 
 
 def add_common(parser: argparse.ArgumentParser, name: str) -> None:
