@@ -135,6 +135,18 @@ def _once(fn: Callable[[], object]) -> float:
     return max(time.perf_counter() - start, 1e-7)
 
 
+def forward_run(field: Counted, solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
+    """A forward-only contender: ``solve()`` without autograd, NFE read from ``field.nfe``."""
+
+    def run() -> Outcome:
+        field.nfe = 0
+        with torch.no_grad():
+            ys = solve()
+        return Outcome(ys.double(), None, field.nfe, 0)
+
+    return run
+
+
 def _probe(one: Callable[[], object], target: float = 0.01) -> Probe:
     n = max(1, min(10_000, int(target / _once(one))))
 
@@ -418,13 +430,7 @@ def case_lorenz(h: Harness) -> None:
     probes = {**cost.probes, "numpy f": _probe(lambda: _lorenz_np(0.0, u0))}
 
     def torch_run(solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
-        def run() -> Outcome:
-            field.nfe = 0
-            with torch.no_grad():
-                ys = solve()
-            return Outcome(ys.double(), None, field.nfe, 0)
-
-        return run
+        return forward_run(field, solve)
 
     def ours() -> torch.Tensor:
         return odeint(field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, max_steps=10_000_000)
@@ -489,16 +495,10 @@ def case_vdp(h: Harness) -> None:
                     method="DOP853", t_eval=t.numpy(), rtol=1e-10, atol=1e-10)
     ref_t = torch.tensor(ref.y.T).reshape(len(t), 2, batch).transpose(1, 2)  # (T, B, 2)
     cost = FieldProbes(vdp, t[0], y0)
-    h.note(f"vdp: batch {batch}, mu in "           f"[{float(mu.min()):.2f}, {float(mu.max()):.2f}]")
+    h.note(f"vdp: batch {batch}, mu in [{float(mu.min()):.2f}, {float(mu.max()):.2f}]")
 
     def torch_run(solve: Callable[[], torch.Tensor]) -> Callable[[], Outcome]:
-        def run() -> Outcome:
-            field.nfe = 0
-            with torch.no_grad():
-                ys = solve()
-            return Outcome(ys.double(), None, field.nfe, 0)
-
-        return run
+        return forward_run(field, solve)
 
     contenders = {"ours": cost.contender(torch_run(
         lambda: odeint(field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, max_steps=1_000_000)),
