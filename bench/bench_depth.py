@@ -25,7 +25,8 @@ import torch
 from _harness import Harness, add_arguments
 from torch import nn
 
-from infdepth.depth import InfiniteDepth, depth_layers, grow, total_penalty
+from infdepth.depth import InfiniteDepth, grow
+from infdepth.train import model_penalty
 
 
 def block(width: int) -> nn.Module:
@@ -75,9 +76,9 @@ def bench_pair(h: Harness, width: int, depth: int, inner: int) -> dict[str, floa
     x = torch.randn(1000, width)
     y = torch.randn(1000, width)
     layer = InfiniteDepth(lambda i: block(width), h="relu", w0=depth - 0.01, w_l2=1e-4, block_l2=1e-8, seed=0)
-    layers = depth_layers(layer)  # as infdepth.train.fit does: traverse once
+    # as infdepth.train.fit does: the penalty and the growth look the layers up every step
     ours, _ = make_step(
-        layer, lambda: total_penalty(layer, layers), x, y, after=lambda opt: grow(layer, opt, layers)
+        layer, lambda: model_penalty(layer), x, y, after=lambda opt: grow(layer, opt)
     )
     static = StaticResNet(width, depth)
     theirs, _ = make_step(static, static.penalty, x, y)
@@ -103,7 +104,7 @@ def bench_growth(width: int, repeats: int) -> tuple[float, float, float]:
     ratios, grows, steps = [], [], []
     for _ in range(repeats):
         layer = InfiniteDepth(lambda i: block(width), h="relu", w0=4.5, w_l2=1e-4, block_l2=1e-8, seed=0)
-        step, opt = make_step(layer, lambda layer=layer: total_penalty(layer), x, y)
+        step, opt = make_step(layer, lambda layer=layer: model_penalty(layer), x, y)
         t_step = time_steps(step, 5)
         with torch.no_grad():
             layer.w.fill_(5.5)

@@ -46,7 +46,7 @@ def run(out, steps: int, resume: bool = False, checkpoint_every: int = 5):
             resume=resume,
             progress=False,
         ),
-        evaluate=lambda m: {"val_loss": float(nn.BCEWithLogitsLoss()(m(batch(-1)[0]), batch(-1)[1]))},
+        evaluate=lambda m, step: {"val_loss": float(nn.BCEWithLogitsLoss()(m(batch(-1)[0]), batch(-1)[1]))},
     )
     return model, opt, result
 

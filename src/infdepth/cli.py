@@ -1,7 +1,10 @@
-"""The ``infdepth`` command line: a thin layer that parses, calls and prints.
+"""The ``infdepth`` command line: a thin layer that parses, sets up ranks, calls and prints.
 
-Every subcommand lives with its experiment and exposes ``register(subparsers)``;
-this module only wires them together and turns bad input into exit code 2.
+Every subcommand lives with its experiment and exposes ``register(subparsers)``; a
+command that trains one model data-parallel says so with
+``set_defaults(data_parallel=True)``.  This module wires them together, joins the
+torch.distributed process group once (under torchrun) for those commands, refuses the
+others under torchrun, and turns bad input into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from infdepth.errors import DivergenceError, InputError
+from infdepth import distributed
+from infdepth.errors import DivergenceError, InputError, check_device
 from infdepth.ode import SolverError
 
 # name -> module exposing ``register(subparsers: argparse._SubParsersAction) -> None``
@@ -23,9 +27,6 @@ SUBCOMMANDS: dict[str, str] = {
     "limits": "infdepth.experiments.limits_cli",
 }
 
-
-#: commands that train one model data-parallel under torchrun (each joins the process group)
-DATA_PARALLEL = ("xor", "images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,31 +49,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def data_parallel_commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The commands (``images``, ``ode params``, ...) that train data-parallel under torchrun."""
+    found: list[str] = []
+
+    def visit(p: argparse.ArgumentParser, prefix: str) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for cmd, child in action.choices.items():
+                    visit(child, f"{prefix} {cmd}".strip())
+        if prefix and p.get_default("data_parallel"):
+            found.append(prefix)
+
+    visit(parser, "")
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``infdepth`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1 and args.command not in DATA_PARALLEL:
+    if world > 1 and not getattr(args, "data_parallel", False):
         print(
-            f"infdepth {args.command}: error: this command does not run under torchrun "
-            f"(WORLD_SIZE={world}); run it in one process. Data-parallel commands: "
-            + ", ".join(DATA_PARALLEL),
+            f"infdepth {name}: error: this command has nothing to train data-parallel and does not "
+            f"run under torchrun (WORLD_SIZE={world}); run it in one process. Data-parallel "
+            "commands: " + ", ".join(data_parallel_commands(parser)),
             file=sys.stderr,
         )
         return 2
     try:
+        if world > 1:
+            distributed.setup(check_device("--device", str(getattr(args, "device", "cpu"))))
         result = args.func(args)
     except (InputError, FileNotFoundError, NotADirectoryError) as exc:
         parser.print_usage(sys.stderr)
-        print(f"infdepth {args.command}: error: {exc}", file=sys.stderr)
+        print(f"infdepth {name}: error: {exc}", file=sys.stderr)
         return 2
     except (DivergenceError, SolverError) as exc:
         # a run that diverged (or whose ODE solve could not go on): one line, exit code 1
-        print(f"infdepth {args.command}: training diverged: {exc}", file=sys.stderr)
+        print(f"infdepth {name}: training diverged: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"infdepth {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        print(f"infdepth {name}: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
     return int(result or 0)
 

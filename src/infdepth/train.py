@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,14 +28,14 @@ from tqdm.auto import tqdm
 
 from infdepth import distributed
 from infdepth.depth.growth import grow
-from infdepth.depth.layer import depth_layers, total_penalty
+from infdepth.depth.layer import depth_layers
 from infdepth.errors import DivergenceError, InputError
 from infdepth.io import append_jsonl, atomic_torch_save, atomic_write_bytes
 
 Batch = tuple[Tensor, Tensor]
 BatchFn = Callable[[int], Batch]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-EvalFn = Callable[[nn.Module], dict[str, float]]
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
 StepMetricFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
 CHECKPOINT = "checkpoint.pt"
@@ -89,26 +89,60 @@ class FitResult:
         return [r[key] for r in self.history if key in r]
 
 
+class HasPenalty(Protocol):
+    """A module that adds a term to the training objective: ``penalty() -> Tensor | None``.
+
+    :class:`~infdepth.depth.InfiniteDepth` (l2 on ``w`` and its sub-layers) and
+    :class:`~infdepth.ode.ODEBlock` (on its end time) are such modules; a user module
+    takes part by defining ``penalty``.
+    """
+
+    def penalty(self) -> Tensor | None: ...
+
+
+def penalty_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The outermost submodules of ``model`` (itself included) that have a ``penalty()``.
+
+    A module inside another one that has a penalty is left to it (an
+    :class:`~infdepth.depth.InfiniteDepth` layer sums its own sub-layers' terms), so no
+    term is counted twice.
+    """
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        if callable(getattr(type(module), "penalty", None)):  # a method, not a submodule named so
+            found.append((prefix, module))
+            return
+        for name, child in module.named_children():
+            visit(f"{prefix}.{name}" if prefix else name, child)
+
+    visit("", model)
+    return found
+
+
+def model_penalty(model: nn.Module) -> Tensor | None:
+    """Sum of ``penalty()`` over :func:`penalty_modules` (None when no module adds one)."""
+    terms = [t for _, m in penalty_modules(model) if (t := m.penalty()) is not None]
+    if not terms:
+        return None
+    return terms[0] if len(terms) == 1 else torch.stack([t.reshape(()) for t in terms]).sum()
+
+
 class WithPenalty(nn.Module):
     """``x -> (model(x), penalty)``: the penalty is computed inside ``forward``.
 
     DistributedDataParallel only sees parameters used in its ``forward``; a ``w`` whose
     layer runs no sub-layer (``w <= 0``) is used by the penalty alone, so the penalty
-    must be part of the wrapped forward or DDP reports it as used twice.
+    must be part of the wrapped forward or DDP reports it as used twice.  The modules
+    that add a penalty are looked up on every call.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.layers = depth_layers(model)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.model(x), total_penalty(self.model, self.layers)
-
-
-def depths(model: nn.Module) -> dict[str, float]:
-    """``{layer name: w}`` for every g-infinity layer of ``model``."""
-    return {name or "layer": layer.depth for name, layer in depth_layers(model)}
+        return self.model(x), model_penalty(self.model)
 
 
 def _sync_depths(model: nn.Module) -> None:
@@ -184,13 +218,16 @@ def fit(
     """Train ``model`` for ``config.steps`` optimizer steps on ``batch(step)``.
 
     Args:
-        model: any module; its g-infinity layers grow in place and add their penalty.
+        model: any module; its g-infinity layers grow in place (through
+            :func:`infdepth.depth.grow`), and every submodule with a ``penalty()``
+            (:class:`HasPenalty`) adds its term to the objective.
         optimizer: built on ``model.parameters()`` (new sub-layers are added to it).
         batch: ``step -> (inputs, targets)``, the *global* batch of that step;
             must be a pure function of ``step`` for exact resumption.
         loss_fn: ``(outputs, targets) -> scalar`` data loss (the penalty is added here).
         config: steps, cadences, run folder, resume.
-        evaluate: ``model -> {metric: value}``, called in eval mode (on every rank).
+        evaluate: ``(model, step) -> {metric: value}``, called in eval mode (on every rank)
+            every ``eval_every`` steps and after the last one; ``step`` counts the steps done.
         step_metrics: ``(outputs, targets) -> {metric: scalar tensor}``, averaged per log window.
         scheduler: optional LR scheduler, stepped once per optimizer step.
 
@@ -240,8 +277,7 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS).write_text("")
     net = WithPenalty(raw)
-    layers = net.layers
-    grow(raw, optimizer, layers)
+    grow(raw, optimizer)
     wrapped = ctx.wrap(net)
 
     device = torch.device(config.device)
@@ -276,11 +312,12 @@ def fit(
                 scheduler.step()
             if ctx.enabled:
                 _sync_depths(raw)
+            layers = depth_layers(raw)
             ws = {name or "layer": layer.depth for name, layer in layers}
             bad = {k: v for k, v in ws.items() if not math.isfinite(v)}
             if bad:
                 raise DivergenceError(f"at step {step + 1}, w became non-finite: {bad}")
-            if grow(raw, optimizer, layers) and ctx.enabled:
+            if grow(raw, optimizer) and ctx.enabled:
                 wrapped = ctx.rewrap(wrapped, net)
 
             with torch.no_grad():
@@ -306,7 +343,7 @@ def fit(
                     assert evaluate is not None
                     raw.eval()
                     with torch.no_grad():
-                        record.update(evaluate(raw))
+                        record.update(evaluate(raw, done))
                 result.history.append(record)
                 if out_dir is not None and ctx.is_main:
                     append_jsonl(out_dir / METRICS, record)

@@ -44,26 +44,28 @@ def register_parameters(
     group["params"].sort(key=lambda p: order.get(id(p), len(order)))
 
 
-def grow(
-    model: nn.Module,
-    optimizer: Optimizer | None = None,
-    layers: list[tuple[str, InfiniteDepth]] | None = None,
-) -> dict[str, int]:
-    """Grow every g-infinity layer of ``model`` whose ``ceil(w)`` passed its built count.
+def grow(model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, int]:
+    """Grow every g-infinity layer of ``model`` to the sub-layers its ``w`` needs; the one owner of growth.
 
-    New parameters are registered with ``optimizer`` (if given), keeping every old
-    parameter's state; sub-layers that ``forward`` built lazily since the last call
-    are registered too.  ``layers`` (from :func:`depth_layers`) skips the module
-    traversal in a hot loop.  Returns ``{layer name: new sub-layer count}`` for the
-    layers that grew (empty when nothing grew).
+    Each layer answers how many sub-layers it needs (``ceil(w)``, built in chunks of
+    ``grow_step``) and builds them.  Every sub-layer parameter that ``optimizer`` does not
+    hold yet (built here, or earlier by a ``forward``/``penalty`` that met a larger ``w``)
+    joins it, keeping the state of every old parameter.  Both are read from the model and
+    the optimizer on every call: nothing is remembered between calls.  Returns ``{layer
+    name: new sub-layer count}`` for the layers that grew (empty when nothing grew).
     """
     grown: dict[str, int] = {}
-    for name, layer in depth_layers(model) if layers is None else layers:
+    known: set[int] | None = None
+    for name, layer in depth_layers(model):
         new = layer.grow()
-        if optimizer is not None and layer.pending:
-            params = [p for block in layer.pending for p in block.parameters()]
-            layer.pending.clear()
-            register_parameters(optimizer, model, layer, params)
         if new:
             grown[name or "<root>"] = len(new)
+        if optimizer is None:
+            continue
+        if known is None:
+            known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        fresh = [p for p in layer.blocks.parameters() if p.requires_grad and id(p) not in known]
+        if fresh:
+            register_parameters(optimizer, model, layer, fresh)
+            known.update(id(p) for p in fresh)
     return grown

@@ -124,8 +124,6 @@ class InfiniteDepth(nn.Module):
         self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         self.w = nn.Parameter(torch.tensor(float(w0)))
         self.blocks = nn.ModuleList()
-        # sub-layers built but not yet handed to an optimizer (see infdepth.depth.growth.grow)
-        self.pending: list[nn.Module] = []
         self._h_checked = isinstance(h, str)
         if not self._h_checked:
             probe = example_input if example_input is not None else torch.randn(16, 8)
@@ -221,7 +219,6 @@ class InfiniteDepth(nn.Module):
         new = [self._build(i) for i in range(len(self.blocks), total)]
         for module in new:
             self.blocks.append(module)
-        self.pending.extend(new)
         return new
 
     def prune(self) -> int:
@@ -230,7 +227,6 @@ class InfiniteDepth(nn.Module):
         removed = len(self.blocks) - keep
         if removed > 0:
             self.blocks = nn.ModuleList(list(self.blocks)[:keep])
-            self.pending = [m for m in self.pending if any(m is b for b in self.blocks)]
         return max(0, removed)
 
     def _load_from_state_dict(
@@ -280,7 +276,7 @@ class InfiniteDepth(nn.Module):
             return h(x)
         if n > len(self.blocks):
             # w was set from outside (or a step jumped past the built blocks): build now.
-            # The training loop registers the new parameters with the optimizer after the step.
+            # infdepth.depth.growth.grow registers the new parameters with the optimizer.
             self.grow()
         # skip the module-call overhead for the two common h (a hot loop for narrow layers)
         h_fast = None if isinstance(h, nn.Identity) else torch.relu if type(h) is nn.ReLU else h

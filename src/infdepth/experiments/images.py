@@ -289,7 +289,7 @@ def run_images(
         running["n"] += 1
         return {"train_acc": acc}
 
-    def evaluate(net: nn.Module) -> dict[str, float]:
+    def evaluate(net: nn.Module, step: int) -> dict[str, float]:
         loss_sum, correct = 0.0, 0
         for i in range(0, len(data.x_test), cfg.eval_batch):
             xb, yb = data.x_test[i : i + cfg.eval_batch], data.y_test[i : i + cfg.eval_batch]
@@ -637,7 +637,7 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the previous run in --out instead of refusing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, data_parallel=True)
 
 
 def config_from_args(args: argparse.Namespace) -> ImagesConfig:

@@ -131,7 +131,7 @@ def run_xor(
     def batch(step: int) -> tuple[Tensor, Tensor]:
         return xor_batch(cfg.k, cfg.batch_size, step_generator(cfg.seed, step), INPUTS)
 
-    def evaluate(net: nn.Module) -> dict[str, float]:
+    def evaluate(net: nn.Module, step: int) -> dict[str, float]:
         logits = net(val_x)
         return {"val_loss": float(loss_fn(logits, val_y)), "val_acc": float(_accuracy(logits, val_y))}
 
@@ -484,7 +484,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the previous run in --out instead of refusing"
     )
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, data_parallel=True)
 
 
 #: settings that may change when a sweep is resumed (recorded in config.json under "resumes")

@@ -1,0 +1,214 @@
+"""What every experiment shares: flags derived from its ``Config``, comma lists, run context, figures.
+
+An experiment is one module with
+
+- ``Config``: a frozen dataclass, the *only* place its defaults are written; each field
+  made with :func:`option` carries its ``--help`` text, and ``__post_init__`` validates
+  with the validators of :mod:`infdepth.errors`, naming the flag;
+- ``add_arguments(parser)``: :func:`add_config_arguments` derives the flags from ``Config``;
+- ``run(config, ctx) -> summary``: does the work, writes into ``ctx.out``, returns a dict.
+
+:func:`config_from_args` turns parsed flags back into a ``Config`` and so runs every
+check before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from infdepth import distributed
+from infdepth.errors import InputError, check_int
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------- comma-separated lists
+
+
+def _listed(text: str, kind: Callable[[str], Any], what: str) -> tuple[Any, ...]:
+    try:
+        values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; expected at least one value")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats an entry; give each value once")
+    return values
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type: ``"1,2,8"`` -> ``(1, 2, 8)`` (non-empty, no repeats)."""
+    return _listed(text, int, "integers")
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)`` (non-empty, no repeats)."""
+    return _listed(text, float, "numbers")
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    """argparse type: ``"relu,tanh"`` -> ``("relu", "tanh")`` (non-empty, no repeats)."""
+    return _listed(text, str, "names")
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+# ---------------------------------------------------------------- Config -> flags
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    type: Callable[[str], Any] | None = None,
+    flag: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A ``Config`` field with its ``--help`` text (``type`` for lists or optional values)."""
+    return field(default=default, metadata={"help": help, "type": type, "flag": flag, "cli": cli})
+
+
+def flag_of(config_cls: type, name: str) -> str:
+    """The command-line flag of a ``Config`` field (``batch_size`` -> ``--batch-size``)."""
+    for f in fields(config_cls):  # type: ignore[arg-type]
+        if f.name == name and f.metadata.get("flag"):
+            return str(f.metadata["flag"])
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One flag per field of the dataclass ``config_cls``, its default and help from the field."""
+    for f in fields(config_cls):  # type: ignore[arg-type]
+        if not f.metadata.get("cli", True):
+            continue
+        default = f.default
+        helptext = f.metadata.get("help", "")
+        name = flag_of(config_cls, f.name)
+        if isinstance(default, bool):
+            if default:
+                raise TypeError(f"{config_cls.__name__}.{f.name}: a flag defaults to off")
+            parser.add_argument(name, dest=f.name, action="store_true", help=helptext)
+            continue
+        kind = f.metadata.get("type") or (type(default) if default is not None else str)
+        shown = "%(default)s" if not isinstance(default, tuple) else _show(default)
+        parser.add_argument(
+            name, dest=f.name, type=kind, default=default, metavar=f.name.upper(),
+            help=f"{helptext} (default: {shown})",
+        )
+
+
+def config_from_args(config_cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
+    """The ``Config`` of the parsed flags (validated by its ``__post_init__``)."""
+    values = {f.name: getattr(args, f.name) for f in fields(config_cls)  # type: ignore[arg-type]
+              if f.metadata.get("cli", True) and hasattr(args, f.name)}
+    values.update(overrides)
+    return config_cls(**values)
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A ``Config`` as a JSON-ready dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+# ---------------------------------------------------------------- run context
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where and how an experiment runs: its run folder, resume/overwrite, progress, ranks."""
+
+    out: Path
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    dist: distributed.DistContext = field(default_factory=distributed.current)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process prints and writes (rank 0, or the only process)."""
+        return self.dist.is_main
+
+    def say(self, text: str) -> None:
+        """Print on the main process only."""
+        if self.is_main:
+            print(text, flush=True)
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, default_out: str, *, resumable: bool = False, progress: bool = True
+) -> None:
+    """``--out`` (and ``--resume``/``--overwrite``, ``--no-progress``, ``--threads``) for a command."""
+    parser.add_argument("--out", type=Path, default=Path(default_out),
+                        help="run folder (default: %(default)s)")
+    if resumable:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the previous run in --out instead of refusing")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per process (0: torch's default; 1 is fastest on a shared "
+                        "machine) (default: %(default)s)")
+
+
+def context_from_args(args: argparse.Namespace) -> RunContext:
+    """The :class:`RunContext` of the run flags; sets the torch thread count."""
+    threads = check_int("--threads", args.threads, low=0)
+    if threads:
+        torch.set_num_threads(threads)
+    return RunContext(
+        out=Path(args.out),
+        resume=bool(getattr(args, "resume", False)),
+        overwrite=bool(getattr(args, "overwrite", False)),
+        progress=not getattr(args, "no_progress", False),
+    )
+
+
+# ---------------------------------------------------------------- sizes, figures, statistics
+
+
+def check_allocatable(name: str, numel: int, *, limit: int = 2**33) -> None:
+    """Refuse a size whose tensors would need more than ``limit`` elements (32 GiB of float32)."""
+    if numel > limit:
+        raise InputError(f"{name} asks for a tensor of {numel:.3g} elements; the limit is {limit:.3g}")
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as a PNG (100 dpi) and close it."""
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def mean_ci(x: Sequence[float] | np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and half-width of the normal 95% confidence interval along ``axis``."""
+    a = np.asarray(x, dtype=float)
+    n = a.shape[axis]
+    return a.mean(axis), 1.96 * a.std(axis, ddof=1) / math.sqrt(n)
+
+
+def count_params(module: torch.nn.Module, *, trainable: bool = True) -> int:
+    """Number of (trainable) parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
