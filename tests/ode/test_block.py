@@ -115,3 +115,26 @@ def test_float64_field_integrates_to_the_float64_end_time(h0: torch.Tensor) -> N
     plain = ODEBlock(nn.Identity(), t1=0.1)
     assert plain.t1.dtype == torch.get_default_dtype()
     assert plain.double().t1.dtype == torch.float64
+
+
+def test_backward_evaluations_are_counted_per_block_not_globally(h0: torch.Tensor) -> None:
+    # an inner block (backprop) inside the field of an outer block (adjoint): the inner
+    # block's solves during the outer adjoint pass are its forward solves, differentiated by
+    # autograd; it never solves backwards, so its backward counter must stay at zero
+    torch.manual_seed(0)
+    inner = ODEBlock(Field(), t1=0.5, solver=Euler(), step_size=0.25)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.inner(h) - h
+            return out
+
+    outer = ODEBlock(Outer(), t1=1.0, adjoint=Adjoint(), rtol=1e-5, atol=1e-5)
+    outer(h0).sum().backward()
+    assert outer.nfe_forward > 0 and outer.nfe_backward > 0
+    assert inner.nfe_backward == 0
+    assert inner.nfe_forward == 2 * (outer.nfe_forward + outer.nfe_backward)

@@ -8,42 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from infdepth.errors import InputError
-from infdepth.ode._controller import ConstantStepSize, PIController
-from infdepth.ode._integrate import (
-    Norm,
-    OutputGrid,
-    Stats,
-    Step,
-    VectorField,
-    integrate,
-    replay_step,
-    stage_times,
-)
+from infdepth.ode._controller import ConstantStepSize, Norm, PIController
+from infdepth.ode._integrate import integrate, replay_step
+from infdepth.ode._outputs import OutputGrid, Step
 from infdepth.ode._solvers import RungeKutta
-
-_BACKWARD_DEPTH = [0]
-
-
-@contextmanager
-def _backward_phase() -> Iterator[None]:
-    _BACKWARD_DEPTH[0] += 1
-    try:
-        yield
-    finally:
-        _BACKWARD_DEPTH[0] -= 1
-
-
-def in_backward() -> bool:
-    """True while an adjoint or checkpointed backward pass is evaluating ``f``."""
-    return _BACKWARD_DEPTH[0] > 0
+from infdepth.ode._stepping import Stats, VectorField, stage_times
 
 
 @dataclass(frozen=True)
@@ -57,6 +33,15 @@ class Problem:
     controller: PIController | ConstantStepSize
     max_steps: int
     params: tuple[torch.Tensor, ...]
+    f_backward: VectorField | None = None
+    """The field as the backward pass of :class:`Adjoint` and :class:`Checkpointed` calls it
+    (``None``: ``f``). ``ODEBlock`` passes a second entry point here to count backward
+    evaluations apart from forward ones."""
+
+    @property
+    def backward_field(self) -> VectorField:
+        """The vector field evaluated during a backward pass."""
+        return self.f if self.f_backward is None else self.f_backward
 
 
 @dataclass(frozen=True)
@@ -234,7 +219,7 @@ class _AdjointFn(torch.autograd.Function):
                 rtol=ctrl.rtol if method.rtol is None else method.rtol,
                 atol=ctrl.atol if method.atol is None else method.atol,
             )
-        f = p.f
+        f = p.backward_field
 
         def aug(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
             y = z[:n].view(shape)
@@ -245,7 +230,7 @@ class _AdjointFn(torch.autograd.Function):
         d = p.grid.direction
         a = g[-1].clone()
         pg = [torch.zeros_like(q) for q in params]
-        with _backward_phase(), torch.no_grad():
+        with torch.no_grad():
             for i in range(ys.shape[0] - 1, 0, -1):
                 z0 = torch.cat([ys[i].reshape(-1), a.reshape(-1)] + [q.reshape(-1) for q in pg])
                 back = OutputGrid(
@@ -289,21 +274,21 @@ class _CheckpointFn(torch.autograd.Function):
         inputs = (*params, times_) if track else params
         a = torch.zeros_like(y0)
         pg: list[torch.Tensor | None] = [None] * len(inputs)
-        with _backward_phase():
-            for s in reversed(ctx.steps):
-                with torch.enable_grad():
-                    y_ = s.y.detach().requires_grad_(True)
-                    y1, outs = replay_step(p.f, y_, s, grid, p.solver, tabs, c_time, Stats())
-                    tensors, cots = [y1], [a]
-                    if outs is not None:
-                        tensors.append(outs)
-                        cots.append(g[s.lo : s.hi])
-                    grads = torch.autograd.grad(tensors, (y_, *inputs), cots, allow_unused=True)
-                a = grads[0] if grads[0] is not None else torch.zeros_like(a)
-                for j, gq in enumerate(grads[1:]):
-                    prev = pg[j]
-                    if gq is not None:
-                        pg[j] = gq if prev is None else prev + gq
+        f = p.backward_field
+        for s in reversed(ctx.steps):
+            with torch.enable_grad():
+                y_ = s.y.detach().requires_grad_(True)
+                y1, outs = replay_step(f, y_, s, grid, p.solver, tabs, c_time, Stats())
+                tensors, cots = [y1], [a]
+                if outs is not None:
+                    tensors.append(outs)
+                    cots.append(g[s.lo : s.hi])
+                grads = torch.autograd.grad(tensors, (y_, *inputs), cots, allow_unused=True)
+            a = grads[0] if grads[0] is not None else torch.zeros_like(a)
+            for j, gq in enumerate(grads[1:]):
+                prev = pg[j]
+                if gq is not None:
+                    pg[j] = gq if prev is None else prev + gq
         n0 = bisect_right(p.grid.keys, p.grid.keys[0])
         rows = p.grid.rows
         a = a + g[:n0].sum(0) if rows is None else a.index_add(0, rows[:n0], g[:n0])

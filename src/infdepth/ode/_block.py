@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from infdepth.errors import InputError
-from infdepth.ode._adjoint import Adjoint, Checkpointed, GradientMethod, in_backward
-from infdepth.ode._odeint import odeint
+from infdepth.ode._adjoint import Adjoint, Checkpointed, GradientMethod
+from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL
+from infdepth.ode._odeint import solve
 from infdepth.ode._solvers import Dopri5, RungeKutta
 
 
@@ -24,6 +25,9 @@ class ODEBlock(nn.Module):
     Function evaluations are counted: ``nfe_forward`` during the forward solve,
     ``nfe_backward`` during the backward solve of the adjoint or checkpointed
     methods (backprop through the solver evaluates ``func`` in backward zero times).
+    The solve is handed two entry points to ``func``, one per counter, so which pass
+    an evaluation belongs to is explicit (no global "in backward" state); a solve nested
+    inside ``func`` counts in its own block.
 
     ``t1`` is created in the dtype of ``func``'s floating-point parameters (the default
     dtype if it has none), so a float64 field integrates to the float64 ``t1``; like any
@@ -35,7 +39,9 @@ class ODEBlock(nn.Module):
         learn_t1: make ``t1`` a parameter.
         t1_l2: weight of the ``t1**2`` penalty.
         t1_min: ``t1`` is clamped to at least this during the forward pass.
-        solver, rtol, atol, step_size, adjoint, max_steps: as in :func:`odeint`.
+        solver, rtol, atol, step_size, adjoint, max_steps: as in :func:`odeint`, with the
+            same default tolerances ``rtol=1e-6, atol=1e-8``; training that prefers speed
+            to accuracy passes looser ones (e.g. ``rtol=atol=1e-3``).
     """
 
     def __init__(
@@ -47,8 +53,8 @@ class ODEBlock(nn.Module):
         t1_l2: float = 0.0,
         t1_min: float = 1e-3,
         solver: RungeKutta | None = None,
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        rtol: float = DEFAULT_RTOL,
+        atol: float = DEFAULT_ATOL,
         step_size: float | None = None,
         adjoint: GradientMethod | None = None,
         max_steps: int = 10_000,
@@ -81,10 +87,12 @@ class ODEBlock(nn.Module):
         self.nfe_backward = 0
 
     def _field(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        if in_backward():
-            self.nfe_backward += 1
-        else:
-            self.nfe_forward += 1
+        self.nfe_forward += 1
+        out: torch.Tensor = self.func(t, h)
+        return out
+
+    def _field_backward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        self.nfe_backward += 1
         out: torch.Tensor = self.func(t, h)
         return out
 
@@ -96,8 +104,9 @@ class ODEBlock(nn.Module):
     def forward(self, h0: torch.Tensor) -> torch.Tensor:
         t1 = self.t1.clamp(min=self.t1_min).to(h0.device)
         t = torch.stack([torch.zeros_like(t1), t1])
-        ys = odeint(self._field, h0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
-                    step_size=self.step_size, adjoint=self.adjoint, max_steps=self.max_steps)
+        ys = solve(self._field, h0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
+                   step_size=self.step_size, controller=None, adjoint=self.adjoint,
+                   max_steps=self.max_steps, f_backward=self._field_backward)
         return ys[-1]
 
     def penalty(self) -> torch.Tensor:

@@ -1,11 +1,51 @@
-"""Step-size control: a PI controller for adaptive solvers, a constant step otherwise."""
+"""Step-size control, all of it: initial step, error ratio, accept/reject, next step, last step.
+
+:class:`PIController` (adaptive solvers) and :class:`ConstantStepSize` (fixed steps) are the
+user-facing configuration; :meth:`PIController.start` returns the :class:`AdaptiveSteps` that
+one solve asks, step after step, where to go next and whether the step just taken stands.
+The integration loop (:mod:`infdepth.ode._integrate`) only takes the steps it is told to.
+
+Default tolerances: ``rtol = 1e-6``, ``atol = 1e-8`` for :func:`~infdepth.ode.odeint`,
+:class:`PIController` and :class:`~infdepth.ode.ODEBlock` alike. 1e-6 is the tightest
+relative tolerance that still means something for a float32 state (machine epsilon 1.2e-7:
+torchdiffeq's and torchode's 1e-7 is one rounding of the state, so the controller would
+chase rounding noise); scipy's 1e-3 gives errors that are visible in gradients and in
+comparisons between gradient methods. Training runs that want speed over accuracy pass a
+looser tolerance explicitly (the ODE-Net experiment uses 1e-3).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from infdepth.errors import InputError
+from infdepth.ode._errors import NonFiniteStateError, SolverError
+
+DEFAULT_RTOL = 1e-6
+"""Default relative tolerance of ``odeint``, ``PIController`` and ``ODEBlock``."""
+DEFAULT_ATOL = 1e-8
+"""Default absolute tolerance of ``odeint``, ``PIController`` and ``ODEBlock``."""
+
+SLACK = 1e-4
+"""A last step is taken up to ``(1 + SLACK)`` times the step size (fixed, or proposed by
+the controller) rather than followed by a step shorter than ``SLACK`` of it: the step
+count is then constant under small changes of a span that ends on a step, so time
+gradients are derivatives there (that finite differences reproduce), and no step is
+wasted on rounding."""
+
+Norm = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a scaled error (error / tolerance) to its mean square; accept when <= 1."""
+Evaluate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``f(t, y)``, counted by the caller."""
+
+
+def rms2(x: torch.Tensor) -> torch.Tensor:
+    """Mean square of all entries: the default error norm (squared RMS)."""
+    return x.square().mean()
 
 
 def _check_nonneg(name: str, value: float) -> None:
@@ -26,7 +66,9 @@ class PIController:
     classical integral controller; ``pcoeff=0.4, icoeff=0.3`` is a common PI choice.
 
     Args:
-        rtol, atol: relative and absolute tolerances, >= 0 and not both 0.
+        rtol, atol: relative and absolute tolerances, >= 0 and not both 0; by default
+            ``DEFAULT_RTOL = 1e-6`` and ``DEFAULT_ATOL = 1e-8``, shared with ``odeint`` and
+            ``ODEBlock`` (the tightest pair that is still meaningful in float32).
         pcoeff, icoeff: proportional and integral coefficients.
         safety: factor < 1 applied to the optimal step.
         factor_min, factor_max: bounds on the change of step size.
@@ -36,8 +78,8 @@ class PIController:
         dtmax: steps never exceed this magnitude.
     """
 
-    rtol: float = 1e-6
-    atol: float = 1e-8
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
     pcoeff: float = 0.0
     icoeff: float = 1.0
     safety: float = 0.9
@@ -67,6 +109,105 @@ class PIController:
         if not self.dtmax > self.dtmin:
             raise InputError(f"dtmax={self.dtmax!r} is not accepted; expected dtmax > dtmin")
 
+    def initial_step(self, f: Evaluate, t0: torch.Tensor, y0: torch.Tensor, k1: torch.Tensor,
+                     order: int, norm: Norm, direction: float) -> float:
+        """Step-size magnitude from ``k1 = f(t0, y0)`` and one more evaluation of ``f``.
+
+        Hairer, Norsett & Wanner, Solving ODEs I, II.4; ``dt0`` when it is set.
+        """
+        if self.dt0 is not None:
+            return self.dt0
+        with torch.no_grad():
+            scale = y0.abs().mul(self.rtol).add_(self.atol)
+            d0 = norm(y0 / scale).sqrt()
+            d1 = norm(k1 / scale).sqrt()
+            small = (d0 < 1e-5) | (d1 < 1e-5)
+            h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
+            f1 = f(t0 + direction * h0.to(t0.dtype), y0 + (direction * h0) * k1)
+            d2 = norm((f1 - k1) / scale).sqrt() / h0
+            dmax = torch.maximum(d1, d2)
+            h1 = torch.where(
+                dmax <= 1e-15,
+                torch.clamp(h0 * 1e-3, min=1e-6),
+                (0.01 / dmax) ** (1.0 / order),
+            )
+            return float(torch.minimum(100 * h0, h1).to(t0.dtype))
+
+    def start(self, f: Evaluate, t0: torch.Tensor, y0: torch.Tensor, k1: torch.Tensor,
+              order: int, norm: Norm | None, direction: float) -> AdaptiveSteps:
+        """The controller's state for one solve from ``(t0, y0)`` with ``k1 = f(t0, y0)``."""
+        h = self.initial_step(f, t0, y0, k1, order, norm or rms2, direction)
+        return AdaptiveSteps(self, order, y0, h, norm)
+
+
+class AdaptiveSteps:
+    """The state of a :class:`PIController` during one solve (host floats only).
+
+    ``h`` is the magnitude of the next step to attempt. Per attempt the loop asks
+    :meth:`next_step` for the signed step, computes the error estimate, and hands it to
+    :meth:`error_ratio` and then :meth:`judge`, which accepts or rejects and sets ``h``.
+    """
+
+    def __init__(self, ctrl: PIController, order: int, y0: torch.Tensor, h: float,
+                 norm: Norm | None) -> None:
+        self.ctrl = ctrl
+        self.h = min(h, ctrl.dtmax)
+        self._norm = norm
+        self._exponent = -(ctrl.icoeff + ctrl.pcoeff) / order
+        self._p_exponent = ctrl.pcoeff / order
+        self._prev_r = 1.0
+        self._inv_sqrt_n = 1.0 / math.sqrt(max(y0.numel(), 1))
+        self._atol = torch.tensor(ctrl.atol, dtype=y0.dtype, device=y0.device)
+
+    def next_step(self, t: float, t_end: float, direction: float) -> tuple[float, bool]:
+        """Signed size of the next attempt from ``t``, and whether it ends on ``t_end``.
+
+        Within ``(1 + SLACK)`` of ``h`` of ``t_end`` the step is clipped (or stretched) to end
+        exactly there. Raises :class:`SolverError` when ``h`` fell below ``dtmin`` or no longer
+        changes ``t``.
+        """
+        h = self.h
+        if h < self.ctrl.dtmin or t + direction * h == t:
+            raise SolverError(
+                f"step size {h:.3g} at t={t:.6g} is below the minimum "
+                f"(dtmin={self.ctrl.dtmin:g}, or too small to change t); the problem may be "
+                "stiff, f discontinuous, or the tolerances too tight"
+            )
+        if direction * (t_end - t) <= h * (1 + SLACK):
+            return t_end - t, True
+        return direction * h, False
+
+    def error_ratio(self, err: torch.Tensor, y_abs: torch.Tensor, y1_abs: torch.Tensor) -> float:
+        """RMS of ``err / (atol + rtol * max(|y0|, |y1|))`` (or the custom norm's root)."""
+        with torch.no_grad():
+            scale = torch.add(self._atol, torch.maximum(y_abs, y1_abs), alpha=self.ctrl.rtol)
+            if self._norm is None:
+                return float(torch.linalg.vector_norm(err / scale)) * self._inv_sqrt_n
+            return math.sqrt(float(self._norm(err / scale)))
+
+    def judge(self, r: float, h: float, t: float) -> bool:
+        """Accept (``r <= 1``) or reject the step of signed size ``h`` from ``t``; set ``h``.
+
+        Raises :class:`NonFiniteStateError` for a NaN or infinite ``r``.
+        """
+        ctrl = self.ctrl
+        if not math.isfinite(r):
+            raise NonFiniteStateError(
+                f"non-finite state or error estimate at t={t:.6g} with step size {abs(h):.3g}"
+            )
+        accepted = r <= 1.0
+        if r == 0.0:
+            factor = ctrl.factor_max
+        else:
+            factor = ctrl.safety * r**self._exponent * self._prev_r**self._p_exponent
+        if accepted:
+            factor = min(max(factor, 1.0), ctrl.factor_max)
+            self._prev_r = max(r, 1e-10)
+        else:
+            factor = min(max(factor, ctrl.factor_min), 1.0)
+        self.h = min(abs(h) * factor, ctrl.dtmax)
+        return accepted
+
 
 @dataclass(frozen=True)
 class ConstantStepSize:
@@ -82,3 +223,13 @@ class ConstantStepSize:
     def __post_init__(self) -> None:
         if self.dt is not None and not (self.dt > 0 and math.isfinite(self.dt)):
             raise InputError(f"step_size={self.dt!r} is not accepted; expected None or a number > 0")
+
+    def step_ends(self, first: float, last: float) -> list[float] | None:
+        """Ends of the steps from ``first`` to ``last`` (ascending, ``last`` included).
+
+        ``None`` when ``dt`` is ``None``: the steps then end on the output times.
+        """
+        if self.dt is None:
+            return None
+        n = max(1, math.ceil((last - first) / self.dt - SLACK))
+        return [first + self.dt * i for i in range(1, n)] + [last]

@@ -8,9 +8,10 @@ import torch
 
 from infdepth.errors import InputError
 from infdepth.ode._adjoint import Backprop, GradientMethod, Problem, find_params
-from infdepth.ode._controller import ConstantStepSize, PIController
-from infdepth.ode._integrate import OutputGrid, VectorField
+from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
+from infdepth.ode._outputs import OutputGrid
 from infdepth.ode._solvers import Dopri5, RungeKutta
+from infdepth.ode._stepping import VectorField
 
 
 def _time_dtype(y0: torch.Tensor, t: torch.Tensor) -> torch.dtype:
@@ -65,8 +66,8 @@ def odeint(
     t: torch.Tensor,
     *,
     solver: RungeKutta | None = None,
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
     step_size: float | None = None,
     controller: PIController | ConstantStepSize | None = None,
     adjoint: GradientMethod | None = None,
@@ -83,7 +84,9 @@ def odeint(
             the whole state, or ``(T, batch)``, a time grid per sample sharing the
             first time ``t[0, :]``. Times between steps come from dense output.
         solver: a :class:`RungeKutta` instance, default ``Dopri5()``.
-        rtol, atol: tolerances of adaptive solvers (ignored if ``controller`` is given).
+        rtol, atol: tolerances of adaptive solvers (ignored if ``controller`` is given);
+            by default ``1e-6`` and ``1e-8``, the same pair as :class:`PIController` and
+            :class:`ODEBlock` (the tightest that is meaningful for a float32 state).
         step_size: step of fixed-step solvers; ``None`` steps from output to output.
         controller: a :class:`PIController` (adaptive solvers) or
             :class:`ConstantStepSize`; default built from ``rtol, atol`` or ``step_size``.
@@ -101,6 +104,25 @@ def odeint(
         SolverError: ``max_steps`` exceeded or the step size fell below its minimum.
         NonFiniteStateError: the state became NaN or infinite.
     """
+    return solve(f, y0, t, solver=solver, rtol=rtol, atol=atol, step_size=step_size,
+                 controller=controller, adjoint=adjoint, max_steps=max_steps)
+
+
+def solve(
+    f: VectorField,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    solver: RungeKutta | None,
+    rtol: float,
+    atol: float,
+    step_size: float | None,
+    controller: PIController | ConstantStepSize | None,
+    adjoint: GradientMethod | None,
+    max_steps: int,
+    f_backward: VectorField | None = None,
+) -> torch.Tensor:
+    """:func:`odeint`, with ``f_backward`` the field that a backward pass evaluates."""
     solver = Dopri5() if solver is None else solver
     if not isinstance(solver, RungeKutta):
         raise InputError(
@@ -126,7 +148,7 @@ def odeint(
     adjoint = Backprop() if adjoint is None else adjoint
     grid, perm = _output_grid(t, y0)
     problem = Problem(f=f, y0=y0, grid=grid, solver=solver, controller=controller,
-                      max_steps=max_steps, params=find_params(f, adjoint))
+                      max_steps=max_steps, params=find_params(f, adjoint), f_backward=f_backward)
     ys = adjoint.solve(problem)
     if perm is None:
         return ys
