@@ -23,8 +23,11 @@ import torch.nn.functional as F
 from _harness import Harness, add_arguments
 
 from infdepth.depth.growth import grow
-from infdepth.depth.layer import depth_layers, total_penalty
-from infdepth.experiments.images import GoingDeeperCNN, ImagesConfig, build_model, make_optimizer
+from infdepth.depth.layer import depth_layers
+from infdepth.experiments.depth.images import Config as ImagesConfig
+from infdepth.experiments.depth.images import build_model, make_optimizer
+from infdepth.models.going_deeper import GoingDeeperCNN
+from infdepth.train import model_penalty
 
 CASES = (
     # name, image shape, batch, active depth per layer
@@ -42,7 +45,7 @@ def _step_fn(model: GoingDeeperCNN, x: torch.Tensor, y: torch.Tensor):
     def step() -> None:
         out = model(x)
         loss = F.cross_entropy(out, y)
-        penalty = total_penalty(model) if learned else model.fixed_penalty()
+        penalty = model_penalty(model)  # as fit: every submodule's penalty()
         objective = loss if penalty is None else loss + penalty
         optimizer.zero_grad(set_to_none=True)
         objective.backward()

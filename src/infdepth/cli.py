@@ -21,8 +21,8 @@ from infdepth.ode import SolverError
 
 # name -> module exposing ``register(subparsers: argparse._SubParsersAction) -> None``
 SUBCOMMANDS: dict[str, str] = {
-    "xor": "infdepth.experiments.xor",
-    "images": "infdepth.experiments.images",
+    "xor": "infdepth.experiments.depth.xor",
+    "images": "infdepth.experiments.depth.images",
     "ode": "infdepth.experiments.ode_cli",
     "limits": "infdepth.experiments.limits_cli",
 }

@@ -9,19 +9,18 @@ import pytest
 import torch
 
 from infdepth.cli import main as cli_main
+from infdepth.data.history import mnist_history as reference_history
 from infdepth.data.images import ImageData, load_images
 from infdepth.depth.layer import InfiniteDepth, depth_layers
-from infdepth.experiments.images import (
-    LAYERS,
-    GoingDeeperCNN,
-    ImagesConfig,
-    ResidualStack,
-    build_model,
-    epoch_batches,
-    make_optimizer,
-    reference_history,
-    run_images,
-)
+from infdepth.experiments._common import RunContext
+from infdepth.experiments.depth.images import Config as ImagesConfig
+from infdepth.experiments.depth.images import build_model, epoch_batches, make_optimizer, run_images
+from infdepth.models.going_deeper import LAYERS, GoingDeeperCNN, ResidualStack
+from infdepth.train import model_penalty
+
+
+def ctx(out, **kw) -> RunContext:
+    return RunContext(out=out, progress=False, **kw)
 
 SMALL = ImagesConfig(dataset="digits", epochs=2, batch_size=64, channels=6, dense_units=24)
 
@@ -71,7 +70,7 @@ def test_fixed_depth_network_is_a_plain_residual_stack():
     for block in stack.blocks:
         expected = torch.relu(expected + block(expected))
     torch.testing.assert_close(stack(x), expected)
-    penalty = model.fixed_penalty()
+    penalty = model_penalty(model)
     assert penalty is not None and float(penalty.detach()) == pytest.approx(1e-8 * (3 * (6 + 12 + 24)))
 
 
@@ -94,7 +93,7 @@ def test_short_digits_run_learns(tmp_path, digits_small):
     untrained = build_model(cfg, (1, 8, 8), 10).eval()
     with torch.no_grad():
         chance = float((untrained(digits_small.x_test).argmax(1) == digits_small.y_test).float().mean())
-    res = run_images(cfg, tmp_path, data=digits_small, progress=False)
+    res = run_images(cfg, ctx(tmp_path), data=digits_small)
     summary = json.loads((tmp_path / "summary.json").read_text())
     hist = summary["history"]
     assert hist["epoch"] == [1, 2, 3, 4]
@@ -115,9 +114,9 @@ def test_short_digits_run_learns(tmp_path, digits_small):
 
 def test_resume_continues_exactly(tmp_path, digits_small):
     cfg = replace(SMALL, epochs=3, fixed_depth=None)
-    straight = run_images(cfg, tmp_path / "a", data=digits_small, progress=False)
-    run_images(replace(cfg, epochs=2), tmp_path / "b", data=digits_small, progress=False)
-    resumed = run_images(cfg, tmp_path / "b", data=digits_small, resume=True, progress=False)
+    straight = run_images(cfg, ctx(tmp_path / "a"), data=digits_small)
+    run_images(replace(cfg, epochs=2), ctx(tmp_path / "b"), data=digits_small)
+    resumed = run_images(cfg, ctx(tmp_path / "b", resume=True), data=digits_small)
     assert resumed.final_w == straight.final_w
     assert resumed.final_test_acc == straight.final_test_acc
     a = json.loads((tmp_path / "a" / "summary.json").read_text())["history"]
@@ -128,14 +127,14 @@ def test_resume_continues_exactly(tmp_path, digits_small):
 def test_resume_refuses_changed_settings(tmp_path, digits_small):
     from infdepth.errors import InputError
 
-    run_images(replace(SMALL, epochs=1), tmp_path, data=digits_small, progress=False)
+    run_images(replace(SMALL, epochs=1), ctx(tmp_path), data=digits_small)
     with pytest.raises(InputError, match="dropout"):
-        run_images(replace(SMALL, dropout=0.1), tmp_path, data=digits_small, resume=True, progress=False)
+        run_images(replace(SMALL, dropout=0.1), ctx(tmp_path, resume=True), data=digits_small)
 
 
 def test_fresh_run_refuses_a_used_folder_and_overwrite_replaces_it(tmp_path, digits_small, capsys,
                                                                   monkeypatch):
-    import infdepth.experiments.images as images
+    import infdepth.experiments.depth.images as images
 
     monkeypatch.setattr(images, "load_images", lambda name, data_dir=None: digits_small)
     argv = ["images", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
@@ -161,7 +160,7 @@ def test_reference_history_is_packaged():
 
 
 def test_cli_fixed_depth_comparison(tmp_path, monkeypatch, capsys, digits_small):
-    import infdepth.experiments.images as images
+    import infdepth.experiments.depth.images as images
 
     monkeypatch.setattr(images, "load_images", lambda name, data_dir=None: digits_small)
     code = cli_main(["images", "--epochs", "1", "--compare-depths", "1,2", "--out", str(tmp_path),
@@ -184,7 +183,13 @@ def test_cli_fixed_depth_comparison(tmp_path, monkeypatch, capsys, digits_small)
         (["--epochs", "0"], "--epochs=0"),
         (["--optimizer", "sgd"], "'adadelta', 'adam'"),
         (["--dropout", "1.5"], "--dropout=1.5"),
-        (["--compare-depths", "0,2"], "each must be an integer >= 1"),
+        (["--compare-depths=-1,2"], "--compare-depths=-1 is not accepted; expected an integer in [0, 1000]"),
+        (["--compare-depths", "2,2"], "repeats an entry"),
+        (["--fixed-depth", "2", "--compare-depths", "1"], "exclude each other"),
+        (["--lr", "0"], "--lr=0.0 is not accepted"),
+        (["--device", "foo"], "--device='foo'"),
+        (["--channels", "10000000"], "--channels/--dense-units asks for a tensor"),
+        (["--batch-size", "100000000000"], "--batch-size=100000000000 is not accepted"),
         (["--resume"], "no checkpoint at"),
     ],
 )
@@ -195,7 +200,10 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, argv, needle):
                  "t10k-labels-idx1-ubyte"):
         (corrupt / f"{name}.gz").write_bytes(b"\x1f\x8b not really gzip")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    code = cli_main(["images", *argv, "--out", str(tmp_path / "run"), "--no-progress"])
+    try:
+        code = cli_main(["images", *argv, "--out", str(tmp_path / "run"), "--no-progress"])
+    except SystemExit as exc:  # argparse's own errors (a malformed list) exit 2 from parse_args
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2
     assert needle.replace("{tmp}", str(tmp_path)) in err
@@ -225,7 +233,7 @@ def test_mixed_precision_forward_gives_float_logits():
 
 
 def test_precise_bn_recomputes_statistics_on_a_copy():
-    from infdepth.experiments.images import precise_bn
+    from infdepth.experiments.depth.images import precise_bn
 
     model = build_model(SMALL, (1, 8, 8), 10)
     before = model.dfc0.blocks[0][2].running_mean.clone()

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from infdepth.cli import main
-from infdepth.experiments.xor import XorConfig, build_xor_model
+from infdepth.experiments.depth.xor import Config, build_xor_model
 
 W0 = 1.0
 
@@ -57,9 +57,9 @@ def test_reported_depth_is_the_trained_parameter(quick_sweep: Path) -> None:
 
 def test_the_cli_trains_w_with_fused_adam(monkeypatch) -> None:
     """The main job's optimizer is torch's fused Adam, and ``w`` is one of its parameters."""
-    from infdepth.experiments import xor
+    from infdepth.experiments.depth import xor
 
-    model = build_xor_model(XorConfig(k=3))
+    model = build_xor_model(Config(), seed=0)
     captured = {}
     real = torch.optim.Adam
 
@@ -68,7 +68,7 @@ def test_the_cli_trains_w_with_fused_adam(monkeypatch) -> None:
         return real(captured["params"], **kw)
 
     monkeypatch.setattr(torch.optim, "Adam", spy)
-    xor.run_xor(XorConfig(k=3, steps=1, val_size=10, eval_every=1), None, progress=False)
+    xor.run_xor(Config(steps=1, val_size=10, eval_every=1), 3, 0, None, progress=False)
     assert captured["fused"] is True
     assert any(p.shape == () for p in captured["params"]), "w must be trained"
     assert model[2].w.requires_grad

@@ -4,18 +4,18 @@ import pytest
 import torch
 
 from infdepth.cli import main
-from infdepth.experiments.xor import XorConfig, build_xor_model, run_xor
+from infdepth.experiments.depth.xor import Config, build_xor_model, run_xor
 
 
 def test_quick_xor_run_reaches_full_accuracy(tmp_path) -> None:
-    result = run_xor(XorConfig(k=2, steps=800, val_size=4000, checkpoint_every=400), tmp_path, progress=False)
+    result = run_xor(Config(steps=800, val_size=4000, checkpoint_every=400), 2, 0, tmp_path, progress=False)
     assert result.final_val_acc == 1.0
     assert result.steps_to_99 is not None and result.steps_to_99 <= 800
     assert (tmp_path / "checkpoint.pt").is_file()
 
 
 def test_only_the_g_infinity_layer_trains() -> None:
-    model = build_xor_model(XorConfig(k=3))
+    model = build_xor_model(Config(), seed=0)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("2.") for n in trainable)
 
@@ -58,16 +58,20 @@ def exit_code(argv: list[str]) -> int:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["xor", "--k", "9"], "--k=[9]"),
+        (["xor", "--k", "9"], "--k=9 is not accepted; expected an integer in [0, 8]"),
         (["xor", "--steps", "0"], "--steps=0"),
         (["xor", "--w-l2", "-1"], "--w-l2=-1.0"),
-        (["xor", "--k", "a,b"], "comma-separated integers"),
+        (["xor", "--k", "a,b"], "comma-separated list of integers"),
         (["xor", "--no-such-flag"], "unrecognized arguments"),
         (["xor", "--lr", "0"], "--lr=0.0 is not accepted"),
         (["xor", "--lr", "nan"], "--lr=nan is not accepted"),
         (["xor", "--device", "foo"], "--device='foo'"),
-        (["xor", "--k", "1,1"], "--k=1,1 is not accepted: it repeats"),
-        (["xor", "--seeds", "0,2,0"], "--seeds=0,2,0 is not accepted: it repeats"),
+        (["xor", "--k", "1,1"], "--k: '1,1' repeats an entry"),
+        (["xor", "--seeds", "0,2,0"], "--seeds: '0,2,0' repeats an entry"),
+        (["xor", "--seeds", ""], "--seeds: '' is empty"),
+        (["xor", "--width", "100000000"], "--batch-size/--val-size/--width asks for a tensor"),
+        (["xor", "--batch-size", "-5"], "--batch-size=-5 is not accepted"),
+        (["xor", "--threads", "-1"], "--threads=-1 is not accepted"),
         (["xor", "--w0", "nan"], "--w0=nan"),
         (["xor", "--resume"], "--resume: no run to continue"),
         (["xor", "--resume", "--overwrite"], "exclude each other"),

@@ -1,0 +1,349 @@
+"""Image reproduction of "Going Deeper" (section IV.B): an all-g-infinity CNN learns its own depth.
+
+The network is :class:`infdepth.models.going_deeper.GoingDeeperCNN`: frozen random
+convolutions and dense layers with a g-infinity layer after each (``dcnn0``, ``dcnn1``,
+``dfc0``); every trainable weight is inside a g-infinity layer.  w l2 5e-5 (conv) / 1e-3
+(dense), gamma l2 1e-8, Adadelta (Keras: lr 1.0, rho 0.95, eps 1e-7) or Adam, batch 512,
+categorical cross-entropy.  The 8x8 ``digits`` keep the same layer sequence (8x8 -> 4x4 ->
+2x2 feature maps).  ``--fixed-depth K`` / ``--compare-depths`` train the same network with
+K always-on residual blocks per layer and no gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from infdepth.data.history import PAPER_FINAL_W, PAPER_PEAK_TEST_ACC
+from infdepth.data.images import DATASETS, ImageData, load_images
+from infdepth.depth.layer import depth_layers
+from infdepth.errors import InputError, check_choice, check_device, check_float, check_int, check_items
+from infdepth.experiments._common import (
+    RunContext,
+    add_config_arguments,
+    add_run_arguments,
+    check_allocatable,
+    config_dict,
+    config_from_args,
+    context_from_args,
+    int_list,
+    option,
+)
+from infdepth.experiments.depth.images_report import ImagesResult, plot_depth_comparison, plot_run, summarise
+from infdepth.io import seed_everything, write_json
+from infdepth.models.going_deeper import GoingDeeperCNN
+from infdepth.runfolder import open_run
+from infdepth.train import CHECKPOINT, FitConfig, fit, load_checkpoint
+
+OPTIMIZERS = ("adadelta", "adam")
+DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3}
+#: default epochs and batch per data set (digits: the quick always-available run)
+DEFAULT_EPOCHS = {"digits": 30, "mnist": 20, "fashion-mnist": 20, "idx": 20}
+DEFAULT_BATCH = {"digits": 64, "mnist": 512, "fashion-mnist": 512, "idx": 512}
+#: settings that may change when a run is resumed (recorded in config.json under "resumes")
+RESUMABLE = ("epochs", "device", "eval_batch", "amp", "precise_bn", "world_size")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training run of the image network (the only place its defaults are written).
+
+    ``fixed_depth=None`` trains the g-infinity network; an integer ``K >= 0`` trains the
+    same network with ``K`` always-on residual blocks per layer and no gate.
+    ``epochs``, ``batch_size`` and ``lr`` left at ``None`` take the data set's and the
+    optimizer's defaults.
+    """
+
+    dataset: str = option("digits", f"data set: one of {', '.join(DATASETS)} (idx: any MNIST-format folder)")
+    data_dir: str | None = option(None, "folder with the four MNIST-format IDX files (raw or .gz); "
+                                  "default: the data set's standard place", type=str)
+    epochs: int | None = option(None, "training epochs (default per data set: "
+                                + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")", type=int)
+    batch_size: int | None = option(None, "images per step (default: 512 as the paper; 64 for digits)",
+                                    type=int)
+    dropout: float = option(0.25, "dropout inside each sub-layer: 0.25 (the original code) or 0.1 "
+                            "(the paper's text)")
+    conv_w_l2: float = option(5e-5, "l2 factor on w of the two conv layers")
+    dense_w_l2: float = option(1e-3, "l2 factor on w of the dense layer")
+    gamma_l2: float = option(1e-8, "l2 factor on each sub-layer's BatchNorm gamma (times delta_w(i + eps))")
+    optimizer: str = option("adadelta", f"one of {', '.join(OPTIMIZERS)}")
+    lr: float | None = option(None, "learning rate (default: 1.0 for adadelta as Keras, 1e-3 for adam)",
+                              type=float)
+    w0: float = option(1.0, "initial depth w of every g-inf layer")
+    grow_step: int = option(5, "sub-layers built per growth chunk")
+    channels: int = option(30, "feature maps of the first conv stage (the second has twice as many)")
+    dense_units: int = option(256, "units of the dense stage")
+    fixed_depth: int | None = option(None, "train the no-gate baseline with this many always-on blocks "
+                                     "per layer instead (0: the g-inf layers switched off)", type=int)
+    seed: int = option(0, "seed of weights, data order and dropout")
+    device: str = option("cpu", "torch device, e.g. cpu or cuda")
+    amp: bool = option(False, "bfloat16 autocast (mixed precision)")
+    eval_batch: int = option(2000, "images per evaluation batch")
+    precise_bn: int = option(10_000, "after training, also report the test accuracy with BatchNorm "
+                             "statistics recomputed on this many training images without dropout (0: skip)")
+
+    def __post_init__(self) -> None:
+        check_choice("--dataset", self.dataset, DATASETS)
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        fill = {"epochs": DEFAULT_EPOCHS[self.dataset], "batch_size": DEFAULT_BATCH[self.dataset],
+                "lr": DEFAULT_LR[self.optimizer]}
+        for name, default in fill.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        check_int("--epochs", self.epochs, low=1)
+        check_int("--batch-size", self.batch_size, low=1, high=2**24)
+        check_float("--dropout", self.dropout, low=0.0, high=0.99)
+        for flag, value in (("--conv-w-l2", self.conv_w_l2), ("--dense-w-l2", self.dense_w_l2),
+                            ("--gamma-l2", self.gamma_l2)):
+            check_float(flag, value, low=0.0)
+        check_float("--lr", self.lr, low=0.0, strict=True)
+        check_float("--w0", self.w0)
+        check_int("--grow-step", self.grow_step, low=1)
+        check_int("--channels", self.channels, low=1)
+        check_int("--dense-units", self.dense_units, low=1)
+        check_allocatable("--channels/--dense-units", 18 * self.channels**2 + self.dense_units**2)
+        if self.fixed_depth is not None:
+            check_int("--fixed-depth", self.fixed_depth, low=0, high=1000)
+        check_int("--seed", self.seed, low=0)
+        check_device("--device", self.device)
+        check_int("--eval-batch", self.eval_batch, low=1)
+        check_int("--precise-bn", self.precise_bn, low=0)
+
+    @property
+    def label(self) -> str:
+        """``learned`` or ``fixedK``."""
+        return "learned" if self.fixed_depth is None else f"fixed{self.fixed_depth}"
+
+
+def build_model(cfg: Config, image_shape: tuple[int, int, int], classes: int) -> GoingDeeperCNN:
+    """The network for ``cfg``, initialised from ``cfg.seed``, on ``cfg.device``."""
+    torch.manual_seed(cfg.seed)
+    return GoingDeeperCNN(
+        image_shape, classes, channels=cfg.channels, dense_units=cfg.dense_units, dropout=cfg.dropout,
+        conv_w_l2=cfg.conv_w_l2, dense_w_l2=cfg.dense_w_l2, gamma_l2=cfg.gamma_l2, w0=cfg.w0,
+        grow_step=cfg.grow_step, fixed_depth=cfg.fixed_depth, seed=cfg.seed, amp=cfg.amp,
+    ).to(cfg.device)
+
+
+def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """Adadelta with the Keras 2 defaults of the original (rho 0.95, eps 1e-7) or Adam."""
+    assert cfg.lr is not None  # filled in by Config.__post_init__
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:  # fixed depth 0: nothing trains; a zero-lr step keeps the loop uniform
+        params = [nn.Parameter(torch.zeros(()))]
+    if cfg.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7)
+    return torch.optim.Adam(params, lr=cfg.lr)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches per epoch; the last one is smaller when ``batch_size`` does not divide ``n``."""
+    return math.ceil(n / batch_size)
+
+
+def epoch_batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Callable[[int], tuple[Tensor, Tensor]]:
+    """``step -> batch``: a fresh permutation per epoch seeded by ``(seed, epoch)``; pure in ``step``."""
+    n = len(x)
+    per_epoch = steps_per_epoch(n, batch_size)
+
+    def batch(step: int) -> tuple[Tensor, Tensor]:
+        epoch, i = divmod(step, per_epoch)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        idx = torch.randperm(n, generator=gen)[i * batch_size : (i + 1) * batch_size].to(x.device)
+        return x[idx], y[idx]
+
+    return batch
+
+
+def test_metrics(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``, in batches of ``batch``."""
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            logits = model(x[i : i + batch])
+            loss_sum += float(F.cross_entropy(logits, y[i : i + batch], reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y[i : i + batch]).sum())
+    return loss_sum / len(x), correct / len(x)
+
+
+def precise_bn(model: nn.Module, x: Tensor, batch_size: int) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are recomputed on ``x`` with dropout off.
+
+    The blocks put Dropout before BatchNorm (as the original), so the running variance
+    is that of dropped-out activations, larger than what the layer sees at test time;
+    recomputing the statistics without dropout removes that shift ("precise BN").
+    """
+    net = copy.deepcopy(model).eval()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+            m.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            net(x[i : i + batch_size])
+    return net.eval()
+
+
+def run_images(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> ImagesResult:
+    """Train one network on ``cfg.dataset``; write metrics, checkpoints, summary and figures to ``ctx.out``.
+
+    A fresh run needs an empty ``ctx.out`` (``ctx.overwrite`` replaces a previous run);
+    ``ctx.resume`` continues the run there and refuses changed settings
+    (see :func:`infdepth.runfolder.open_run`).  Under torchrun every rank trains on its
+    slice of each global batch; rank 0 alone prints and writes.
+    """
+    out = ctx.out
+    assert cfg.epochs is not None and cfg.batch_size is not None  # filled in by Config.__post_init__
+    if ctx.resume and not (out / CHECKPOINT).is_file():
+        raise InputError(f"no checkpoint at {out / CHECKPOINT}; run without --resume first")
+    data = load_images(cfg.dataset, cfg.data_dir) if data is None else data
+    config = {**config_dict(cfg), "world_size": ctx.dist.world}
+    open_run(out, config, resume=ctx.resume, overwrite=ctx.overwrite, resumable=RESUMABLE)
+    data = data.to(cfg.device)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.image_shape, data.classes)
+    optimizer = make_optimizer(cfg, model)
+    per_epoch = steps_per_epoch(len(data.x_train), cfg.batch_size)
+    earlier = 0.0
+    if ctx.resume:
+        old = load_checkpoint(out / CHECKPOINT)["history"]
+        earlier = float(old[-1].get("seconds", 0.0)) if old else 0.0
+    started = time.perf_counter()
+    # running sums stay tensors so that a GPU run does not synchronise every step
+    running: dict[str, Any] = {"loss": 0.0, "acc": 0.0, "n": 0}
+
+    def step_metrics(logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        acc = (logits.argmax(dim=1) == y).to(torch.float32).mean()
+        running.update(loss=running["loss"] + F.cross_entropy(logits, y).detach(),
+                       acc=running["acc"] + acc, n=running["n"] + 1)
+        return {"train_acc": acc}
+
+    def evaluate(net: nn.Module, step: int) -> dict[str, float]:
+        loss, acc = test_metrics(net, data.x_test, data.y_test, cfg.eval_batch)
+        rec = {"epoch": float(round(step / per_epoch)), "test_loss": loss, "test_acc": acc,
+               "seconds": earlier + time.perf_counter() - started}
+        if ctx.progress and ctx.is_main:
+            k = max(running["n"], 1)
+            layers = " ".join(f"{name}: w={layer.depth:.3f} ({layer.active_blocks} active)"
+                              for name, layer in depth_layers(net))
+            tqdm.write(f"[{cfg.label}] epoch {int(rec['epoch']):3d}  train loss "
+                       f"{float(running['loss']) / k:.4f} acc {float(running['acc']) / k:.4f}  test loss "
+                       f"{loss:.4f} acc {acc:.4f}  {layers}  ({rec['seconds']:.0f} s)")
+        running.update(loss=0.0, acc=0.0, n=0)
+        return rec
+
+    result = fit(
+        model, optimizer, epoch_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
+        F.cross_entropy,  # fit adds every submodule's penalty(): the g-inf layers' and the fixed stacks'
+        FitConfig(steps=cfg.epochs * per_epoch, eval_every=per_epoch, log_every=per_epoch,
+                  checkpoint_every=per_epoch, out_dir=out, resume=ctx.resume, progress=ctx.progress,
+                  desc=f"{cfg.dataset} {cfg.label}", device=cfg.device),
+        evaluate=evaluate,
+        step_metrics=step_metrics,
+    )
+    history = [r for r in result.history if "test_acc" in r]
+    accs = [r["test_acc"] for r in history]
+    best = int(np.argmax(accs))
+    layers = depth_layers(model)
+    precise = None
+    if cfg.precise_bn > 0:
+        net = precise_bn(model, data.x_train[: cfg.precise_bn], cfg.batch_size)
+        precise = test_metrics(net, data.x_test, data.y_test, cfg.eval_batch)[1]
+    res = ImagesResult(
+        label=cfg.label, epochs=cfg.epochs, final_test_acc=accs[-1], best_test_acc=accs[best],
+        best_epoch=int(history[best]["epoch"]), final_test_loss=history[-1]["test_loss"],
+        final_w={name: layer.depth for name, layer in layers},
+        active_blocks={name: layer.active_blocks for name, layer in layers} if layers
+        else {name: int(cfg.fixed_depth or 0) for name in ("dcnn0", "dcnn1", "dfc0")},
+        built_blocks={name: layer.built_blocks for name, layer in layers},
+        used_parameters=model.used_parameters(), seconds=result.seconds,
+        images_per_second=len(data.x_train) * cfg.epochs / max(result.seconds, 1e-9),
+        final_test_acc_precise_bn=precise,
+    )
+    if ctx.is_main:
+        write_json(out / "summary.json", summarise(res, history, config))
+        plot_run(out, history, cfg.label)
+    return res
+
+
+def run_comparison(cfg: Config, ctx: RunContext, depths: tuple[int, ...]) -> dict[str, Any]:
+    """The learned run plus one fixed-depth run per entry of ``depths``; comparison figure and JSON."""
+    data = load_images(cfg.dataset, cfg.data_dir)
+
+    def one(c: Config, folder: Path) -> ImagesResult:
+        again = ctx.resume and (folder / CHECKPOINT).is_file()
+        # a member run that had not reached its first checkpoint starts again from scratch
+        member = replace(ctx, out=folder, resume=again, overwrite=ctx.resume and not again)
+        return run_images(c, member, data=data)
+
+    learned = one(cfg, ctx.out / "learned")
+    fixed = [one(replace(cfg, fixed_depth=k), ctx.out / f"fixed{k}") for k in depths]
+    summary = {"learned": asdict(learned), "fixed": [asdict(r) for r in fixed]}
+    if ctx.is_main:
+        plot_depth_comparison(ctx.out, learned, fixed)
+        write_json(ctx.out / "comparison.json", summary)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``infdepth images``, derived from :class:`Config`."""
+    add_config_arguments(parser, Config)
+    parser.add_argument("--compare-depths", type=int_list, default=None,
+                        help="also train fixed-depth baselines with these blocks per layer, e.g. 1,2,3,5, "
+                        "and plot test accuracy against depth")
+    add_run_arguments(parser, "runs/images", resumable=True)
+
+
+def register(sub: Any) -> None:
+    """Add the ``images`` subcommand."""
+    p = sub.add_parser("images", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="reproduce the MNIST experiment (all-g-infinity CNN) on digits, MNIST or "
+                       "Fashion-MNIST")
+    add_arguments(p)
+    p.set_defaults(func=main, data_parallel=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the experiment described by the parsed ``args``; print the result."""
+    cfg = config_from_args(Config, args)
+    depths = args.compare_depths
+    if depths is not None:
+        check_items("--compare-depths", depths, lambda n, v: check_int(n, v, low=0, high=1000))
+        if cfg.fixed_depth is not None:
+            raise InputError("--fixed-depth and --compare-depths exclude each other")
+    ctx = context_from_args(args)
+    if depths:
+        study = {**config_dict(cfg), "compare_depths": list(depths), "world_size": ctx.dist.world}
+        open_run(ctx.out, study, resume=ctx.resume, overwrite=ctx.overwrite, resumable=RESUMABLE)
+        summary = run_comparison(cfg, ctx, depths)
+        for r in (summary["learned"], *summary["fixed"]):
+            ctx.say(f"{r['label']:>8}: final test acc {r['final_test_acc']:.4f}  best "
+                    f"{r['best_test_acc']:.4f} (epoch {r['best_epoch']})  active blocks "
+                    f"{r['active_blocks']}  {r['seconds']:.0f} s")
+        ctx.say(f"results: {ctx.out / 'comparison.json'}; figure: {ctx.out / 'images_fixed_depth.png'}")
+        return 0
+    res = run_images(cfg, ctx)
+    ws = "  ".join(f"{k}: w={v:.3f}" for k, v in res.final_w.items())
+    ctx.say(f"{cfg.dataset} {res.label}: final test acc {res.final_test_acc:.4f}, best "
+            f"{res.best_test_acc:.4f} (epoch {res.best_epoch}), {res.epochs} epochs, "
+            f"{res.seconds:.1f} s  {ws}")
+    if res.final_test_acc_precise_bn is not None:
+        ctx.say("final test acc with BatchNorm statistics recomputed without dropout: "
+                f"{res.final_test_acc_precise_bn:.4f}")
+    ctx.say(f"paper (MNIST): peak test acc {PAPER_PEAK_TEST_ACC:.4f}, final w "
+            + " / ".join(f"{v:.2f}" for v in PAPER_FINAL_W.values()))
+    ctx.say(f"results: {ctx.out / 'summary.json'}; figures: {ctx.out}/images_*.png")
+    return 0
