@@ -23,6 +23,7 @@ from infdepth.ode import SolverError
 SUBCOMMANDS: dict[str, str] = {
     "xor": "infdepth.experiments.depth.xor",
     "images": "infdepth.experiments.depth.images",
+    "study": "infdepth.experiments.depth.study",
     "ode": "infdepth.experiments.ode_cli",
     "limits": "infdepth.experiments.limits_cli",
 }

@@ -41,8 +41,8 @@ class DistContext:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``model`` in DistributedDataParallel (unused sub-layers allowed), or as is."""
-        if not self.enabled:
-            return model
+        if not self.enabled or not any(p.requires_grad for p in model.parameters()):
+            return model  # nothing to average (e.g. a fixed-depth-0 network: every weight frozen)
         device_ids = [model_device(model).index] if model_device(model).type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
@@ -56,7 +56,12 @@ class DistContext:
         if not self.enabled:
             return model
         if isinstance(wrapped, DistributedDataParallel):
-            wrapped._remove_autograd_hooks()  # else the stale reducer fires on the next backward
+            # DDP registers a gradient hook on every parameter at construction and offers no
+            # public way to remove them; a dropped wrapper's hooks stay on the (shared)
+            # parameters and its stale reducer fires on the next backward, expecting the old
+            # parameter set.  torch's own tests use this method for the same purpose;
+            # tests/distributed/test_ddp.py grows a layer under 2 ranks and fails without it.
+            wrapped._remove_autograd_hooks()
         return self.wrap(model)
 
     def barrier(self) -> None:

@@ -306,8 +306,9 @@ def fit(
             loss = loss_fn(out, y)
             objective = loss if penalty is None else loss + penalty
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            optimizer.step()
+            if objective.requires_grad:  # else nothing trains (every weight frozen): evaluate only
+                objective.backward()
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             if ctx.enabled:

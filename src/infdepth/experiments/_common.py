@@ -34,14 +34,14 @@ C = TypeVar("C")
 # ---------------------------------------------------------------- comma-separated lists
 
 
-def _listed(text: str, kind: Callable[[str], Any], what: str) -> tuple[Any, ...]:
+def _listed(text: str, kind: Callable[[str], Any], what: str, *, unique: bool = True) -> tuple[Any, ...]:
     try:
         values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} is empty; expected at least one value")
-    if len(set(values)) != len(values):
+    if unique and len(set(values)) != len(values):
         raise argparse.ArgumentTypeError(f"{text!r} repeats an entry; give each value once")
     return values
 
@@ -49,6 +49,11 @@ def _listed(text: str, kind: Callable[[str], Any], what: str) -> tuple[Any, ...]
 def int_list(text: str) -> tuple[int, ...]:
     """argparse type: ``"1,2,8"`` -> ``(1, 2, 8)`` (non-empty, no repeats)."""
     return _listed(text, int, "integers")
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """argparse type: ``"2,2,0"`` -> ``(2, 2, 0)``, one value per position (repeats allowed)."""
+    return _listed(text, int, "integers", unique=False)
 
 
 def float_list(text: str) -> tuple[float, ...]:

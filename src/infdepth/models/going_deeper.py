@@ -80,7 +80,8 @@ class GoingDeeperCNN(nn.Module):
         gamma_l2: l2 factor on each sub-layer's BatchNorm gamma.
         w0: initial ``w`` of every g-inf layer.
         grow_step: sub-layers built per growth chunk.
-        fixed_depth: ``None`` for learned depth, else the always-on blocks per layer.
+        fixed_depth: ``None`` for learned depth, else the always-on blocks of every layer,
+            or one count per layer (``dcnn0, dcnn1, dfc0``).
         seed: seed of the sub-layers' initialisation.
         amp: bfloat16 autocast in ``forward``.
     """
@@ -98,7 +99,7 @@ class GoingDeeperCNN(nn.Module):
         gamma_l2: float = 1e-8,
         w0: float = 1.0,
         grow_step: int = 5,
-        fixed_depth: int | None = None,
+        fixed_depth: int | tuple[int, int, int] | None = None,
         seed: int = 0,
         amp: bool = False,
     ) -> None:
@@ -107,9 +108,14 @@ class GoingDeeperCNN(nn.Module):
         ch, units, p = channels, dense_units, dropout
         self.amp = amp
 
+        if isinstance(fixed_depth, tuple) and len(fixed_depth) != len(LAYERS):
+            raise InputError(f"fixed_depth={fixed_depth} is not accepted; expected one count per layer "
+                             f"({', '.join(LAYERS)})")
+
         def layer(block: Callable[[int], nn.Module], w_l2: float, k: int) -> nn.Module:
             if fixed_depth is not None:
-                return ResidualStack(block, fixed_depth, gamma_l2)
+                depth = fixed_depth[k] if isinstance(fixed_depth, tuple) else fixed_depth
+                return ResidualStack(block, depth, gamma_l2)
             return InfiniteDepth(block, h="relu", w0=w0, w_l2=w_l2, block_l2=gamma_l2,
                                  grow_step=grow_step, seed=seed * 10 + k)
 

@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 from infdepth.data.history import PAPER_FINAL_W, PAPER_PEAK_TEST_ACC
 from infdepth.data.images import DATASETS, ImageData, load_images
 from infdepth.depth.layer import depth_layers
-from infdepth.errors import InputError, check_choice, check_device, check_float, check_int, check_items
+from infdepth.errors import (
+    InputError,
+    check_choice,
+    check_device,
+    check_float,
+    check_int,
+    check_items,
+    reject,
+)
 from infdepth.experiments._common import (
     RunContext,
     add_config_arguments,
@@ -39,11 +47,12 @@ from infdepth.experiments._common import (
     config_from_args,
     context_from_args,
     int_list,
+    int_tuple,
     option,
 )
 from infdepth.experiments.depth.images_report import ImagesResult, plot_depth_comparison, plot_run, summarise
 from infdepth.io import seed_everything, write_json
-from infdepth.models.going_deeper import GoingDeeperCNN
+from infdepth.models.going_deeper import LAYERS, GoingDeeperCNN
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT, FitConfig, fit, load_checkpoint
 
@@ -87,6 +96,8 @@ class Config:
     dense_units: int = option(256, "units of the dense stage")
     fixed_depth: int | None = option(None, "train the no-gate baseline with this many always-on blocks "
                                      "per layer instead (0: the g-inf layers switched off)", type=int)
+    layer_depths: tuple[int, ...] | None = option(None, "like --fixed-depth, one count per layer "
+                                                  "(dcnn0,dcnn1,dfc0), e.g. 0,2,0", type=int_tuple)
     seed: int = option(0, "seed of weights, data order and dropout")
     device: str = option("cpu", "torch device, e.g. cpu or cuda")
     amp: bool = option(False, "bfloat16 autocast (mixed precision)")
@@ -116,6 +127,14 @@ class Config:
         check_allocatable("--channels/--dense-units", 18 * self.channels**2 + self.dense_units**2)
         if self.fixed_depth is not None:
             check_int("--fixed-depth", self.fixed_depth, low=0, high=1000)
+        if self.layer_depths is not None:
+            object.__setattr__(self, "layer_depths", tuple(self.layer_depths))
+            if len(self.layer_depths) != 3:
+                raise reject("--layer-depths", list(self.layer_depths), "three counts (dcnn0,dcnn1,dfc0)")
+            for depth in self.layer_depths:
+                check_int("--layer-depths", depth, low=0, high=1000)
+            if self.fixed_depth is not None:
+                raise InputError("--fixed-depth and --layer-depths exclude each other")
         check_int("--seed", self.seed, low=0)
         check_device("--device", self.device)
         check_int("--eval-batch", self.eval_batch, low=1)
@@ -123,8 +142,18 @@ class Config:
 
     @property
     def label(self) -> str:
-        """``learned`` or ``fixedK``."""
+        """``learned``, ``fixedK`` or ``fixedA-B-C`` (one count per layer)."""
+        if self.layer_depths is not None:
+            return "fixed" + "-".join(map(str, self.layer_depths))
         return "learned" if self.fixed_depth is None else f"fixed{self.fixed_depth}"
+
+    @property
+    def depth(self) -> int | tuple[int, int, int] | None:
+        """The fixed depth of the network (``None``: learned)."""
+        if self.layer_depths is not None:
+            a, b, c = self.layer_depths
+            return (a, b, c)
+        return self.fixed_depth
 
 
 def build_model(cfg: Config, image_shape: tuple[int, int, int], classes: int) -> GoingDeeperCNN:
@@ -133,7 +162,7 @@ def build_model(cfg: Config, image_shape: tuple[int, int, int], classes: int) ->
     return GoingDeeperCNN(
         image_shape, classes, channels=cfg.channels, dense_units=cfg.dense_units, dropout=cfg.dropout,
         conv_w_l2=cfg.conv_w_l2, dense_w_l2=cfg.dense_w_l2, gamma_l2=cfg.gamma_l2, w0=cfg.w0,
-        grow_step=cfg.grow_step, fixed_depth=cfg.fixed_depth, seed=cfg.seed, amp=cfg.amp,
+        grow_step=cfg.grow_step, fixed_depth=cfg.depth, seed=cfg.seed, amp=cfg.amp,
     ).to(cfg.device)
 
 
@@ -267,7 +296,7 @@ def run_images(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -
         best_epoch=int(history[best]["epoch"]), final_test_loss=history[-1]["test_loss"],
         final_w={name: layer.depth for name, layer in layers},
         active_blocks={name: layer.active_blocks for name, layer in layers} if layers
-        else {name: int(cfg.fixed_depth or 0) for name in ("dcnn0", "dcnn1", "dfc0")},
+        else {name: len(getattr(model, name).blocks) for name in LAYERS},
         built_blocks={name: layer.built_blocks for name, layer in layers},
         used_parameters=model.used_parameters(), seconds=result.seconds,
         images_per_second=len(data.x_train) * cfg.epochs / max(result.seconds, 1e-9),
@@ -322,8 +351,8 @@ def main(args: argparse.Namespace) -> int:
     depths = args.compare_depths
     if depths is not None:
         check_items("--compare-depths", depths, lambda n, v: check_int(n, v, low=0, high=1000))
-        if cfg.fixed_depth is not None:
-            raise InputError("--fixed-depth and --compare-depths exclude each other")
+        if cfg.depth is not None:
+            raise InputError("--fixed-depth/--layer-depths and --compare-depths exclude each other")
     ctx = context_from_args(args)
     if depths:
         study = {**config_dict(cfg), "compare_depths": list(depths), "world_size": ctx.dist.world}

@@ -1,0 +1,268 @@
+"""Does learned depth pay off?  Learned, fixed and continuous depth side by side, one command.
+
+Every contender trains on the same data set for the same epoch budget, each in its own
+run folder under ``--out``, one after the other; ``--resume`` continues the study where
+it stopped (finished members are read back, an interrupted one resumes from its last
+checkpoint).  Contenders, for every seed:
+
+- ``learned``: the all-g-infinity CNN (``infdepth images``), the paper's optimizer settings;
+- ``fixedK`` for every K of ``--fixed-depths``: the same CNN with K always-on residual
+  blocks per layer and no gate (K = 0: the g-inf layers switched off, nothing trains);
+- ``fixedA-B-C``: the same CNN at the learned run's final depths rounded per layer
+  (``--rounded``);
+- ``odenet-t1`` and ``odenet`` (``--ode``): the ODE-Net of ``infdepth ode params`` with a
+  learnable end time t1 (continuous learned depth) and with t1 fixed.
+
+``summary.json`` holds one row per member (accuracy with and without precise BN,
+parameters used, wall time, images/s, depths, the command that reproduces it);
+``table.md`` and ``study.png`` (test accuracy against training time) sum it up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from infdepth.data.images import DATASETS, ImageData, load_images
+from infdepth.errors import check_choice, check_device, check_int, check_items
+from infdepth.experiments._common import (
+    RunContext,
+    add_config_arguments,
+    add_run_arguments,
+    config_dict,
+    config_from_args,
+    context_from_args,
+    int_list,
+    option,
+    pyplot,
+    save_figure,
+)
+from infdepth.experiments.depth import images
+from infdepth.io import write_json
+from infdepth.runfolder import open_run
+from infdepth.train import CHECKPOINT
+
+RESUMABLE = ("device", "world_size")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The study (the only place its defaults are written)."""
+
+    dataset: str = option("fashion-mnist", f"data set: one of {', '.join(DATASETS)}")
+    data_dir: str | None = option(None, "folder with the four MNIST-format IDX files "
+                                  "(default: the data set's standard place)", type=str)
+    epochs: int = option(30, "the epoch budget of every contender")
+    seeds: tuple[int, ...] = option((0,), "comma-separated seeds; every contender runs once per seed",
+                                    type=int_list)
+    fixed_depths: tuple[int, ...] = option((0, 1, 2, 3, 5), "comma-separated fixed depths (blocks per "
+                                           "layer) of the no-gate baseline", type=int_list)
+    rounded: bool = option(False, "also train the CNN at each learned run's final depths rounded per layer")
+    ode: bool = option(False, "also train the ODE-Net of `ode params`, with a learnable and a fixed t1")
+    device: str = option("cpu", "torch device, e.g. cpu or cuda")
+
+    def __post_init__(self) -> None:
+        check_choice("--dataset", self.dataset, DATASETS)
+        check_int("--epochs", self.epochs, low=1)
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "fixed_depths", tuple(self.fixed_depths))
+        check_items("--seeds", self.seeds, lambda n, v: check_int(n, v, low=0))
+        check_items("--fixed-depths", self.fixed_depths, lambda n, v: check_int(n, v, low=0, high=1000))
+        check_device("--device", self.device)
+
+
+def _command(argv: list[str]) -> str:
+    return "infdepth " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _images_member(cfg: Config, seed: int, **depth: Any) -> tuple[images.Config, list[str]]:
+    member = images.Config(dataset=cfg.dataset, data_dir=cfg.data_dir, epochs=cfg.epochs, seed=seed,
+                           device=cfg.device, **depth)
+    argv = ["images", "--dataset", cfg.dataset, "--epochs", str(cfg.epochs), "--seed", str(seed)]
+    if cfg.data_dir:
+        argv += ["--data-dir", cfg.data_dir]
+    if member.fixed_depth is not None:
+        argv += ["--fixed-depth", str(member.fixed_depth)]
+    if member.layer_depths is not None:
+        argv += ["--layer-depths", ",".join(map(str, member.layer_depths))]
+    return member, argv
+
+
+def _member_ctx(ctx: RunContext, name: str) -> RunContext:
+    folder = ctx.out / name
+    again = ctx.resume and (folder / CHECKPOINT).is_file()
+    # a member that had not reached its first checkpoint starts again from scratch
+    return RunContext(out=folder, resume=again, overwrite=ctx.resume and not again, progress=ctx.progress,
+                      dist=ctx.dist)
+
+
+def _finished(ctx: RunContext, name: str) -> dict[str, Any] | None:
+    """The row of a member that already finished (its summary.json), read back on ``--resume``."""
+    path = ctx.out / name / "study_row.json"
+    if ctx.resume and path.is_file():
+        row: dict[str, Any] = json.loads(path.read_text())
+        return row
+    return None
+
+
+def _images_row(cfg: Config, ctx: RunContext, seed: int, data: ImageData, **depth: Any) -> dict[str, Any]:
+    member, argv = _images_member(cfg, seed, **depth)
+    name = f"{member.label}-s{seed}"
+    done = _finished(ctx, name)
+    if done is not None:
+        return done
+    res = images.run_images(member, _member_ctx(ctx, name), data=data)
+    row = {"member": name, "contender": member.label, "seed": seed, "kind": "g-inf CNN", **asdict(res),
+           "command": _command([*argv, "--out", str(ctx.out / name)])}
+    if ctx.is_main:
+        write_json(ctx.out / name / "study_row.json", row)
+    return row
+
+
+def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[str, Any]:
+    from infdepth.experiments.ode import params
+
+    name = f"odenet{'-t1' if learn_t1 else ''}-s{seed}"
+    done = _finished(ctx, name)
+    if done is not None:
+        return done
+    member = params.Config(dataset=cfg.dataset, data_dir=cfg.data_dir, models=("odenet",), epochs=cfg.epochs,
+                           seed=seed, device=cfg.device, learn_t1=learn_t1)
+    summary = params.run(member, _member_ctx(ctx, name))
+    model = summary["models"]["odenet"]
+    argv = ["ode", "params", "--dataset", cfg.dataset, "--models", "odenet", "--epochs", str(cfg.epochs),
+            "--seed", str(seed), *(["--learn-t1"] if learn_t1 else []), "--out", str(ctx.out / name)]
+    row = {"member": name, "contender": "odenet-t1" if learn_t1 else "odenet", "seed": seed,
+           "kind": "ODE-Net", "epochs": cfg.epochs, "final_test_acc": model["test_acc"],
+           "final_test_acc_precise_bn": None, "used_parameters": model["params"],
+           "seconds": model.get("seconds", math.nan), "t1": model.get("t1"),
+           "images_per_second": model.get("images_per_second", math.nan), "command": _command(argv)}
+    if ctx.is_main:
+        write_json(ctx.out / name / "study_row.json", row)
+    return row
+
+
+def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[str, Any]:
+    """Train every contender of ``cfg`` in turn; write ``summary.json``, ``table.md`` and ``study.png``."""
+    config = {**config_dict(cfg), "world_size": ctx.dist.world}
+    open_run(ctx.out, config, resume=ctx.resume, overwrite=ctx.overwrite, resumable=RESUMABLE)
+    data = load_images(cfg.dataset, cfg.data_dir) if data is None else data
+    rows: list[dict[str, Any]] = []
+    for seed in cfg.seeds:
+        learned = _images_row(cfg, ctx, seed, data)
+        rows.append(learned)
+        for k in cfg.fixed_depths:
+            rows.append(_images_row(cfg, ctx, seed, data, fixed_depth=k))
+        if cfg.rounded:
+            depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
+            if depths not in {(k, k, k) for k in cfg.fixed_depths}:
+                rows.append(_images_row(cfg, ctx, seed, data, layer_depths=depths))
+        if cfg.ode:
+            rows.append(_ode_row(cfg, ctx, seed, learn_t1=True))
+            rows.append(_ode_row(cfg, ctx, seed, learn_t1=False))
+    summary = {"config": config, "rows": rows, "verdict": verdict(rows)}
+    if ctx.is_main:
+        write_json(ctx.out / "summary.json", summary)
+        (ctx.out / "table.md").write_text(table(rows))
+        plot(ctx.out / "study.png", rows)
+    return summary
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key) is not None]
+    return sum(values) / len(values) if values else math.nan
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Learned against the best fixed depth (mean over seeds): accuracy gap and compute fraction."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["contender"], []).append(r)
+    fixed = {c: rs for c, rs in by.items() if c.startswith("fixed") and "-" not in c}
+    out: dict[str, Any] = {}
+    if "learned" in by and fixed:
+        best = max(fixed, key=lambda c: _mean(fixed[c], "final_test_acc"))
+        sweep = sum(_mean(rs, "seconds") for rs in fixed.values())
+        out.update(
+            learned_test_acc=_mean(by["learned"], "final_test_acc"),
+            best_fixed=best,
+            best_fixed_test_acc=_mean(fixed[best], "final_test_acc"),
+            gap_points=100 * (_mean(fixed[best], "final_test_acc") - _mean(by["learned"], "final_test_acc")),
+            learned_seconds=_mean(by["learned"], "seconds"),
+            sweep_seconds=sweep,
+            compute_fraction=_mean(by["learned"], "seconds") / sweep if sweep else math.nan,
+        )
+    if "odenet-t1" in by and "learned" in by:
+        out["continuous_minus_discrete_points"] = 100 * (
+            _mean(by["odenet-t1"], "final_test_acc") - _mean(by["learned"], "final_test_acc"))
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per member."""
+    def pct(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"
+
+    lines = ["| contender | seed | test acc % | precise-BN acc % | depth (w or blocks) | parameters used "
+             "| train s | images/s |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("final_w"):
+            depth = " / ".join(f"{w:.2f}" for w in r["final_w"].values())
+        elif r.get("t1") is not None:
+            depth = f"t1 = {float(r['t1']):.3f}"
+        else:
+            depth = " / ".join(str(v) for v in r.get("active_blocks", {}).values())
+        lines.append(f"| {r['contender']} | {r['seed']} | {pct(r['final_test_acc'])} | "
+                     f"{pct(r.get('final_test_acc_precise_bn'))} | {depth} | {r['used_parameters']:,} | "
+                     f"{float(r['seconds']):.0f} | {float(r['images_per_second']):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Any, rows: list[dict[str, Any]]) -> None:
+    """Test accuracy against training wall time, one point per member, learned depth marked."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    style: dict[str, Callable[[str], tuple[str, str]]] = {
+        "g-inf CNN": lambda c: ("*", "C3") if c == "learned" else ("o", "C0"),
+        "ODE-Net": lambda c: ("D", "C2") if c == "odenet-t1" else ("s", "C2"),
+    }
+    for r in rows:
+        marker, color = style[r["kind"]](r["contender"])
+        ax.plot([float(r["seconds"])], [100 * float(r["final_test_acc"])], marker, color=color,
+                ms=14 if marker == "*" else 7)
+        ax.annotate(r["contender"], (float(r["seconds"]), 100 * float(r["final_test_acc"])), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="training wall time (s)", ylabel="test accuracy (%)",
+           title="learned (star), fixed (circles) and continuous (diamond/square) depth")
+    ax.grid(True, alpha=0.3)
+    save_figure(fig, path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``infdepth study``, derived from :class:`Config`."""
+    add_config_arguments(parser, Config)
+    add_run_arguments(parser, "runs/study", resumable=True)
+
+
+def register(sub: Any) -> None:
+    """Add the ``study`` subcommand."""
+    p = sub.add_parser("study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="learned, fixed and continuous depth side by side on one data set (resumable)")
+    add_arguments(p)
+    p.set_defaults(func=main, data_parallel=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the study of the parsed ``args``; print its table."""
+    cfg = config_from_args(Config, args)
+    ctx = context_from_args(args)
+    summary = run(cfg, ctx)
+    ctx.say(table(summary["rows"]))
+    ctx.say(json.dumps(summary["verdict"], indent=1))
+    ctx.say(f"results: {ctx.out / 'summary.json'}; figure: {ctx.out / 'study.png'}")
+    return 0

@@ -1,0 +1,90 @@
+"""``infdepth study``: learned, fixed and continuous depth side by side, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infdepth.cli import main as cli_main
+
+BASE = ["study", "--dataset", "digits", "--epochs", "1", "--fixed-depths", "0,1", "--no-progress"]
+
+
+def _code(argv: list[str]) -> int:
+    try:
+        return cli_main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        return int(exc.code or 0)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study") / "run"
+    assert cli_main([*BASE, "--rounded", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_contender_trains_once_and_is_reported(study) -> None:
+    summary = json.loads((study / "summary.json").read_text())
+    rows = {r["contender"]: r for r in summary["rows"]}
+    assert list(rows)[:3] == ["learned", "fixed0", "fixed1"]
+    rounded = [c for c in rows if c.count("-") == 2]  # fixedA-B-C from the learned run's w
+    learned_w = rows["learned"]["final_w"]
+    expected = "fixed" + "-".join(str(max(0, round(w))) for w in learned_w.values())
+    assert rounded in ([expected], []), (rounded, learned_w)  # absent only when it equals a fixed depth
+    # depth 0 switches the g-inf layers off: nothing trains, no parameter is used
+    assert rows["fixed0"]["used_parameters"] == 0
+    assert rows["fixed1"]["used_parameters"] > 0 and rows["learned"]["used_parameters"] > 0
+    for r in summary["rows"]:
+        assert r["epochs"] == 1 and r["seconds"] > 0 and 0 <= r["final_test_acc"] <= 1
+        assert r["command"].startswith("infdepth images --dataset digits --epochs 1 --seed 0")
+        assert (study / r["member"] / "checkpoint.pt").is_file()
+    assert set(summary["verdict"]) >= {"gap_points", "compute_fraction", "best_fixed"}
+    assert (study / "study.png").stat().st_size > 1000
+    assert "| learned | 0 |" in (study / "table.md").read_text()
+
+
+def test_resume_reads_finished_members_back_without_training(study) -> None:
+    rows = study / "learned-s0" / "study_row.json"
+    files = [study / "learned-s0" / name for name in ("checkpoint.pt", "summary.json", "study_row.json")]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert cli_main([*BASE, "--rounded", "--out", str(study), "--resume"]) == 0
+    assert [f.stat().st_mtime_ns for f in files] == stamps, "a finished member is read back, not rerun"
+    assert json.loads(rows.read_text())["member"] == "learned-s0"
+
+
+def test_an_interrupted_member_continues_from_its_checkpoint(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert cli_main([*BASE, "--fixed-depths", "1", "--out", str(out)]) == 0
+    first = json.loads((out / "summary.json").read_text())["rows"]
+    # as if the study had been killed after fixed1's checkpoint but before its row was written
+    (out / "fixed1-s0" / "study_row.json").unlink()
+    assert cli_main([*BASE, "--fixed-depths", "1", "--out", str(out), "--resume"]) == 0
+    again = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["final_test_acc"] for r in again] == [r["final_test_acc"] for r in first]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--fixed-depths", ""], "is empty"),
+        (["--fixed-depths", "1,1"], "repeats an entry"),
+        (["--fixed-depths=-1"], "--fixed-depths=-1 is not accepted"),
+        (["--seeds", "0,0"], "repeats an entry"),
+        (["--epochs", "0"], "--epochs=0 is not accepted"),
+        (["--dataset", "cifar"], "--dataset='cifar' is not accepted"),
+        (["--device", "tpu"], "--device='tpu' is not accepted"),
+    ],
+)
+def test_bad_input_exits_2_and_leaves_the_study_intact(study, capsys, argv, needle) -> None:
+    before = _snapshot(study)
+    assert _code([*BASE, "--out", str(study), "--resume", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert _snapshot(study) == before
