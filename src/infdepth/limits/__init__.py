@@ -8,12 +8,12 @@
 * :mod:`~infdepth.limits.laws` gives closed-form laws as ``scipy.stats`` distributions;
 * :func:`infinite_kernels` gives the depth-then-width NNGP and NTK kernels, with
   :func:`kernel_regression`, :func:`gp_posterior` and the scikit-learn
-  :class:`InfiniteDepthKernel`.
+  :class:`InfiniteDepthKernel` (scikit-learn is imported only when one is made).
 """
 
 from infdepth.limits._activation import KNOWN_ACTIVATIONS, Activation, resolve_activation
+from infdepth.limits._sklearn import InfiniteDepthKernel
 from infdepth.limits.kernels import (
-    InfiniteDepthKernel,
     KernelPair,
     KernelState,
     diagonal_kernels,

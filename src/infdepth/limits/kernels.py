@@ -9,6 +9,9 @@ covariance of two inputs solves (derived here, see docs/limits.md)
 ``(U, V) ~ N(0, K_t on {a, b})``, ``K_0 = T_0 = x_a . x_b / d`` (input layer ``N(0, 1/d)``).
 With a linear read-out ``f = v . X_t1 / sqrt(n)``, the NNGP (read-out trained only) is
 ``K_t1`` and the NTK (all layers trained) is ``K_t1 + T_t1``.
+
+The ODEs are solved with the library's own :func:`infdepth.ode.odeint` (fixed-step RK4).
+The scikit-learn kernel built on them is :class:`infdepth.limits.InfiniteDepthKernel`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.gaussian_process.kernels import Kernel
 from torch import Tensor
 
 from infdepth.limits._activation import (
@@ -31,6 +33,7 @@ from infdepth.limits._activation import (
     raise_input,
     resolve_activation,
 )
+from infdepth.ode import RK4, odeint
 
 ActivationLike = str | Callable[[Tensor], Tensor] | Activation
 
@@ -159,6 +162,14 @@ def _rhs(phi: Activation, state: tuple[Tensor, Tensor, Tensor, Tensor], sb2: flo
     return sb2 + sw2 * e_aa, sb2 + sw2 * e_bb, sb2 + sw2 * e_ab, sb2 + sw2 * (e_ab + e_d * tab)
 
 
+def _rk4(field: Callable[[Tensor], Tensor], y0: Tensor, t1: float, steps: int) -> Tensor:
+    """``y(t1)`` for the autonomous ``dy/dt = field(y)``, ``y(0) = y0``: ``steps`` RK4 steps."""
+    t = torch.tensor([0.0, t1], dtype=torch.float64)
+    ys = odeint(lambda _t, y: field(y), y0, t, solver=RK4(), step_size=t1 / steps,
+                max_steps=steps)
+    return ys[-1]
+
+
 def _integrate(phi: Activation, da: Tensor, db: Tensor, kab: Tensor, t1: float, steps: int,
                sigma_b: float, sigma_w: float, tab: Tensor | None = None
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -167,21 +178,19 @@ def _integrate(phi: Activation, da: Tensor, db: Tensor, kab: Tensor, t1: float, 
     steps = check_int("steps", steps)
     sb2 = check_finite("sigma_b", sigma_b, nonnegative=True) ** 2
     sw2 = check_finite("sigma_w", sigma_w, nonnegative=True) ** 2
-    h = t1 / steps
-    state = (da, db, kab, kab.clone() if tab is None else tab)
+    tab = kab.clone() if tab is None else tab
+    shape = kab.shape
+    sizes = [da.numel(), db.numel(), kab.numel(), tab.numel()]
 
-    def shift(slope: tuple[Tensor, ...], c: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        a, b, k, t = (x + c * s for x, s in zip(state, slope, strict=True))
-        return a, b, k, t
+    def unpack(y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        a, b, k, t = y.split(sizes)
+        return a, b, k.view(shape), t.view(shape)
 
-    for _ in range(steps):
-        k1 = _rhs(phi, state, sb2, sw2)
-        k2 = _rhs(phi, shift(k1, h / 2), sb2, sw2)
-        k3 = _rhs(phi, shift(k2, h / 2), sb2, sw2)
-        k4 = _rhs(phi, shift(k3, h), sb2, sw2)
-        slope = tuple((a + 2 * b + 2 * c + d) / 6 for a, b, c, d in zip(k1, k2, k3, k4, strict=True))
-        state = shift(slope, h)
-    return state
+    def field(y: Tensor) -> Tensor:
+        return torch.cat([x.reshape(-1) for x in _rhs(phi, unpack(y), sb2, sw2)])
+
+    y0 = torch.cat([x.reshape(-1) for x in (da, db, kab, tab)])
+    return unpack(_rk4(field, y0, t1, steps))
 
 
 @dataclass(frozen=True)
@@ -234,19 +243,12 @@ def diagonal_kernels(q0: Tensor, *, activation: ActivationLike = "relu", t1: flo
     sw2 = check_finite("sigma_w", sigma_w, nonnegative=True) ** 2
     check_tensor_finite("q0", q0)
 
-    def rhs(q: Tensor, tq: Tensor) -> tuple[Tensor, Tensor]:
+    def field(y: Tensor) -> Tensor:
+        q, tq = y.unbind(0)
         e, e_d = pair_moments(phi, q, q, q)
-        return sb2 + sw2 * e, sb2 + sw2 * (e + e_d * tq)
+        return torch.stack([sb2 + sw2 * e, sb2 + sw2 * (e + e_d * tq)])
 
-    h = t1 / steps
-    q, tq = q0.clone(), q0.clone()
-    for _ in range(steps):
-        a1, b1 = rhs(q, tq)
-        a2, b2 = rhs(q + h / 2 * a1, tq + h / 2 * b1)
-        a3, b3 = rhs(q + h / 2 * a2, tq + h / 2 * b2)
-        a4, b4 = rhs(q + h * a3, tq + h * b3)
-        q = q + h / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
-        tq = tq + h / 6 * (b1 + 2 * b2 + 2 * b3 + b4)
+    q, tq = _rk4(field, torch.stack([q0, q0]), t1, steps).unbind(0)
     return q, (tq if ntk else q)
 
 
@@ -327,56 +329,9 @@ def gp_posterior(k_train: Tensor, y_train: Tensor, k_test_train: Tensor, k_test_
     return mean, var.clamp_min(0)
 
 
-class InfiniteDepthKernel(Kernel):
-    """scikit-learn kernel of the doubly infinite ResNet (``kind="nngp"`` or ``"ntk"``).
+def __getattr__(name: str) -> Any:
+    if name == "InfiniteDepthKernel":  # its old home; it lives in _sklearn.py
+        from infdepth.limits._sklearn import InfiniteDepthKernel
 
-    Usable with ``GaussianProcessRegressor``, ``KernelRidge(kernel=...)``, ``SVC`` and the
-    kernel algebra of :mod:`sklearn.gaussian_process.kernels`. It has no tunable
-    hyperparameters (a GP fit therefore does not optimise it).
-    """
-
-    def __init__(self, activation: ActivationLike = "relu", t1: float = 1.0,
-                 kind: str = "ntk", sigma_b: float = 0.0, sigma_w: float = 1.0,
-                 steps: int = 64) -> None:
-        self.activation = activation
-        self.t1 = t1
-        self.kind = kind
-        self.sigma_b = sigma_b
-        self.sigma_w = sigma_w
-        self.steps = steps
-
-    def _pair(self, x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
-        from infdepth.errors import check_choice
-
-        check_choice("kind", self.kind, ("nngp", "ntk"))
-        kp = infinite_kernels(np.asarray(x, dtype=np.float64),
-                              None if y is None else np.asarray(y, dtype=np.float64),
-                              activation=self.activation, t1=self.t1, sigma_b=self.sigma_b,
-                              sigma_w=self.sigma_w, steps=self.steps, ntk=self.kind == "ntk")
-        out = kp.ntk if self.kind == "ntk" else kp.nngp
-        return out.detach().cpu().numpy()
-
-    def __call__(self, X: np.ndarray, Y: np.ndarray | None = None,
-                 eval_gradient: bool = False) -> Any:
-        k = self._pair(X, Y)
-        if eval_gradient:
-            if Y is not None:
-                raise ValueError("gradient can only be evaluated when Y is None")
-            return k, np.empty((k.shape[0], k.shape[1], 0))
-        return k
-
-    def diag(self, X: np.ndarray) -> np.ndarray:
-        x = np.asarray(X, dtype=np.float64)
-        return self._diag_fast(x)
-
-    def _diag_fast(self, x: np.ndarray) -> np.ndarray:
-        # Each diagonal entry solves its own scalar ODE; integrate them all at once.
-        xt = torch.as_tensor(x)
-        q = (xt * xt).sum(1) / xt.shape[1]
-        k, tk = diagonal_kernels(q, activation=self.activation, t1=self.t1,
-                                 sigma_b=self.sigma_b, sigma_w=self.sigma_w, steps=self.steps,
-                                 ntk=self.kind == "ntk")
-        return (k if self.kind == "nngp" else k + tk).numpy()
-
-    def is_stationary(self) -> bool:
-        return False
+        return InfiniteDepthKernel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
