@@ -168,3 +168,41 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path) -> None:
             nn.MSELoss(),
             FitConfig(steps=10, out_dir=tmp_path, resume=True, progress=False),
         )
+
+
+def test_fit_adds_the_penalty_of_every_submodule_that_has_one(tmp_path) -> None:
+    """ODEBlock's t1 penalty and a user module's penalty reach the objective (not only g-inf layers)."""
+    from infdepth import HasPenalty, InfiniteDepth, ODEBlock, model_penalty
+
+    class Field(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, t, h):
+            return self.lin(h)
+
+    class Shrink(nn.Module):  # a user module taking part through the protocol
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, x):
+            return self.scale * x
+
+        def penalty(self):
+            return 0.5 * self.scale.square()
+
+    torch.manual_seed(0)
+    block = ODEBlock(Field(), t1=1.0, learn_t1=True, t1_l2=0.3, rtol=1e-5, atol=1e-5)
+    layer = InfiniteDepth(lambda i: nn.Linear(2, 2), w0=1.5, w_l2=0.2)
+    model = nn.Sequential(block, Shrink(), layer)
+    assert isinstance(model[1], HasPenalty)
+    expected = 0.3 * 1.0 + 0.5 * 9.0 + layer.penalty().item()
+    assert model_penalty(model).item() == pytest.approx(expected, rel=1e-6)
+    # with zero data loss, one SGD step moves t1 and scale exactly by lr * d(penalty)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, sgd, lambda s: (torch.randn(4, 2), torch.zeros(4, 2)), lambda out, y: 0.0 * out.sum(),
+        FitConfig(steps=1, progress=False))
+    assert block.t1.item() == pytest.approx(1.0 - 0.1 * 0.6, rel=1e-6)
+    assert model[1].scale.item() == pytest.approx(3.0 - 0.1 * 3.0, rel=1e-6)

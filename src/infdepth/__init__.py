@@ -46,7 +46,7 @@ from infdepth.ode import (
     Tsit5,
     odeint,
 )
-from infdepth.train import FitConfig, FitResult, fit
+from infdepth.train import FitConfig, FitResult, HasPenalty, fit, model_penalty
 
 __version__ = "0.1.0"
 
@@ -81,6 +81,7 @@ __all__ = [
     "FitResult",
     "FixedBatchNorm",
     "Gate",
+    "HasPenalty",
     "InfiniteDepth",
     "InputError",
     "StretchedGate",
@@ -88,5 +89,6 @@ __all__ = [
     "depth_layers",
     "fit",
     "grow",
+    "model_penalty",
     "total_penalty",
 ]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +89,7 @@ class FitResult:
         return [r[key] for r in self.history if key in r]
 
 
+@runtime_checkable
 class HasPenalty(Protocol):
     """A module that adds a term to the training objective: ``penalty() -> Tensor | None``.
 
@@ -100,18 +101,18 @@ class HasPenalty(Protocol):
     def penalty(self) -> Tensor | None: ...
 
 
-def penalty_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def penalty_modules(model: nn.Module) -> list[tuple[str, HasPenalty]]:
     """The outermost submodules of ``model`` (itself included) that have a ``penalty()``.
 
     A module inside another one that has a penalty is left to it (an
     :class:`~infdepth.depth.InfiniteDepth` layer sums its own sub-layers' terms), so no
     term is counted twice.
     """
-    found: list[tuple[str, nn.Module]] = []
+    found: list[tuple[str, HasPenalty]] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
         if callable(getattr(type(module), "penalty", None)):  # a method, not a submodule named so
-            found.append((prefix, module))
+            found.append((prefix, module))  # type: ignore[arg-type]  # checked on the class
             return
         for name, child in module.named_children():
             visit(f"{prefix}.{name}" if prefix else name, child)

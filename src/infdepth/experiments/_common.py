@@ -87,7 +87,7 @@ def option(
 
 def flag_of(config_cls: type, name: str) -> str:
     """The command-line flag of a ``Config`` field (``batch_size`` -> ``--batch-size``)."""
-    for f in fields(config_cls):  # type: ignore[arg-type]
+    for f in fields(config_cls):
         if f.name == name and f.metadata.get("flag"):
             return str(f.metadata["flag"])
     return "--" + name.replace("_", "-")
@@ -95,7 +95,7 @@ def flag_of(config_cls: type, name: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One flag per field of the dataclass ``config_cls``, its default and help from the field."""
-    for f in fields(config_cls):  # type: ignore[arg-type]
+    for f in fields(config_cls):
         if not f.metadata.get("cli", True):
             continue
         default = f.default

@@ -47,7 +47,8 @@ from infdepth.io import write_json
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT
 
-RESUMABLE = ("device", "world_size")
+#: the member set may grow on resume (each member checks its own settings); the budget and data may not
+RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size")
 
 
 @dataclass(frozen=True)
