@@ -265,6 +265,11 @@ class InfiniteDepth(nn.Module):
         index = torch.arange(n, dtype=self.w.dtype, device=self.w.device)
         return index + shift if shift else index
 
+    # How many sub-layers run is decided on the host from w, and the fused path passes gate
+    # values as Python floats: torch.compile would break the graph here and specialise on
+    # every value of w.  So the layer runs eagerly inside a compiled model (the modules
+    # around it are compiled), and growing it never triggers a recompile.
+    @torch.compiler.disable
     def forward(self, x: Tensor) -> Tensor:
         if not self._h_checked:
             check_idempotent(self.h, x.detach())
