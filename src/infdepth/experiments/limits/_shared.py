@@ -1,0 +1,56 @@
+"""What the ``infdepth limits ...`` experiments share beyond :mod:`infdepth.experiments._common`.
+
+The run folder is opened through :func:`infdepth.runfolder.open_run` (after the ``Config``
+validated every flag), progress bars follow ``--no-progress``, and ``summary.json`` is
+written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from infdepth.errors import check_choice, check_int
+from infdepth.experiments._common import RunContext, config_dict
+from infdepth.io import write_json
+from infdepth.limits import KNOWN_ACTIVATIONS
+from infdepth.runfolder import open_run
+
+T = TypeVar("T")
+
+MAX_TIME = 500.0
+"""Latest diffusion time (depth) a flag accepts: with the linear activation kernels and norms
+grow like ``e^t`` and leave double precision past ``t = 709``."""
+ACTIVATIONS_HELP = ", ".join(KNOWN_ACTIVATIONS)
+"""The activations a flag accepts, for its ``--help`` text."""
+
+# item checks for errors.check_items (the errors.py validators with their bounds filled in)
+known_activation = partial(check_choice, accepted=KNOWN_ACTIVATIONS)
+positive_int = partial(check_int, low=1)
+
+
+def start_run(config: Any, ctx: RunContext) -> Path:
+    """Open ``ctx.out`` for a fresh run of ``config`` and write its ``config.json``.
+
+    Refuses (exit 2, naming ``--out``) a file, or a folder holding files unless it is a
+    previous run folder and ``--overwrite`` was given; nothing is written before that.
+    """
+    record = {**config_dict(config), "world_size": ctx.dist.world}
+    open_run(ctx.out, record, resume=False, overwrite=ctx.overwrite, resumable=())
+    return ctx.out
+
+
+def write_summary(ctx: RunContext, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (tensors and arrays as lists) into the run folder."""
+    if ctx.is_main:
+        write_json(ctx.out / "summary.json", {**summary, "world_size": ctx.dist.world})
+
+
+def progress(ctx: RunContext, items: Iterable[T] | None = None, *, total: int | None = None,
+             desc: str) -> Any:
+    """A transient tqdm bar over ``items`` (or of ``total`` updates), off with ``--no-progress``."""
+    return tqdm(items, total=total, desc=desc, leave=False, disable=not ctx.progress)
