@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "images": "infdepth.experiments.depth.images",
     "study": "infdepth.experiments.depth.study",
     "ode": "infdepth.experiments.ode_cli",
-    "limits": "infdepth.experiments.limits_cli",
+    "limits": "infdepth.experiments.limits",
 }
 
 
@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (DivergenceError, SolverError) as exc:
         # a run that diverged (or whose ODE solve could not go on): one line, exit code 1
-        print(f"infdepth {name}: training diverged: {exc}", file=sys.stderr)
+        what = "training diverged" if getattr(args, "data_parallel", False) else "the solve failed"
+        print(f"infdepth {name}: {what}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"infdepth {name}: interrupted; the last checkpoint is intact", file=sys.stderr)

@@ -60,6 +60,7 @@ def open_run(
     overwrite: bool = False,
     resumable: Collection[str] = (),
     labels: Mapping[str, str] | None = None,
+    can_resume: bool = True,
 ) -> dict[str, Any]:
     """Check ``out`` against the run about to start, then write its ``config.json``.
 
@@ -73,6 +74,7 @@ def open_run(
         overwrite: ``--overwrite`` was given (replace a previous run folder).
         resumable: keys that may differ on resume; the new values apply and are recorded.
         labels: how to name a key in messages where it is not ``--key`` (e.g. ``ks``: ``--k``).
+        can_resume: the command has ``--resume`` (messages offer it only then).
 
     Returns:
         The config as written (with the ``"resumes"`` record of earlier resumes).
@@ -81,10 +83,10 @@ def open_run(
         InputError: naming the flag, the value and what is accepted.
     """
     ctx = distributed.current()
-    saved = _prepare(out, config, resume, overwrite, resumable, labels or {}, write=False)
+    saved = _prepare(out, config, resume, overwrite, resumable, labels or {}, can_resume, write=False)
     ctx.barrier()
     if ctx.is_main:
-        _prepare(out, config, resume, overwrite, resumable, labels or {}, write=True)
+        _prepare(out, config, resume, overwrite, resumable, labels or {}, can_resume, write=True)
     ctx.barrier()
     return saved
 
@@ -96,6 +98,7 @@ def _prepare(
     overwrite: bool,
     resumable: Collection[str],
     labels: Mapping[str, str],
+    can_resume: bool,
     *,
     write: bool,
 ) -> dict[str, Any]:
@@ -135,9 +138,10 @@ def _prepare(
     else:
         if out.is_dir() and any(out.iterdir()):
             if not overwrite:
+                offer = "pass --resume to continue that run, " if can_resume else "pass "
                 raise InputError(
-                    f"--out={out} already holds files (a previous run?); pass --resume to continue "
-                    "that run, --overwrite to replace it, or choose another --out"
+                    f"--out={out} already holds files (a previous run?); {offer}--overwrite to "
+                    "replace it, or choose another --out"
                 )
             if not path.is_file():
                 raise InputError(

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from infdepth.experiments.limits_width_regime import euler_one_active_slope
+from infdepth.experiments.limits.width_regime import euler_one_active_slope
 from infdepth.limits import LogScaleEuler, ResNetSDE, expected_active_given_alive, simulate
 
 

@@ -40,7 +40,7 @@ def start_run(config: Any, ctx: RunContext) -> Path:
     previous run folder and ``--overwrite`` was given; nothing is written before that.
     """
     record = {**config_dict(config), "world_size": ctx.dist.world}
-    open_run(ctx.out, record, resume=False, overwrite=ctx.overwrite, resumable=())
+    open_run(ctx.out, record, resume=False, overwrite=ctx.overwrite, resumable=(), can_resume=False)
     return ctx.out
 
 
