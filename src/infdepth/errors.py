@@ -8,8 +8,9 @@ what is accepted.  The command line turns it into one line and exit code 2.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -33,6 +34,11 @@ def reject(name: str, value: object, accepted: str) -> InputError:
     """The :class:`InputError` for ``name=value``, saying what is ``accepted``."""
     shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)
     return InputError(f"{name}={shown} is not accepted; expected {accepted}")
+
+
+def raise_input(name: str, shown: str, expected: str) -> NoReturn:
+    """Raise :class:`InputError` for ``name`` whose value is described by ``shown`` (e.g. a shape)."""
+    raise InputError(f"{name}={shown} is not accepted; expected {expected}")
 
 
 def check_choice(name: str, value: T, accepted: Sequence[Any]) -> T:
@@ -63,7 +69,7 @@ def check_float(
 
     ``strict=True`` excludes ``low`` itself (``low=0, strict=True``: a number > 0).
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise reject(name, value, "a number")
     x = float(value)
     bad = not math.isfinite(x)
@@ -74,6 +80,14 @@ def check_float(
     if bad:
         raise reject(name, value, _range("a finite number", low, high, strict=strict))
     return x
+
+
+def check_finite_tensor(name: str, value: Any) -> None:
+    """Refuse a tensor that holds NaN or infinity."""
+    import torch
+
+    if not bool(torch.isfinite(value).all()):
+        raise InputError(f"{name} is not accepted: it holds non-finite values")
 
 
 def check_items(name: str, values: Sequence[T], check: Callable[[str, T], object]) -> tuple[T, ...]:
@@ -100,6 +114,12 @@ def check_device(name: str, value: str) -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"{name}={value!r} is not accepted: CUDA is not available here; use cpu")
     return value
+
+
+def check_allocatable(name: str, numel: int, *, limit: int = 2**33) -> None:
+    """Refuse a size whose tensors would need more than ``limit`` elements (32 GiB of float32)."""
+    if numel > limit:
+        raise InputError(f"{name} asks for a tensor of {numel:.3g} elements; the limit is {limit:.3g}")
 
 
 def _range(kind: str, low: float | None, high: float | None, *, strict: bool) -> str:

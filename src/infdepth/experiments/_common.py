@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from infdepth import distributed
-from infdepth.errors import InputError, check_int
+from infdepth.errors import check_allocatable as check_allocatable  # re-exported: the experiments size checks
+from infdepth.errors import check_int
 
 C = TypeVar("C")
 
@@ -183,12 +184,6 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
 
 
 # ---------------------------------------------------------------- sizes, figures, statistics
-
-
-def check_allocatable(name: str, numel: int, *, limit: int = 2**33) -> None:
-    """Refuse a size whose tensors would need more than ``limit`` elements (32 GiB of float32)."""
-    if numel > limit:
-        raise InputError(f"{name} asks for a tensor of {numel:.3g} elements; the limit is {limit:.3g}")
 
 
 def pyplot() -> Any:

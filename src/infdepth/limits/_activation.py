@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -85,34 +83,3 @@ def resolve_activation(activation: str | Callable[[Tensor], Tensor] | Activation
         return Activation(str(label), activation)
     raise InputError(f"{name}={activation!r} is not accepted; expected a callable or one of "
                      f"{', '.join(map(repr, KNOWN_ACTIVATIONS))}")
-
-
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    """Raise :class:`InputError` unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name}={value!r} is not accepted; expected an integer >= {minimum}")
-    return value
-
-
-def check_finite(name: str, value: float, *, positive: bool = False,
-                 nonnegative: bool = False) -> float:
-    """Raise :class:`InputError` unless ``value`` is a finite real (and > 0 / >= 0 if asked)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}={value!r} is not accepted; expected a finite number") from None
-    if not math.isfinite(v) or (positive and v <= 0) or (nonnegative and v < 0):
-        kind = "> 0" if positive else ">= 0" if nonnegative else ""
-        raise InputError(f"{name}={value!r} is not accepted; expected a finite number {kind}".rstrip())
-    return v
-
-
-def check_tensor_finite(name: str, value: Tensor) -> None:
-    """Raise :class:`InputError` if the tensor holds NaN or infinity."""
-    if not bool(torch.isfinite(value).all()):
-        raise InputError(f"{name} is not accepted: it holds non-finite values")
-
-
-def raise_input(name: str, value: str, expected: str) -> NoReturn:
-    """Raise :class:`InputError` saying ``name=value`` is not accepted and what is expected."""
-    raise InputError(f"{name}={value} is not accepted; expected {expected}")

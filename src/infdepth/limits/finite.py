@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from infdepth.limits._activation import Activation, check_finite, check_int, resolve_activation
+from infdepth.errors import check_float, check_int
+from infdepth.limits._activation import Activation, resolve_activation
 
 
 class FiniteResNet(nn.Module):
@@ -26,14 +27,14 @@ class FiniteResNet(nn.Module):
                  generator: torch.Generator | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__()
-        check_int("in_features", in_features)
-        self.width = check_int("width", width)
-        self.depth = check_int("depth", depth)
-        check_int("out_features", out_features)
+        check_int("in_features", in_features, low=1)
+        self.width = check_int("width", width, low=1)
+        self.depth = check_int("depth", depth, low=1)
+        check_int("out_features", out_features, low=1)
         self.phi = resolve_activation(activation)
-        self.h = check_finite("t1", t1, positive=True) / depth
-        self.sigma_b = check_finite("sigma_b", sigma_b, nonnegative=True)
-        self.sigma_w = check_finite("sigma_w", sigma_w, nonnegative=True)
+        self.h = check_float("t1", t1, low=0.0, strict=True) / depth
+        self.sigma_b = check_float("sigma_b", sigma_b, low=0.0)
+        self.sigma_w = check_float("sigma_w", sigma_w, low=0.0)
 
         def normal(*shape: int) -> nn.Parameter:
             return nn.Parameter(torch.randn(*shape, generator=generator, dtype=dtype))

@@ -25,14 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from infdepth.limits._activation import (
-    Activation,
-    check_finite,
-    check_int,
-    check_tensor_finite,
-    raise_input,
-    resolve_activation,
-)
+from infdepth.errors import check_finite_tensor, check_float, check_int, raise_input
+from infdepth.limits._activation import Activation, resolve_activation
 from infdepth.ode import RK4, odeint
 
 ActivationLike = str | Callable[[Tensor], Tensor] | Activation
@@ -147,7 +141,7 @@ def pair_moments(activation: ActivationLike, kaa: Tensor, kbb: Tensor, kab: Tens
 def variance_ode(activation: ActivationLike, t1: float, q0: float = 1.0, *,
                  sigma_b: float = 0.0, sigma_w: float = 1.0, steps: int = 256) -> float:
     """``q_t1`` for ``dq/dt = sigma_b^2 + sigma_w^2 E[phi(sqrt(q) Z)^2]``, ``q_0 = q0`` (RK4)."""
-    q = torch.tensor([float(check_finite("q0", q0, positive=True))], dtype=torch.float64)
+    q = torch.tensor([float(check_float("q0", q0, low=0.0, strict=True))], dtype=torch.float64)
     k = _integrate(resolve_activation(activation), q, q, q.view(1, 1), t1, steps,
                    sigma_b, sigma_w)[2]
     return float(k[0, 0])
@@ -174,10 +168,10 @@ def _integrate(phi: Activation, da: Tensor, db: Tensor, kab: Tensor, t1: float, 
                sigma_b: float, sigma_w: float, tab: Tensor | None = None
                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """RK4 for ``(K_aa, K_bb, K_ab, T_ab)`` over ``[0, t1]``; ``T_ab`` starts at ``K_ab`` by default."""
-    t1 = check_finite("t1", t1, positive=True)
-    steps = check_int("steps", steps)
-    sb2 = check_finite("sigma_b", sigma_b, nonnegative=True) ** 2
-    sw2 = check_finite("sigma_w", sigma_w, nonnegative=True) ** 2
+    t1 = check_float("t1", t1, low=0.0, strict=True)
+    steps = check_int("steps", steps, low=1)
+    sb2 = check_float("sigma_b", sigma_b, low=0.0) ** 2
+    sw2 = check_float("sigma_w", sigma_w, low=0.0) ** 2
     tab = kab.clone() if tab is None else tab
     shape = kab.shape
     sizes = [da.numel(), db.numel(), kab.numel(), tab.numel()]
@@ -237,11 +231,11 @@ def diagonal_kernels(q0: Tensor, *, activation: ActivationLike = "relu", t1: flo
                      ntk: bool = True) -> tuple[Tensor, Tensor]:
     """``(K_t1(a, a), T_t1(a, a))`` from ``K_0(a, a) = q0`` for every entry of ``q0`` (RK4)."""
     phi = resolve_activation(activation)
-    t1 = check_finite("t1", t1, positive=True)
-    steps = check_int("steps", steps)
-    sb2 = check_finite("sigma_b", sigma_b, nonnegative=True) ** 2
-    sw2 = check_finite("sigma_w", sigma_w, nonnegative=True) ** 2
-    check_tensor_finite("q0", q0)
+    t1 = check_float("t1", t1, low=0.0, strict=True)
+    steps = check_int("steps", steps, low=1)
+    sb2 = check_float("sigma_b", sigma_b, low=0.0) ** 2
+    sw2 = check_float("sigma_w", sigma_w, low=0.0) ** 2
+    check_finite_tensor("q0", q0)
 
     def field(y: Tensor) -> Tensor:
         q, tq = y.unbind(0)
@@ -270,7 +264,7 @@ def _as_inputs(name: str, x: Tensor | np.ndarray) -> Tensor:
         t = t.to(torch.float64)
     if t.ndim != 2 or t.shape[1] < 1:
         raise_input(name, f"shape {tuple(t.shape)}", "a 2-d array (inputs, features)")
-    check_tensor_finite(name, t)
+    check_finite_tensor(name, t)
     return t
 
 
@@ -295,7 +289,7 @@ def infinite_kernels(x1: Tensor | np.ndarray, x2: Tensor | np.ndarray | None = N
 def kernel_regression(k_train: Tensor, y_train: Tensor, k_test_train: Tensor, *,
                       ridge: float = 0.0) -> Tensor:
     """Kernel (ridge) regression mean ``k(x, X) (K + ridge I)^{-1} y``; ridge 0 interpolates."""
-    ridge = check_finite("ridge", ridge, nonnegative=True)
+    ridge = check_float("ridge", ridge, low=0.0)
     kk = k_train + ridge * torch.eye(k_train.shape[0], dtype=k_train.dtype, device=k_train.device)
     return k_test_train @ torch.linalg.solve(kk, y_train)
 
@@ -319,7 +313,7 @@ def gradient_descent_prediction(k_train: Tensor, y_train: Tensor, k_test_train: 
 def gp_posterior(k_train: Tensor, y_train: Tensor, k_test_train: Tensor, k_test_diag: Tensor,
                  *, noise: float = 1e-6) -> tuple[Tensor, Tensor]:
     """Gaussian-process posterior mean and variance with observation noise variance ``noise``."""
-    noise = check_finite("noise", noise, nonnegative=True)
+    noise = check_float("noise", noise, low=0.0)
     kk = k_train + noise * torch.eye(k_train.shape[0], dtype=k_train.dtype, device=k_train.device)
     chol = torch.linalg.cholesky(kk)
     alpha = torch.cholesky_solve(y_train.reshape(k_train.shape[0], -1), chol)

@@ -14,7 +14,8 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
-from infdepth.limits._activation import Activation, check_finite, check_int, raise_input
+from infdepth.errors import check_float, check_int, raise_input
+from infdepth.limits._activation import Activation
 
 
 def linear_norm_law(width: int, t: float, x0_norm: float = 1.0, *,
@@ -23,10 +24,10 @@ def linear_norm_law(width: int, t: float, x0_norm: float = 1.0, *,
 
     ``log ||X_t|| ~ Normal(log ||X_0|| + (1/2 - 1/n) sigma_w^2 t, sigma_w^2 t / n)``.
     """
-    n = check_int("width", width)
-    t = check_finite("t", t, positive=True)
-    x0_norm = check_finite("x0_norm", x0_norm, positive=True)
-    sigma_w = check_finite("sigma_w", sigma_w, positive=True)
+    n = check_int("width", width, low=1)
+    t = check_float("t", t, low=0.0, strict=True)
+    x0_norm = check_float("x0_norm", x0_norm, low=0.0, strict=True)
+    sigma_w = check_float("sigma_w", sigma_w, low=0.0, strict=True)
     var = sigma_w**2 * t / n
     mean = math.log(x0_norm) + (0.5 - 1.0 / n) * sigma_w**2 * t
     return stats.lognorm(s=math.sqrt(var), scale=math.exp(mean))
@@ -38,9 +39,9 @@ def relu_width1_law(t: float, x0: float = 1.0, *, sigma_w: float = 1.0) -> stats
     From ``x0 <= 0`` the process is frozen (``X_t = x0``), which is not a continuous law: such
     an ``x0`` raises :class:`~infdepth.errors.InputError`.
     """
-    t = check_finite("t", t, positive=True)
-    x0 = check_finite("x0", x0)
-    sigma_w = check_finite("sigma_w", sigma_w, positive=True)
+    t = check_float("t", t, low=0.0, strict=True)
+    x0 = check_float("x0", x0)
+    sigma_w = check_float("sigma_w", sigma_w, low=0.0, strict=True)
     if x0 <= 0:
         raise_input("x0", repr(x0), "x0 > 0 (from x0 <= 0 the ReLU diffusion stays at x0)")
     return stats.lognorm(s=sigma_w * math.sqrt(t), scale=x0 * math.exp(-0.5 * sigma_w**2 * t))
@@ -51,7 +52,7 @@ def relu_log_post_norm_drift(width: int, active: int | np.ndarray) -> float | np
 
     Exact (Ito) for the Hayou diffusion; its diffusion coefficient is ``2 n^{-1/2}``.
     """
-    n = check_int("width", width)
+    n = check_int("width", width, low=1)
     return (np.asarray(active, dtype=float) - 2.0) / n if isinstance(active, np.ndarray) \
         else (float(active) - 2.0) / n
 
@@ -63,7 +64,7 @@ def expected_active_given_alive(width: int) -> float:
     ``E[log ||phi(X_t)||^2 | phi(X_0) != 0]`` is ``(this - 2)/n``: negative for ``n <= 3``,
     positive for ``n >= 4``.
     """
-    n = check_int("width", width)
+    n = check_int("width", width, low=1)
     return (n / 2.0) / (1.0 - 2.0**-n)
 
 

@@ -27,14 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from infdepth.limits._activation import (
-    Activation,
-    check_finite,
-    check_int,
-    check_tensor_finite,
-    raise_input,
-    resolve_activation,
-)
+from infdepth.errors import check_finite_tensor, check_float, check_int, raise_input
+from infdepth.limits._activation import Activation, resolve_activation
 
 
 @dataclass(frozen=True)
@@ -51,10 +45,10 @@ class ShrinkingInit:
     mu_w: float = 0.0
 
     def __post_init__(self) -> None:
-        check_finite("sigma_b", self.sigma_b, nonnegative=True)
-        check_finite("sigma_w", self.sigma_w, nonnegative=True)
-        check_finite("mu_b", self.mu_b)
-        check_finite("mu_w", self.mu_w)
+        check_float("sigma_b", self.sigma_b, low=0.0)
+        check_float("sigma_w", self.sigma_w, low=0.0)
+        check_float("mu_b", self.mu_b)
+        check_float("mu_w", self.mu_w)
 
 
 @dataclass(frozen=True)
@@ -74,11 +68,11 @@ def input_layer(x: Tensor, width: int, samples: int, *,
     The same ``W_in`` is used for the ``m`` inputs of a sample, so their pre-activations are
     jointly Gaussian with covariance ``x_a . x_b / d`` per coordinate.
     """
-    check_int("width", width)
-    check_int("samples", samples)
+    check_int("width", width, low=1)
+    check_int("samples", samples, low=1)
     if x.ndim != 2:
         raise_input("x", f"shape {tuple(x.shape)}", "a 2-d tensor (inputs, features)")
-    check_tensor_finite("x", x)
+    check_finite_tensor("x", x)
     d = x.shape[1]
     w = torch.randn(samples, width, d, generator=generator, dtype=x.dtype, device=x.device)
     return torch.einsum("snd,md->smn", w, x) / math.sqrt(d)
@@ -121,15 +115,15 @@ def simulate_resnet(y0: Tensor, depth: int, *,
         generator: random source; the device and dtype follow ``y0``.
         save_layers: layer indices to keep (default: only ``depth``).
     """
-    check_int("depth", depth)
-    check_finite("t1", t1, positive=True)
+    check_int("depth", depth, low=1)
+    check_float("t1", t1, low=0.0, strict=True)
     phi = resolve_activation(activation)
     init = HayouInit() if init is None else init
-    check_tensor_finite("y0", y0)
+    check_finite_tensor("y0", y0)
     if not torch.is_floating_point(y0):
         y0 = y0.to(torch.get_default_dtype())
     if y0.ndim == 1:
-        y = y0.expand(check_int("samples", samples if samples is not None else 1), 1, -1)
+        y = y0.expand(check_int("samples", samples if samples is not None else 1, low=1), 1, -1)
     elif y0.ndim == 2:
         y = y0.unsqueeze(1)
     elif y0.ndim == 3:

@@ -20,14 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from infdepth.limits._activation import (
-    Activation,
-    check_finite,
-    check_int,
-    check_tensor_finite,
-    raise_input,
-    resolve_activation,
-)
+from infdepth.errors import check_finite_tensor, check_float, check_int, raise_input
+from infdepth.limits._activation import Activation, resolve_activation
 from infdepth.limits.resnet import HayouInit, ShrinkingInit
 
 
@@ -43,7 +37,7 @@ class ResNetSDE:
     def create(cls, width: int, activation: str | Callable[[Tensor], Tensor] | Activation = "relu",
                init: ShrinkingInit | None = None) -> ResNetSDE:
         """Validate the arguments and build the diffusion."""
-        check_int("width", width)
+        check_int("width", width, low=1)
         return cls(width, resolve_activation(activation), HayouInit() if init is None else init)
 
     @property
@@ -127,14 +121,14 @@ def simulate(sde: ResNetSDE, y0: Tensor, t1: float, steps: int, *,
         generator: random source, for reproducible runs.
         save_at: step indices to keep (0 = start); default only the last.
     """
-    check_finite("t1", t1, positive=True)
-    check_int("steps", steps)
-    check_tensor_finite("y0", y0)
+    check_float("t1", t1, low=0.0, strict=True)
+    check_int("steps", steps, low=1)
+    check_finite_tensor("y0", y0)
     solver = EulerMaruyama() if solver is None else solver
     if not torch.is_floating_point(y0):
         y0 = y0.to(torch.get_default_dtype())
     if y0.ndim == 1:
-        x = y0.expand(check_int("samples", samples if samples is not None else 1), -1).clone()
+        x = y0.expand(check_int("samples", samples if samples is not None else 1, low=1), -1).clone()
     elif y0.ndim == 2:
         x = y0.clone()
     else:
@@ -201,13 +195,13 @@ def richardson_expectation(sde: ResNetSDE, fn: Callable[[Tensor], Tensor], y0: T
     ones), ``2 E[fn(X^{h/2})] - E[fn(X^h)]`` cancels the ``c h`` term, and the coupling keeps
     the variance of the difference small. ``fn`` maps ``(samples, width)`` to ``(samples,)``.
     """
-    check_finite("t1", t1, positive=True)
-    check_int("steps", steps)
-    check_tensor_finite("y0", y0)
+    check_float("t1", t1, low=0.0, strict=True)
+    check_int("steps", steps, low=1)
+    check_finite_tensor("y0", y0)
     if not torch.is_floating_point(y0):
         y0 = y0.to(torch.get_default_dtype())
     if y0.ndim == 1:
-        coarse = y0.expand(check_int("samples", samples if samples is not None else 1), -1).clone()
+        coarse = y0.expand(check_int("samples", samples if samples is not None else 1, low=1), -1).clone()
     elif y0.ndim == 2:
         coarse = y0.clone()
     else:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from infdepth.errors import InputError
+from infdepth.errors import InputError, check_float
 from infdepth.ode._errors import NonFiniteStateError, SolverError
 
 DEFAULT_RTOL = 1e-6
@@ -46,11 +46,6 @@ Evaluate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def rms2(x: torch.Tensor) -> torch.Tensor:
     """Mean square of all entries: the default error norm (squared RMS)."""
     return x.square().mean()
-
-
-def _check_nonneg(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-        raise InputError(f"{name}={value!r} is not accepted; expected a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -90,11 +85,11 @@ class PIController:
     dtmax: float = math.inf
 
     def __post_init__(self) -> None:
-        _check_nonneg("rtol", self.rtol)
-        _check_nonneg("atol", self.atol)
+        check_float("rtol", self.rtol, low=0.0)
+        check_float("atol", self.atol, low=0.0)
         if self.rtol == 0 and self.atol == 0:
             raise InputError("rtol=0 and atol=0 are not accepted together; set at least one > 0")
-        _check_nonneg("pcoeff", self.pcoeff)
+        check_float("pcoeff", self.pcoeff, low=0.0)
         if not self.icoeff > 0:
             raise InputError(f"icoeff={self.icoeff!r} is not accepted; expected a number > 0")
         if not 0 < self.safety <= 1:
@@ -105,7 +100,7 @@ class PIController:
             raise InputError(f"factor_max={self.factor_max!r} is not accepted; expected > 1")
         if self.dt0 is not None and not (self.dt0 > 0 and math.isfinite(self.dt0)):
             raise InputError(f"dt0={self.dt0!r} is not accepted; expected None or a number > 0")
-        _check_nonneg("dtmin", self.dtmin)
+        check_float("dtmin", self.dtmin, low=0.0)
         if not self.dtmax > self.dtmin:
             raise InputError(f"dtmax={self.dtmax!r} is not accepted; expected dtmax > dtmin")
 

@@ -50,6 +50,7 @@ from infdepth.limits import (
     kernel_regression,
 )
 from infdepth.limits.finite import FiniteResNet
+from infdepth.train import FitConfig, fit
 
 DIGITS = 1797
 """Samples in scikit-learn's digits data set (8 x 8 images, 10 classes)."""
@@ -141,11 +142,9 @@ def train_finite(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, *, 
     with torch.no_grad():
         f0_tr, f0_te = net(xt), net(xe)
     opt = torch.optim.SGD(net.parameters(), lr=lr)
-    for _ in range(config.steps):
-        opt.zero_grad()
-        loss = 0.5 * ((net(xt) - f0_tr - yt) ** 2).sum()
-        loss.backward()
-        opt.step()
+    # the library's one training loop, on the full batch at every step
+    fit(net, opt, lambda step: (xt, yt), lambda out, y: 0.5 * ((out - f0_tr - y) ** 2).sum(),
+        FitConfig(steps=config.steps, eval_every=config.steps, log_every=config.steps, progress=False))
     with torch.no_grad():
         return (net(xe) - f0_te).double()
 
