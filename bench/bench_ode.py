@@ -534,11 +534,11 @@ def case_vdp(h: Harness) -> None:
 
 
 def case_image(h: Harness, image_size: int = 28) -> None:
-    from infdepth.experiments.ode_params import ODEFunc
+    from infdepth.models.odenet import ConvField as ODEFunc
 
     channels, batch, tol = 32, 128, 1e-3
     size = image_size
-    while size > 7:  # the stem of ode_params.build: 8 -> 4, 28 -> 14 -> 7
+    while size > 7:  # the stem of models.odenet: 8 -> 4, 28 -> 14 -> 7
         size //= 2
     torch.manual_seed(0)
     func = ODEFunc(channels)

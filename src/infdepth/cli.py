@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "xor": "infdepth.experiments.depth.xor",
     "images": "infdepth.experiments.depth.images",
     "study": "infdepth.experiments.depth.study",
-    "ode": "infdepth.experiments.ode_cli",
+    "ode": "infdepth.experiments.ode",
     "limits": "infdepth.experiments.limits",
 }
 

@@ -213,8 +213,9 @@ def test_torchrun_images_trains_one_model_on_two_shards(tmp_path: Path) -> None:
 
 
 def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path: Path) -> None:
-    done = torchrun(["-m", "infdepth", "ode", "spiral", "--out", str(tmp_path / "s")], timeout=120)
+    done = torchrun(["-m", "infdepth", "limits", "convergence", "--out", str(tmp_path / "s")], timeout=120)
     assert done.returncode != 0
-    assert "infdepth ode: error: this command does not run under torchrun" in done.stderr
+    assert "infdepth limits convergence: error: this command has nothing to train" in done.stderr
+    assert "Data-parallel commands: xor, images, study, ode params, ode spiral" in done.stderr
     assert re.search(r"exitcode\s*:\s*2", done.stderr), done.stderr[-2000:]  # exit 2 on each rank
     assert not (tmp_path / "s").exists()

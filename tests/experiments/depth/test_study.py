@@ -88,3 +88,20 @@ def test_bad_input_exits_2_and_leaves_the_study_intact(study, capsys, argv, need
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert _snapshot(study) == before
+
+
+def test_the_ode_net_joins_with_a_learned_and_a_fixed_end_time(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert cli_main([*BASE, "--fixed-depths", "1", "--ode", "--out", str(out)]) == 0
+    rows = {r["contender"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    assert {"odenet-t1", "odenet"} <= set(rows)
+    assert rows["odenet"]["t1"] == pytest.approx(1.0)  # fixed end time
+    assert rows["odenet-t1"]["t1"] != pytest.approx(1.0)  # the end time learned
+    assert rows["odenet-t1"]["command"].endswith(f"--learn-t1 --out {out / 'odenet-t1-s0'}")
+    verdict = json.loads((out / "summary.json").read_text())["verdict"]
+    assert "continuous_minus_discrete_points" in verdict
+    # an ODE member whose checkpoint sits in its model sub-folder resumes, not restarts
+    (out / "odenet-t1-s0" / "study_row.json").unlink()
+    stamp = (out / "odenet-t1-s0" / "odenet" / "metrics.jsonl").read_bytes()
+    assert cli_main([*BASE, "--fixed-depths", "1", "--ode", "--out", str(out), "--resume"]) == 0
+    assert (out / "odenet-t1-s0" / "odenet" / "metrics.jsonl").read_bytes() == stamp

@@ -94,9 +94,9 @@ def _images_member(cfg: Config, seed: int, **depth: Any) -> tuple[images.Config,
     return member, argv
 
 
-def _member_ctx(ctx: RunContext, name: str) -> RunContext:
+def _member_ctx(ctx: RunContext, name: str, checkpoint: str = CHECKPOINT) -> RunContext:
     folder = ctx.out / name
-    again = ctx.resume and (folder / CHECKPOINT).is_file()
+    again = ctx.resume and (folder / checkpoint).is_file()
     # a member that had not reached its first checkpoint starts again from scratch
     return RunContext(out=folder, resume=again, overwrite=ctx.resume and not again, progress=ctx.progress,
                       dist=ctx.dist)
@@ -134,7 +134,7 @@ def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[st
         return done
     member = params.Config(dataset=cfg.dataset, data_dir=cfg.data_dir, models=("odenet",), epochs=cfg.epochs,
                            seed=seed, device=cfg.device, learn_t1=learn_t1)
-    summary = params.run(member, _member_ctx(ctx, name))
+    summary = params.run(member, _member_ctx(ctx, name, checkpoint=f"odenet/{CHECKPOINT}"))
     model = summary["models"]["odenet"]
     argv = ["ode", "params", "--dataset", cfg.dataset, "--models", "odenet", "--epochs", str(cfg.epochs),
             "--seed", str(seed), *(["--learn-t1"] if learn_t1 else []), "--out", str(ctx.out / name)]
