@@ -47,21 +47,17 @@ class DistContext:
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
     def rewrap(self, wrapped: nn.Module, model: nn.Module) -> nn.Module:
-        """A fresh DDP wrapper after ``model`` grew; the old one's gradient hooks are removed first.
+        """A fresh DDP wrapper after ``model`` grew.
 
         DDP fixes its parameter set (and gradient buckets) at construction, so new
-        sub-layers need a new wrapper.  Its constructor broadcasts rank 0's
-        parameters, which also re-asserts that every rank holds the same values.
+        sub-layers need a new wrapper.  Its constructor broadcasts rank 0's parameters,
+        which also re-asserts that every rank holds the same values.  The old wrapper goes
+        with the caller's last reference to it, and its reducer's destructor removes the
+        gradient hooks it put on the shared parameters (public behaviour, no private call;
+        tests/distributed/test_ddp.py checks the old wrapper is gone and growth keeps the
+        ranks identical).
         """
-        if not self.enabled:
-            return model
-        if isinstance(wrapped, DistributedDataParallel):
-            # DDP registers a gradient hook on every parameter at construction and offers no
-            # public way to remove them; a dropped wrapper's hooks stay on the (shared)
-            # parameters and its stale reducer fires on the next backward, expecting the old
-            # parameter set.  torch's own tests use this method for the same purpose;
-            # tests/distributed/test_ddp.py grows a layer under 2 ranks and fails without it.
-            wrapped._remove_autograd_hooks()
+        del wrapped
         return self.wrap(model)
 
     def barrier(self) -> None:
