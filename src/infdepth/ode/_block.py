@@ -22,7 +22,8 @@ class ODEBlock(nn.Module):
     (learned continuous depth, the continuous twin of the g-infinity layer's ``w``),
     regularised by :meth:`penalty` ``= t1_l2 * t1**2`` which the training loss adds.
 
-    Function evaluations are counted: ``nfe_forward`` during the forward solve,
+    Function evaluations are counted (in eager mode; not inside ``torch.compile``):
+    ``nfe_forward`` during the forward solve,
     ``nfe_backward`` during the backward solve of the adjoint or checkpointed
     methods (backprop through the solver evaluates ``func`` in backward zero times).
     The solve is handed two entry points to ``func``, one per counter, so which pass
@@ -87,12 +88,16 @@ class ODEBlock(nn.Module):
         self.nfe_backward = 0
 
     def _field(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        self.nfe_forward += 1
+        # inside torch.compile the counters stay still: a Python int attribute that changes
+        # would be a guard, and every step would recompile
+        if not torch.compiler.is_compiling():
+            self.nfe_forward += 1
         out: torch.Tensor = self.func(t, h)
         return out
 
     def _field_backward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        self.nfe_backward += 1
+        if not torch.compiler.is_compiling():
+            self.nfe_backward += 1
         out: torch.Tensor = self.func(t, h)
         return out
 

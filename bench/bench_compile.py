@@ -1,0 +1,80 @@
+"""torch.compile (inductor) against eager: one training step of the g-infinity CNN and of a
+neural-ODE spiral model.
+
+The g-infinity layers run eagerly inside the compiled model (their depth is decided on
+the host from ``w``; see docs/learned-depth.md), so the CNN gains only on the frozen
+stems and the head; the ODE block compiles whole, its fixed-step solver unrolled.
+Compilation happens in a warm-up step outside the timing (its time is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from _harness import Harness, add_arguments
+from torch import nn
+
+from infdepth import ODEBlock, grow, model_penalty
+from infdepth.experiments.depth.images import Config as ImagesConfig
+from infdepth.experiments.depth.images import build_model
+from infdepth.ode import RK4
+
+
+def _train_step(model: nn.Module, run: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+    def step() -> None:
+        penalty = model_penalty(model)
+        loss = loss_fn(run(x), y) + (0 if penalty is None else penalty)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        grow(model, opt)
+
+    return step
+
+
+class Spiral(nn.Module):
+    """``y^3 -> Linear(2, 50) -> tanh -> Linear(50, 2)``, the torchdiffeq spiral field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 50), nn.Tanh(), nn.Linear(50, 2))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y**3)
+
+
+def _pair(h: Harness, name: str, model: nn.Module, x, y, loss_fn) -> None:
+    eager = _train_step(model, model, x, y, loss_fn)
+    compiled = _train_step(model, torch.compile(model), x, y, loss_fn)
+    start = time.perf_counter()
+    compiled()
+    h.note(f"{name}: first compiled step (compilation) {time.perf_counter() - start:.1f} s")
+    seconds = h.time({"compiled": compiled, "eager": eager}, warmup=2)
+    h.times(name, seconds)
+    h.ratio(f"{name}_compiled_over_eager", seconds["compiled"] / seconds["eager"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, repeats=7, quick=2)
+    h = Harness(parser.parse_args(), "torch.compile (inductor) training step / eager")
+    torch.manual_seed(0)
+    cnn = build_model(replace(ImagesConfig(), w0=1.5), (1, 28, 28), 10)
+    _pair(h, "ginf_cnn_mnist_b128", cnn, torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,)),
+          F.cross_entropy)
+    torch.manual_seed(0)
+    block = ODEBlock(Spiral(), t1=1.5, solver=RK4(), step_size=0.05)
+    _pair(h, "spiral_ode_rk4_b512", block, torch.randn(512, 2), torch.randn(512, 2), F.mse_loss)
+    h.finish()
+
+
+if __name__ == "__main__":
+    main()
