@@ -25,7 +25,10 @@ from infdepth.experiments.depth.images import build_model
 from infdepth.ode import RK4
 
 
-def _train_step(model: nn.Module, run: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+def _train_step(
+    model: nn.Module, run: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    loss_fn: Callable[..., torch.Tensor],
+) -> Callable[[], None]:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
     def step() -> None:
