@@ -349,7 +349,10 @@ def fit(
                 result.history.append(record)
                 if out_dir is not None and ctx.is_main:
                     append_jsonl(out_dir / METRICS, record)
-                bar.set_postfix(loss=f"{record['loss']:.3g}", w=" ".join(f"{v:.2f}" for v in ws.values()))
+                shown = {"loss": f"{record['loss']:.3g}"}
+                if ws:  # models without a g-infinity layer have no w to show
+                    shown["w"] = " ".join(f"{v:.2f}" for v in ws.values())
+                bar.set_postfix(shown)
             bar.update(1)
             if out_dir is not None and (
                 done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
