@@ -183,6 +183,40 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
     )
 
 
+# ---------------------------------------------------------------- data order
+
+
+def steps_per_epoch(n: int, batch_size: int, *, drop_last: bool = False) -> int:
+    """Batches per epoch of ``n`` examples (the last one smaller, or dropped with ``drop_last``)."""
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def epoch_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, *, drop_last: bool = False
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """``step -> (inputs, targets)``: the global batch of ``step``, a pure function of ``step``.
+
+    Each epoch is a permutation seeded by ``(seed, epoch)``, cut into batches of
+    ``batch_size``; the last incomplete one is smaller, or dropped with ``drop_last`` (so
+    that every global batch splits evenly over the ranks).  Pure in ``step``, so a
+    resumed run sees the same batches without any data-loader state.
+    """
+    n = len(x)
+    per_epoch = steps_per_epoch(n, batch_size, drop_last=drop_last)
+    order: dict[int, torch.Tensor] = {}  # this epoch's permutation, recomputed from the seed
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(step, per_epoch)
+        if epoch not in order:
+            order.clear()
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            order[epoch] = torch.randperm(n, generator=gen).to(x.device)
+        idx = order[epoch][i * batch_size : (i + 1) * batch_size]
+        return x[idx], y[idx]
+
+    return batch
+
+
 # ---------------------------------------------------------------- sizes, figures, statistics
 
 

@@ -91,8 +91,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     assert main([*ODENET, "--out", str(whole), "--no-progress"]) == 0
     real = params.epoch_batches
 
-    def stops_at_step_3(*args: Any) -> Callable[[int], Any]:
-        batch = real(*args)
+    def stops_at_step_3(*args: Any, **kw: Any) -> Callable[[int], Any]:
+        batch = real(*args, **kw)
 
         def stopping(step: int) -> Any:
             if step == 3:
@@ -109,8 +109,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
     refused([*ODENET, "--lr", "0.5", "--resume"], cut, "--lr")  # a changed setting is refused
     asked: list[int] = []
 
-    def recording(*args: Any) -> Callable[[int], Any]:
-        batch = real(*args)
+    def recording(*args: Any, **kw: Any) -> Callable[[int], Any]:
+        batch = real(*args, **kw)
         return lambda step: asked.append(step) or batch(step)
 
     monkeypatch.setattr(params, "epoch_batches", recording)

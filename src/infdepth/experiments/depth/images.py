@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,9 +44,11 @@ from infdepth.experiments._common import (
     config_dict,
     config_from_args,
     context_from_args,
+    epoch_batches,
     int_list,
     int_tuple,
     option,
+    steps_per_epoch,
 )
 from infdepth.experiments.depth.images_report import ImagesResult, plot_depth_comparison, plot_run, summarise
 from infdepth.io import seed_everything, write_json
@@ -175,25 +175,6 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adadelta":
         return torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7)
     return torch.optim.Adam(params, lr=cfg.lr)
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch; the last one is smaller when ``batch_size`` does not divide ``n``."""
-    return math.ceil(n / batch_size)
-
-
-def epoch_batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Callable[[int], tuple[Tensor, Tensor]]:
-    """``step -> batch``: a fresh permutation per epoch seeded by ``(seed, epoch)``; pure in ``step``."""
-    n = len(x)
-    per_epoch = steps_per_epoch(n, batch_size)
-
-    def batch(step: int) -> tuple[Tensor, Tensor]:
-        epoch, i = divmod(step, per_epoch)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        idx = torch.randperm(n, generator=gen)[i * batch_size : (i + 1) * batch_size].to(x.device)
-        return x[idx], y[idx]
-
-    return batch
 
 
 def test_metrics(model: nn.Module, x: Tensor, y: Tensor, batch: int) -> tuple[float, float]:

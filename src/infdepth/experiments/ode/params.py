@@ -19,7 +19,6 @@ step over the last epoch (forward solve, and backward solve of the adjoint).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +48,11 @@ from infdepth.experiments._common import (
     config_from_args,
     context_from_args,
     count_params,
+    epoch_batches,
     option,
     pyplot,
     save_figure,
+    steps_per_epoch,
     str_list,
 )
 from infdepth.io import write_json
@@ -168,28 +169,6 @@ def check_sizes(config: Config, n_train: int, image_shape: tuple[int, int, int],
                       max(config.batch, EVAL_BATCH) * (config.channels + 1) * h * w)
 
 
-def epoch_batches(x: Tensor, y: Tensor, batch: int, seed: int) -> Callable[[int], tuple[Tensor, Tensor]]:
-    """``step -> (images, labels)``: the global batch of ``step``, pure in ``step``.
-
-    Each epoch is a permutation seeded by ``(seed, epoch)`` cut into ``len(x) // batch``
-    batches (the last incomplete one dropped, so that every step's batch splits evenly).
-    """
-    n = x.shape[0]
-    per_epoch = n // batch
-    cache: dict[int, Tensor] = {}
-
-    def batch_of(step: int) -> tuple[Tensor, Tensor]:
-        epoch, i = divmod(step, per_epoch)
-        if epoch not in cache:
-            cache.clear()
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            cache[epoch] = torch.randperm(n, generator=gen).to(x.device)
-        idx = cache[epoch][i * batch : (i + 1) * batch]
-        return x[idx], y[idx]
-
-    return batch_of
-
-
 def build_model(kind: str, config: Config, image_shape: tuple[int, int, int], classes: int) -> nn.Module:
     """The model of the given kind, the config unpacked into plain arguments."""
     c, size, _ = image_shape
@@ -217,11 +196,11 @@ def train_model(
     torch.manual_seed(config.seed)
     model = build_model(kind, config, image_shape, classes).to(device)
     block = ode_block(model)
-    per_epoch = x_tr.shape[0] // config.batch
+    per_epoch = steps_per_epoch(x_tr.shape[0], config.batch, drop_last=True)
     steps = config.epochs * per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
-    batches = epoch_batches(x_tr, y_tr, config.batch, config.seed)
+    batches = epoch_batches(x_tr, y_tr, config.batch, config.seed, drop_last=True)
     since_eval = [0]  # training steps since the NFE counters were reset
 
     def batch(step: int) -> tuple[Tensor, Tensor]:
