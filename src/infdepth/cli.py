@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             distributed.setup(check_device("--device", str(getattr(args, "device", "cpu"))))
         result = args.func(args)
     except (InputError, FileNotFoundError, NotADirectoryError) as exc:
-        parser.print_usage(sys.stderr)
+        # one line: what was wrong and what is accepted (argparse's own parse errors keep
+        # its usage line; `infdepth <command> --help` lists every flag)
         print(f"infdepth {name}: error: {exc}", file=sys.stderr)
         return 2
     except (DivergenceError, SolverError) as exc:

@@ -207,7 +207,10 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, argv, needle):
     err = capsys.readouterr().err
     assert code == 2
     assert needle.replace("{tmp}", str(tmp_path)) in err
-    assert "usage:" in err and "Traceback" not in err
+    assert "Traceback" not in err
+    assert sum(": error:" in line for line in err.splitlines()) == 1
+    if "usage:" not in err:  # argparse's parse errors come after its usage; ours are one line
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, capsys, monkeypatch):
