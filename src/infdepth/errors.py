@@ -19,7 +19,7 @@ class InputError(ValueError):
     """Bad user input: an argument, a file or a data set that cannot be used.
 
     The message names the argument (or path), the value and what is accepted.
-    The command line turns it into a usage message and exit code 2.
+    The command line turns it into one line on stderr and exit code 2.
     """
 
 
