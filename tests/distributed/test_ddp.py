@@ -219,3 +219,18 @@ def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path: Path) -> 
     assert "Data-parallel commands: xor, images, study, ode params, ode spiral" in done.stderr
     assert re.search(r"exitcode\s*:\s*2", done.stderr), done.stderr[-2000:]  # exit 2 on each rank
     assert not (tmp_path / "s").exists()
+
+
+def test_torchrun_study_trains_each_member_once(tmp_path: Path) -> None:
+    """``infdepth study`` under 2 gloo ranks: every member data-parallel, one writer, one table."""
+    out = tmp_path / "study"
+    done = torchrun(["-m", "infdepth", "study", "--dataset", "digits", "--epochs", "1",
+                     "--fixed-depths", "0,1", "--no-progress", "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("| learned | 0 |") == 1, done.stdout  # only rank 0 prints
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["world_size"] == 2
+    assert [r["member"] for r in summary["rows"]] == ["learned-s0", "fixed0-s0", "fixed1-s0"]
+    for member in ("learned-s0", "fixed0-s0", "fixed1-s0"):
+        assert json.loads((out / member / "config.json").read_text())["world_size"] == 2
+        assert len((out / member / "metrics.jsonl").read_text().splitlines()) == 1  # one epoch, one writer
