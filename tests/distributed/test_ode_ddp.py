@@ -113,15 +113,26 @@ def test_params_result_as_in_one_process(params_runs: Path) -> None:
 
 def test_spiral_trains_once_and_prints_its_table_once(tmp_path: Path) -> None:
     out = tmp_path / "spiral"
-    done = launch(["-m", "infdepth", "ode", "spiral", "--n-train", "4", "--n-test", "2", "--n-obs", "6",
-                   "--n-extrap", "3", "--window", "3", "--iterations", "4", "--hidden", "8",
-                   "--no-progress", "--out", str(out)])
+    args = ["-m", "infdepth", "ode", "spiral", "--n-train", "4", "--n-test", "2", "--n-obs", "6",
+            "--n-extrap", "3", "--window", "3", "--iterations", "4", "--hidden", "8", "--no-progress"]
+    done = launch([*args, "--out", str(out)])
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("neural ODE") == 1 and done.stdout.count("GRU") == 1, done.stdout
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
     for name in ("ode", "gru"):
         assert [r["step"] for r in _records(out / name / "metrics.jsonl")] == [1, 2, 3, 4]
+    # the same global batches in one process: the same models, up to the ODE solver's
+    # tolerance (each rank's adaptive solve of its half takes its own steps)
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env(),
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = json.loads((out / "summary.json").read_text())
+    b = json.loads((tmp_path / "one" / "summary.json").read_text())
+    numbers = [k for k, v in b.items() if isinstance(v, float) and "seconds" not in k]
+    assert numbers, b
+    for key in numbers:
+        assert a[key] == pytest.approx(b[key], rel=1e-3), key
 
 
 def _rank_pids(marker: str) -> dict[int, int]:
