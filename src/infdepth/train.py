@@ -241,32 +241,33 @@ def fit(
     raw = model
     result = FitResult()
     start = 0
-    if config.resume:
-        assert out_dir is not None
-        ckpt = load_checkpoint(out_dir / CHECKPOINT)
-        try:
-            raw.load_state_dict(ckpt["model"])
-            grow(raw, optimizer)
+    ckpt_path = Path(out_dir or ".") / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path) if config.resume else None
+    try:
+        if ckpt is not None:
+            raw.load_state_dict(ckpt["model"])  # builds the sub-layers the checkpoint holds
+        # the sub-layers w needs join the optimizer before its saved state is laid over it
+        grow(raw, optimizer)
+        if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise InputError(
-                f"checkpoint {out_dir / CHECKPOINT} does not fit this model or optimizer "
-                f"(was it written with other settings?): {exc}"
-            ) from exc
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        if ckpt is None:
+            raise
+        raise InputError(
+            f"checkpoint {ckpt_path} does not fit this model or optimizer "
+            f"(was it written with other settings?): {exc}"
+        ) from exc
+    if ckpt is not None:
+        assert out_dir is not None
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         try:
             _set_rng_state(ckpt["rng"])
         except (RuntimeError, TypeError) as exc:
-            raise InputError(
-                f"checkpoint {out_dir / CHECKPOINT}: its RNG state cannot be restored ({exc})"
-            ) from exc
+            raise InputError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({exc})") from exc
         start = int(ckpt["step"])
         if not 0 <= start <= config.steps:
-            raise InputError(
-                f"checkpoint {out_dir / CHECKPOINT} is at step {start}, "
-                f"beyond the {config.steps} steps asked for"
-            )
+            raise InputError(f"checkpoint {ckpt_path} is at step {start}, beyond the {config.steps} steps")
         result.history = list(ckpt["history"])
         result.resumed_from = start
         # NaN when the checkpoint predates wall-time keeping: unknown, not zero
@@ -278,7 +279,6 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / METRICS).write_text("")
     net = WithPenalty(raw)
-    grow(raw, optimizer)
     wrapped = ctx.wrap(net)
 
     device = torch.device(config.device)
