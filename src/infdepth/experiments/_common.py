@@ -170,6 +170,15 @@ def add_run_arguments(
                         "machine) (default: %(default)s)")
 
 
+def run_from_args(
+    config_cls: type[C], run: Callable[[C, RunContext], dict[str, Any]], args: argparse.Namespace
+) -> tuple[dict[str, Any], RunContext]:
+    """Validate the flags into ``config_cls``, set up the run context, run: what every ``main`` does."""
+    config = config_from_args(config_cls, args)
+    ctx = context_from_args(args)
+    return run(config, ctx), ctx
+
+
 def context_from_args(args: argparse.Namespace) -> RunContext:
     """The :class:`RunContext` of the run flags; sets the torch thread count."""
     threads = check_int("--threads", args.threads, low=0)

@@ -23,10 +23,9 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     check_allocatable,
-    config_from_args,
-    context_from_args,
     option,
     pyplot,
+    run_from_args,
     save_figure,
     str_list,
 )
@@ -140,9 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``infdepth limits activations``: validate, run, print one line per activation."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(cfg, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     for name, s in summary["activations"].items():
         ctx.say(f"{name}: excess kurtosis {s['excess_kurtosis']:.3f}, "
                 f"KS vs Gaussian {s['ks_vs_gaussian']:.4f} (p={s['p_value_vs_gaussian']:.2g})")

@@ -24,11 +24,10 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     check_allocatable,
-    config_from_args,
-    context_from_args,
     int_list,
     option,
     pyplot,
+    run_from_args,
     save_figure,
 )
 from infdepth.experiments.limits._shared import MAX_TIME, positive_int, progress, start_run, write_summary
@@ -160,9 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``infdepth limits convergence``: validate, run, print the deepest comparison per case."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(cfg, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     for name, r in summary["at_max_depth"].items():
         ctx.say(f"{name}: L={r['depth']} KS={r['ks']:.4f} p={r['p_value']:.3f}")
     return 0

@@ -26,11 +26,10 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     check_allocatable,
-    config_from_args,
-    context_from_args,
     float_list,
     option,
     pyplot,
+    run_from_args,
     save_figure,
 )
 from infdepth.experiments.limits._shared import MAX_TIME, progress, start_run, write_summary
@@ -189,9 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``infdepth limits expressivity``: validate, run, print the minimum correlations and the check."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(cfg, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     for label, res in summary["settings"].items():
         pairs = ", ".join(f"t={t:g}: {c:.3f}" for t, c in
                           zip(res["times"], res["min_correlation_on_circle"], strict=True))

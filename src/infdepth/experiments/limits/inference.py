@@ -26,11 +26,10 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     check_allocatable,
-    config_from_args,
-    context_from_args,
     int_list,
     option,
     pyplot,
+    run_from_args,
     save_figure,
 )
 from infdepth.experiments.limits._shared import (
@@ -243,9 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``infdepth limits inference``: validate, run, print the accuracies and distances to the NTK."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(cfg, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     for k, v in summary["kernels"].items():
         ctx.say(f"{k}: test accuracy {v['accuracy']:.3f}")
     for r in summary["finite"]:

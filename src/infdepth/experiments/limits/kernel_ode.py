@@ -24,11 +24,10 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     check_allocatable,
-    config_from_args,
-    context_from_args,
     int_list,
     option,
     pyplot,
+    run_from_args,
     save_figure,
     str_list,
 )
@@ -174,9 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """``infdepth limits kernel-ode``: validate, run, print the worst and best case per activation."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(cfg, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     for act, res in summary["activations"].items():
         for r in (max(res["rows"], key=lambda r: r["relative_error"]),
                   min(res["rows"], key=lambda r: r["relative_error"])):
