@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from infdepth import distributed
+from infdepth import distributed, runfolder
 from infdepth.errors import DivergenceError, InputError, check_device
 from infdepth.ode import SolverError
 
@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"infdepth {name}: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
+    finally:
+        runfolder.release()
     return int(result or 0)
 
 

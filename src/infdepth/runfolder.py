@@ -9,11 +9,17 @@ writing anything:
 - ``--resume`` needs the ``config.json`` of the run in ``--out`` and compares it with the
   command line: a differing setting is refused (exit 2, naming the flag) unless it is one
   that may change on resume (more steps, a device, a checkpoint cadence), which is then
-  applied and recorded under ``"resumes"`` in ``config.json``.
+  applied and recorded under ``"resumes"`` in ``config.json``;
+- one process at a time: the folder is locked (``flock`` on the folder itself) from
+  :func:`open_run` until the command (or the process) ends, and a second command on the same ``--out``
+  (a ``--resume`` started twice, a study and a standalone run of one of its members)
+  is refused, exit 2, before it writes anything.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -27,6 +33,10 @@ from infdepth.io import write_json
 
 CONFIG = "config.json"
 RESUMES = "resumes"
+
+#: open descriptors of the run folders this process has locked, by real path.  They are
+#: the locks themselves (an OS resource held until exit), not a copy of any value.
+_LOCKS: dict[str, int] = {}
 
 
 def flag(key: str) -> str:
@@ -45,6 +55,40 @@ def check_writable(out: Path) -> None:
         raise InputError(f"--out={out} is not accepted: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"--out={out} is not accepted: {parent} is not writable")
+
+
+def lock(out: Path) -> None:
+    """Hold an exclusive lock on the run folder ``out`` until :func:`release` or the process ends.
+
+    Creates ``out`` if needed.  Locking a folder this process already holds is a no-op
+    (one process may open its run again, as a study opens its members' folders).
+
+    Raises:
+        InputError: another process holds ``out`` (it is training there now).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(out)
+    if key in _LOCKS:
+        return
+    fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise InputError(
+            f"--out={out} is in use: another process is running there now; wait for it to end "
+            "(or stop it) before you --resume or --overwrite it, or choose another --out"
+        ) from None
+    _LOCKS[key] = fd
+
+
+def release() -> None:
+    """Release every run folder this process has locked (the CLI does so when a command ends)."""
+    while _LOCKS:
+        _, fd = _LOCKS.popitem()
+        os.close(fd)  # closing the descriptor drops its flock
 
 
 def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,6 +130,7 @@ def open_run(
     saved = _prepare(out, config, resume, overwrite, resumable, labels or {}, can_resume, write=False)
     ctx.barrier()
     if ctx.is_main:
+        lock(out)
         _prepare(out, config, resume, overwrite, resumable, labels or {}, can_resume, write=True)
     ctx.barrier()
     return saved
