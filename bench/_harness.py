@@ -6,7 +6,9 @@
   and says so: a smoke run, not a figure for the record);
 - torch's CPU threads are fixed (``--threads``, default 1);
 - the load average is printed before and after, with a ``# WARNING`` line when the
-  1-minute load at the start exceeds ``LOAD_LIMIT``;
+  1-minute load at the start exceeds ``LOAD_LIMIT``; a bench first waits (``--settle``,
+  up to 90 s) for the load to fall below it, so that in ``make bench`` the decaying
+  load of the bench before does not count as other work;
 - every result is a ``name: ratio`` line, and the absolute time of each contender
   is printed beside it (``# name: ours 7.9 ms, torchdiffeq 18.9 ms``).
 
@@ -35,6 +37,7 @@ import torch
 
 MIN_REPEATS = 5
 LOAD_LIMIT = 0.5
+SETTLE_S = 90.0
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, repeats: int = MIN_REPEATS,
@@ -45,12 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser, *, repeats: int = MIN_REPEATS
                         help=f"timed rounds per contender, the median is reported (default {repeats}; "
                              f"at least {MIN_REPEATS} for figures to keep)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"{quick} rounds: a smoke run, not figures for the record")
+                        help=f"{quick} rounds: a smoke run, not figures for the record (no --settle wait)")
+    parser.add_argument("--settle", type=float, default=SETTLE_S, metavar="SECONDS",
+                        help=f"wait up to this long for the 1-minute load to fall below {LOAD_LIMIT} "
+                             f"before timing (default {SETTLE_S:g}; 0: start at once)")
     parser.set_defaults(_default_repeats=repeats, _quick_repeats=quick)
 
 
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def settle(timeout: float) -> float:
+    """Sleep until the 1-minute load is below ``LOAD_LIMIT`` or ``timeout`` s passed; seconds waited."""
+    start = time.monotonic()
+    while os.getloadavg()[0] > LOAD_LIMIT and time.monotonic() - start < timeout:
+        time.sleep(1.0)
+    return time.monotonic() - start
 
 
 def fmt_seconds(s: float) -> str:
@@ -80,6 +94,9 @@ class Harness:
               f"threads {torch.get_num_threads()}, {os.cpu_count()} cpus, "
               f"median of {self.repeats} interleaved rounds")
         print(f"# command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+        waited = settle(0.0 if args.quick else args.settle)
+        if waited:
+            print(f"# waited {waited:.0f} s for the 1-minute load to fall below {LOAD_LIMIT}")
         load1 = os.getloadavg()[0]
         print(f"# load average at start: {load_average()}")
         if load1 > LOAD_LIMIT:
