@@ -20,32 +20,21 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from _harness import Harness, add_arguments
 from torch import nn
 
-from infdepth import grow, model_penalty
+from infdepth import grow
 from infdepth.experiments.depth.images import Config as ImagesConfig
 from infdepth.experiments.depth.images import build_model, make_optimizer
+from infdepth.experiments.depth.study_speed import training_step
 from infdepth.experiments.ode import params
 
 SHAPE = (1, 28, 28)
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: int) -> Callable[[], None]:
-    x = torch.rand(batch, *SHAPE)
-    y = torch.randint(0, 10, (batch,))
-
-    def step() -> None:
-        penalty = model_penalty(model)
-        loss = F.cross_entropy(model(x), y) + (0 if penalty is None else penalty)
-        optimizer.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-            optimizer.step()
-        grow(model, optimizer)
-
-    return step
+    # the step `infdepth study` times for every member's compute, on random images
+    return training_step(model, optimizer, torch.rand(batch, *SHAPE), torch.randint(0, 10, (batch,)))
 
 
 def _cnn(cfg: ImagesConfig, ws: tuple[float, ...] | None = None) -> Callable[[], None]:

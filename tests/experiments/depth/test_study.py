@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from infdepth.cli import main as cli_main
+from infdepth.experiments.depth.study import verdict
+from infdepth.experiments.depth.study_speed import epochs_at_depth, fixed_depths
 
 BASE = ["study", "--dataset", "digits", "--epochs", "1", "--fixed-depths", "0,1", "--no-progress"]
 
@@ -80,6 +82,7 @@ def test_an_interrupted_member_continues_from_its_checkpoint(tmp_path) -> None:
         (["--epochs", "0"], "--epochs=0 is not accepted"),
         (["--dataset", "cifar"], "--dataset='cifar' is not accepted"),
         (["--device", "tpu"], "--device='tpu' is not accepted"),
+        (["--speed-rounds=-1"], "--speed-rounds=-1 is not accepted"),
     ],
 )
 def test_bad_input_exits_2_and_leaves_the_study_intact(study, capsys, argv, needle) -> None:
@@ -105,3 +108,70 @@ def test_the_ode_net_joins_with_a_learned_and_a_fixed_end_time(tmp_path) -> None
     stamp = (out / "odenet-t1-s0" / "odenet" / "metrics.jsonl").read_bytes()
     assert cli_main([*BASE, "--fixed-depths", "1", "--ode", "--out", str(out), "--resume"]) == 0
     assert (out / "odenet-t1-s0" / "odenet" / "metrics.jsonl").read_bytes() == stamp
+
+
+def test_every_member_is_charged_its_networks_timed_side_by_side(study) -> None:
+    summary = json.loads((study / "summary.json").read_text())
+    rates = summary["speed"]["images_per_second"]
+    assert summary["speed"]["rounds"] == 5 and all(v > 0 for v in rates.values())
+    n_train = 1437  # digits: 80% of 1797 images
+    rows = {r["contender"]: r for r in summary["rows"]}
+    assert rows["fixed1"]["compute_seconds"] == pytest.approx(n_train / rates["fixed:1-1-1"])
+    assert rows["fixed0"]["compute_seconds"] == pytest.approx(n_train / rates["fixed:0-0-0"])
+    # the learned run pays for the depth it had at the end of each epoch
+    (depths, epochs), = epochs_at_depth(study / "learned-s0" / "metrics.jsonl").items()
+    key = "learned:" + "-".join(map(str, depths))
+    assert epochs == 1 and rows["learned"]["compute_seconds"] == pytest.approx(n_train / rates[key])
+    assert depths == tuple(rows["learned"]["active_blocks"].values())
+    v = summary["verdict"]
+    sweep = rows["fixed0"]["compute_seconds"] + rows["fixed1"]["compute_seconds"]
+    assert v["compute"].startswith("training steps timed side by side")
+    assert v["compute_fraction"] == pytest.approx(rows["learned"]["compute_seconds"] / sweep)
+    assert "| compute s |" in (study / "table.md").read_text()
+
+
+def test_without_the_timing_the_verdict_says_it_uses_wall_time(tmp_path) -> None:
+    out = tmp_path / "run"
+    assert cli_main([*BASE, "--fixed-depths", "1", "--speed-rounds", "0", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["speed"] is None and all("compute_seconds" not in r for r in summary["rows"])
+    rows = {r["contender"]: r for r in summary["rows"]}
+    assert summary["verdict"]["compute"] == "training wall time"
+    wall = rows["learned"]["seconds"] / rows["fixed1"]["seconds"]
+    assert summary["verdict"]["compute_fraction"] == pytest.approx(wall)
+
+
+def test_epochs_are_counted_at_the_depth_each_one_ended_with(tmp_path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    lines = [
+        {"step": 10, "loss": 1.0},  # a step record without an evaluation
+        {"epoch": 1.0, "active_blocks": {"dcnn0": 1, "dcnn1": 1, "dfc0": 1}},
+        {"epoch": 2.0, "active_blocks": {"dcnn0": 1, "dcnn1": 1, "dfc0": 1}},
+        {"epoch": 3.0, "active_blocks": {"dcnn0": 1, "dcnn1": 2, "dfc0": 2}},
+        {"epoch": 3.0, "active_blocks": {"dcnn0": 1, "dcnn1": 2, "dfc0": 3}},  # epoch 3 again, after a resume
+    ]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert epochs_at_depth(metrics) == {(1, 1, 1): 2, (1, 2, 3): 1}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"fixed_depth": None, "layer_depths": [1, 1, 2]}))
+    assert fixed_depths(config) == (1, 1, 2)
+    config.write_text(json.dumps({"fixed_depth": 3, "layer_depths": None}))
+    assert fixed_depths(config) == (3, 3, 3)
+
+
+def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
+    def row(contender: str, plain: float, precise: float | None, compute: float,
+            kind: str = "g-inf CNN") -> dict:
+        return {"contender": contender, "kind": kind, "final_test_acc": plain,
+                "final_test_acc_precise_bn": precise, "seconds": 1.0, "compute_seconds": compute}
+
+    rows = [row("learned", 0.80, 0.90, 10.0), row("fixed1", 0.85, 0.88, 20.0),
+            row("fixed2", 0.86, 0.87, 70.0), row("odenet-t1", 0.89, None, 30.0, "ODE-Net"),
+            row("odenet", 0.88, None, 30.0, "ODE-Net")]
+    v = verdict(rows)
+    # plain eval would crown fixed2 and put learned 6 points behind; precise BN puts it 2 points ahead
+    assert v["best_fixed"] == "fixed1" and v["gap_points"] == pytest.approx(-2.0)
+    assert v["gap_points_plain_eval"] == pytest.approx(5.0)  # fixed1 plain 0.85 - learned plain 0.80
+    assert v["compute_fraction"] == pytest.approx(10.0 / 90.0)
+    assert v["continuous_minus_discrete_points"] == pytest.approx(-1.0)  # 0.89 (no BN) - 0.90
+    assert v["learned_t1_minus_fixed_t1_points"] == pytest.approx(1.0)

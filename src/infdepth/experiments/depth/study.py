@@ -14,8 +14,12 @@ checkpoint).  Contenders, for every seed:
   learnable end time t1 (continuous learned depth) and with t1 fixed.
 
 ``summary.json`` holds one row per member (accuracy with and without precise BN,
-parameters used, wall time, images/s, depths, the command that reproduces it);
-``table.md`` and ``study.png`` (test accuracy against training time) sum it up.
+parameters used, wall time, depths, the command that reproduces it) and each member's
+compute, from one training step of every contender timed side by side when the members
+are done (:mod:`infdepth.experiments.depth.study_speed`; ``--speed-rounds``), since the
+members' wall times are taken hours apart under different loads.  ``table.md`` and
+``study.png`` (test accuracy against compute) sum it up; the verdict compares the learned
+run with the best fixed depth and with the whole sweep's compute.
 """
 
 from __future__ import annotations
@@ -42,13 +46,13 @@ from infdepth.experiments._common import (
     pyplot,
     save_figure,
 )
-from infdepth.experiments.depth import images
+from infdepth.experiments.depth import images, study_speed
 from infdepth.io import write_json
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT
 
 #: the member set may grow on resume (each member checks its own settings); the budget and data may not
-RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size")
+RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size", "speed_rounds")
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Config:
     rounded: bool = option(False, "also train the CNN at each learned run's final depths rounded per layer")
     ode: bool = option(False, "also train the ODE-Net of `ode params`, with a learnable and a fixed t1")
     device: str = option("cpu", "torch device, e.g. cpu or cuda")
+    speed_rounds: int = option(5, "timed rounds of the side-by-side step timing that gives every member's "
+                               "compute (median; 0 skips it and the verdict falls back to wall time)")
 
     def __post_init__(self) -> None:
         check_choice("--dataset", self.dataset, DATASETS)
@@ -75,6 +81,7 @@ class Config:
         check_items("--seeds", self.seeds, lambda n, v: check_int(n, v, low=0))
         check_items("--fixed-depths", self.fixed_depths, lambda n, v: check_int(n, v, low=0, high=1000))
         check_device("--device", self.device)
+        check_int("--speed-rounds", self.speed_rounds, low=0, high=1000)
 
 
 def _command(argv: list[str]) -> str:
@@ -125,6 +132,13 @@ def _images_row(cfg: Config, ctx: RunContext, seed: int, data: ImageData, **dept
     return row
 
 
+def _ode_config(cfg: Config, seed: int, learn_t1: bool) -> Any:
+    from infdepth.experiments.ode import params
+
+    return params.Config(dataset=cfg.dataset, data_dir=cfg.data_dir, models=("odenet",), epochs=cfg.epochs,
+                         seed=seed, device=cfg.device, learn_t1=learn_t1)
+
+
 def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[str, Any]:
     from infdepth.experiments.ode import params
 
@@ -132,8 +146,7 @@ def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[st
     done = _finished(ctx, name)
     if done is not None:
         return done
-    member = params.Config(dataset=cfg.dataset, data_dir=cfg.data_dir, models=("odenet",), epochs=cfg.epochs,
-                           seed=seed, device=cfg.device, learn_t1=learn_t1)
+    member = _ode_config(cfg, seed, learn_t1)
     summary = params.run(member, _member_ctx(ctx, name, checkpoint=f"odenet/{CHECKPOINT}"))
     model = summary["models"]["odenet"]
     argv = ["ode", "params", "--dataset", cfg.dataset, "--models", "odenet", "--epochs", str(cfg.epochs),
@@ -166,7 +179,12 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
         if cfg.ode:
             rows.append(_ode_row(cfg, ctx, seed, learn_t1=True))
             rows.append(_ode_row(cfg, ctx, seed, learn_t1=False))
-    summary = {"config": config, "rows": rows, "verdict": verdict(rows)}
+    speed = None
+    if cfg.speed_rounds and ctx.is_main:
+        speed = study_speed.measure(
+            rows, ctx.out, _images_member(cfg, cfg.seeds[0])[0],
+            lambda r: _ode_config(cfg, r["seed"], r["contender"] == "odenet-t1"), data, cfg.speed_rounds)
+    summary = {"config": config, "rows": rows, "speed": speed, "verdict": verdict(rows)}
     if ctx.is_main:
         write_json(ctx.out / "summary.json", summary)
         (ctx.out / "table.md").write_text(table(rows))
@@ -174,33 +192,64 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
     return summary
 
 
-def _mean(rows: list[dict[str, Any]], key: str) -> float:
-    values = [float(r[key]) for r in rows if r.get(key) is not None]
+def accuracy(row: dict[str, Any]) -> float:
+    """The accuracy a member is judged by: precise-BN test accuracy where measured, else plain eval."""
+    precise = row.get("final_test_acc_precise_bn")
+    return float(row["final_test_acc"] if precise is None else precise)
+
+
+def compute(row: dict[str, Any]) -> float:
+    """A member's compute: seconds from the side-by-side step timing, else its wall time."""
+    return float(row.get("compute_seconds", row["seconds"]))
+
+
+def _mean(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> float:
+    values = [float(v) for r in rows if (v := value(r)) is not None]
     return sum(values) / len(values) if values else math.nan
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Learned against the best fixed depth (mean over seeds): accuracy gap and compute fraction."""
+    """Learned against the best fixed depth (means over seeds): accuracy gaps and compute fraction.
+
+    Accuracy is :func:`accuracy` (``gap_points``) and plain eval (``gap_points_plain_eval``);
+    compute is :func:`compute`, summed over the fixed depths of ``--fixed-depths`` (the sweep a
+    user would run instead of learning the depth).
+    """
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["contender"], []).append(r)
     fixed = {c: rs for c, rs in by.items() if c.startswith("fixed") and "-" not in c}
-    out: dict[str, Any] = {}
+    timed = all("compute_seconds" in r for r in rows)
+    out: dict[str, Any] = {
+        "accuracy": "precise-BN test accuracy where measured, else plain eval",
+        "compute": "training steps timed side by side x images trained" if timed else "training wall time",
+    }
     if "learned" in by and fixed:
-        best = max(fixed, key=lambda c: _mean(fixed[c], "final_test_acc"))
-        sweep = sum(_mean(rs, "seconds") for rs in fixed.values())
+        best = max(fixed, key=lambda c: _mean(fixed[c], accuracy))
+        learned = by["learned"]
+        sweep = sum(_mean(rs, compute) for rs in fixed.values())
+
+        def plain(r: dict[str, Any]) -> Any:
+            return r["final_test_acc"]
+
         out.update(
-            learned_test_acc=_mean(by["learned"], "final_test_acc"),
+            learned_test_acc=_mean(learned, accuracy),
             best_fixed=best,
-            best_fixed_test_acc=_mean(fixed[best], "final_test_acc"),
-            gap_points=100 * (_mean(fixed[best], "final_test_acc") - _mean(by["learned"], "final_test_acc")),
-            learned_seconds=_mean(by["learned"], "seconds"),
-            sweep_seconds=sweep,
-            compute_fraction=_mean(by["learned"], "seconds") / sweep if sweep else math.nan,
+            best_fixed_test_acc=_mean(fixed[best], accuracy),
+            gap_points=100 * (_mean(fixed[best], accuracy) - _mean(learned, accuracy)),
+            gap_points_plain_eval=100 * (_mean(fixed[best], plain) - _mean(learned, plain)),
+            learned_compute_seconds=_mean(learned, compute),
+            best_fixed_compute_seconds=_mean(fixed[best], compute),
+            sweep_compute_seconds=sweep,
+            compute_fraction=_mean(learned, compute) / sweep if sweep else math.nan,
         )
+    # the ODE-Net normalises with GroupNorm (no running statistics): its plain eval is its accuracy
     if "odenet-t1" in by and "learned" in by:
-        out["continuous_minus_discrete_points"] = 100 * (
-            _mean(by["odenet-t1"], "final_test_acc") - _mean(by["learned"], "final_test_acc"))
+        out["continuous_minus_discrete_points"] = 100 * (_mean(by["odenet-t1"], accuracy)
+                                                         - _mean(by["learned"], accuracy))
+    if "odenet-t1" in by and "odenet" in by:
+        out["learned_t1_minus_fixed_t1_points"] = 100 * (_mean(by["odenet-t1"], accuracy)
+                                                         - _mean(by["odenet"], accuracy))
     return out
 
 
@@ -209,23 +258,27 @@ def table(rows: list[dict[str, Any]]) -> str:
     def pct(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"
 
-    lines = ["| contender | seed | test acc % | precise-BN acc % | depth (w or blocks) | parameters used "
-             "| train s | images/s |", "|---|---|---|---|---|---|---|---|"]
+    def num(v: Any) -> str:
+        return "-" if v is None or math.isnan(float(v)) else f"{float(v):,.0f}"
+
+    lines = ["| contender | seed | test acc % | precise-BN acc % | depth (w, blocks or t1) | parameters used "
+             "| compute s | step images/s | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("final_w"):
             depth = " / ".join(f"{w:.2f}" for w in r["final_w"].values())
         elif r.get("t1") is not None:
             depth = f"t1 = {float(r['t1']):.3f}"
-        else:
-            depth = " / ".join(str(v) for v in r.get("active_blocks", {}).values())
+        else:  # fixedK or fixedA-B-C
+            depth = r["contender"].removeprefix("fixed").replace("-", " / ")
         lines.append(f"| {r['contender']} | {r['seed']} | {pct(r['final_test_acc'])} | "
                      f"{pct(r.get('final_test_acc_precise_bn'))} | {depth} | {r['used_parameters']:,} | "
-                     f"{float(r['seconds']):.0f} | {float(r['images_per_second']):.0f} |")
+                     f"{num(r.get('compute_seconds'))} | {num(r.get('step_images_per_second'))} | "
+                     f"{num(r['seconds'])} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(path: Any, rows: list[dict[str, Any]]) -> None:
-    """Test accuracy against training wall time, one point per member, learned depth marked."""
+    """Test accuracy (:func:`accuracy`) against compute (:func:`compute`), one point per member."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     style: dict[str, Callable[[str], tuple[str, str]]] = {
@@ -234,13 +287,14 @@ def plot(path: Any, rows: list[dict[str, Any]]) -> None:
     }
     for r in rows:
         marker, color = style[r["kind"]](r["contender"])
-        ax.plot([float(r["seconds"])], [100 * float(r["final_test_acc"])], marker, color=color,
-                ms=14 if marker == "*" else 7)
-        ax.annotate(r["contender"], (float(r["seconds"]), 100 * float(r["final_test_acc"])), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    ax.set(xlabel="training wall time (s)", ylabel="test accuracy (%)",
-           title="learned (star), fixed (circles) and continuous (diamond/square) depth")
-    ax.grid(True, alpha=0.3)
+        point = (compute(r), 100 * accuracy(r))
+        ax.plot([point[0]], [point[1]], marker, color=color, ms=14 if marker == "*" else 7)
+        ax.annotate(r["contender"], point, fontsize=7, xytext=(4, 4), textcoords="offset points")
+    timed = all("compute_seconds" in r for r in rows)
+    xlabel = "compute (s): steps timed side by side x images trained" if timed else "training wall time (s)"
+    ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel,
+           title="learned (star), fixed (circles) and continuous (diamond: t1 learned) depth")
+    ax.grid(True, alpha=0.3, which="both")
     save_figure(fig, path)
 
 
