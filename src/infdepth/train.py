@@ -146,6 +146,24 @@ class WithPenalty(nn.Module):
         return self.model(x), model_penalty(self.model)
 
 
+def train_step(
+    net: nn.Module, optimizer: Optimizer, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One optimizer step of ``net`` (a :class:`WithPenalty`): data loss + penalty, backward, step.
+
+    :func:`fit`'s step (growth aside); returns ``(outputs, data loss, penalty)``.  With
+    nothing trainable (every weight frozen) it only evaluates.
+    """
+    out, penalty = net(x)
+    loss = loss_fn(out, y)
+    objective = loss if penalty is None else loss + penalty
+    optimizer.zero_grad(set_to_none=True)
+    if objective.requires_grad:
+        objective.backward()
+        optimizer.step()
+    return out, loss, penalty
+
+
 def _sync_depths(model: nn.Module) -> None:
     layers = depth_layers(model)
     shared = distributed.all_equal_depths([layer.depth for _, layer in layers])
@@ -301,15 +319,9 @@ def fit(
             y = ctx.shard(y).to(device, non_blocking=True)
             wrapped.train()
             try:
-                out, penalty = wrapped(x)
+                out, loss, penalty = train_step(wrapped, optimizer, loss_fn, x, y)
             except DivergenceError as exc:
                 raise DivergenceError(f"at step {step + 1}: {exc}") from exc
-            loss = loss_fn(out, y)
-            objective = loss if penalty is None else loss + penalty
-            optimizer.zero_grad(set_to_none=True)
-            if objective.requires_grad:  # else nothing trains (every weight frozen): evaluate only
-                objective.backward()
-                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             if ctx.enabled:

@@ -36,7 +36,7 @@ from infdepth.depth.growth import grow
 from infdepth.depth.layer import depth_layers
 from infdepth.experiments.depth import images
 from infdepth.models.going_deeper import LAYERS
-from infdepth.train import CHECKPOINT, load_checkpoint, model_penalty
+from infdepth.train import CHECKPOINT, WithPenalty, load_checkpoint, train_step
 
 Depths = tuple[int, ...]
 
@@ -58,16 +58,11 @@ def time_steps(steps: Mapping[str, Callable[[], object]], rounds: int, warmup: i
 def training_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
 ) -> Callable[[], None]:
-    """One step as :func:`infdepth.train.fit` takes it: loss + penalties, backward, step, growth check."""
+    """One step as :func:`infdepth.train.fit` takes it: its ``train_step``, then the growth check."""
+    net = WithPenalty(model)
 
     def step() -> None:
-        penalty = model_penalty(model)
-        loss = F.cross_entropy(model(x), y)
-        objective = loss if penalty is None else loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        if objective.requires_grad:
-            objective.backward()
-            optimizer.step()
+        train_step(net, optimizer, F.cross_entropy, x, y)
         grow(model, optimizer)
 
     return step
