@@ -278,23 +278,33 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(path: Any, rows: list[dict[str, Any]]) -> None:
-    """Test accuracy (:func:`accuracy`) against compute (:func:`compute`), one point per member."""
+    """Test accuracy (:func:`accuracy`) against compute (:func:`compute`), one point per member.
+
+    When some member is far below the rest (``fixed0`` trains nothing), a second panel
+    zooms on the members within 5 points of the best.
+    """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     style: dict[str, Callable[[str], tuple[str, str]]] = {
         "g-inf CNN": lambda c: ("*", "C3") if c == "learned" else ("o", "C0"),
         "ODE-Net": lambda c: ("D", "C2") if c == "odenet-t1" else ("s", "C2"),
     }
-    for r in rows:
-        marker, color = style[r["kind"]](r["contender"])
-        point = (compute(r), 100 * accuracy(r))
-        ax.plot([point[0]], [point[1]], marker, color=color, ms=14 if marker == "*" else 7)
-        ax.annotate(r["contender"], point, fontsize=7, xytext=(4, 4), textcoords="offset points")
+    points = [(r, compute(r), 100 * accuracy(r)) for r in rows]
+    best = max(acc for _, _, acc in points)
+    top = [p for p in points if p[2] >= best - 5]
+    panels = [points, top] if len(top) < len(points) else [points]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     timed = all("compute_seconds" in r for r in rows)
     xlabel = "compute (s): steps timed side by side x images trained" if timed else "training wall time (s)"
-    ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel,
-           title="learned (star), fixed (circles) and continuous (diamond: t1 learned) depth")
-    ax.grid(True, alpha=0.3, which="both")
+    for ax, panel in zip(axes[0], panels):
+        for r, x, y in panel:
+            marker, color = style[r["kind"]](r["contender"])
+            ax.plot([x], [y], marker, color=color, ms=14 if marker == "*" else 7)
+            ax.annotate(r["contender"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel)
+        ax.grid(True, alpha=0.3, which="both")
+    axes[0][0].set_title("learned (star), fixed (circles), ODE-Net (diamond: t1 learned)", fontsize=10)
+    if len(panels) == 2:
+        axes[0][1].set_title("within 5 points of the best", fontsize=10)
     save_figure(fig, path)
 
 
