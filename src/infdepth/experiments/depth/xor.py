@@ -204,6 +204,10 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
                 for res in pool.imap_unordered(_worker, work):
                     results.append(res)
                     bar.update(1)
+                # let the workers exit on their own: the pool's exit would terminate them, and a
+                # worker killed that way leaves its tqdm lock's semaphore to the resource tracker
+                pool.close()
+                pool.join()
     results.sort(key=lambda r: (r.k, r.seed))
     summary = summarise(results, config)
     if ctx.is_main:
