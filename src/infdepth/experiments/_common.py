@@ -17,7 +17,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -190,6 +194,44 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
         overwrite=bool(getattr(args, "overwrite", False)),
         progress=not getattr(args, "no_progress", False),
     )
+
+
+# ---------------------------------------------------------------- parallel runs
+
+R = TypeVar("R")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker as soon as the process that started it is gone.
+
+    A killed command must not leave workers training and writing into its run folder;
+    checkpoints are atomic and a torn last metrics line is ignored on reading.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def parallel_imap(worker: Callable[[Any], R], items: Iterable[Any], processes: int) -> Iterator[R]:
+    """``worker(item)`` for every item, in the order they finish, from ``processes`` processes.
+
+    ``processes <= 1`` runs them here, one after the other.  Otherwise the workers are
+    spawned (``worker`` and the items must pickle), die with this process, and exit on
+    their own at the end: a pool's exit would terminate them, and a worker killed that
+    way leaves its tqdm lock's semaphore to Python's resource tracker.
+    """
+    if processes <= 1:
+        for item in items:
+            yield worker(item)
+        return
+    with mp.get_context("spawn").Pool(processes, _die_with_parent, (os.getpid(),)) as pool:
+        yield from pool.imap_unordered(worker, items)
+        pool.close()
+        pool.join()
 
 
 # ---------------------------------------------------------------- data order

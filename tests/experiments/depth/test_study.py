@@ -175,3 +175,30 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
     assert v["compute_fraction"] == pytest.approx(10.0 / 90.0)
     assert v["continuous_minus_discrete_points"] == pytest.approx(-1.0)  # 0.89 (no BN) - 0.90
     assert v["learned_t1_minus_fixed_t1_points"] == pytest.approx(1.0)
+
+
+def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, monkeypatch) -> None:
+    """--jobs 2: members train in two worker processes; every row equals the one-by-one study's."""
+    from infdepth.experiments.depth import study as study_module
+
+    pools: list[tuple[int, int]] = []  # (processes, members) of each pool
+    real = study_module.parallel_imap
+
+    def spy(worker, items, processes):
+        items = list(items)
+        pools.append((processes, len(items)))
+        return real(worker, items, processes)
+
+    monkeypatch.setattr(study_module, "parallel_imap", spy)
+    out = tmp_path / "run"
+    assert cli_main([*BASE, "--rounded", "--jobs", "2", "--speed-rounds", "1", "--out", str(out)]) == 0
+    # learned, fixed0 and fixed1 in a pool of two worker processes; then the rounded depths
+    # alone (one member: trained here) or nothing, when they equal a fixed depth
+    assert pools == [(2, 3)]
+    ours = json.loads((out / "summary.json").read_text())["rows"]
+    theirs = json.loads((study / "summary.json").read_text())["rows"]
+    assert [r["member"] for r in ours] == [r["member"] for r in theirs]  # same members, same order
+    for a, b in zip(ours, theirs):
+        assert a["final_test_acc"] == b["final_test_acc"], a["member"]
+        assert a["final_w"] == b["final_w"] and a["used_parameters"] == b["used_parameters"], a["member"]
+    assert json.loads((out / "config.json").read_text())["jobs"] == 2

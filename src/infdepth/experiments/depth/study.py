@@ -30,7 +30,11 @@ import math
 import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm.auto import tqdm
 
 from infdepth.data.images import DATASETS, ImageData, load_images
 from infdepth.errors import check_choice, check_device, check_int, check_items
@@ -43,6 +47,7 @@ from infdepth.experiments._common import (
     context_from_args,
     int_list,
     option,
+    parallel_imap,
     pyplot,
     save_figure,
 )
@@ -52,7 +57,7 @@ from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT
 
 #: the member set may grow on resume (each member checks its own settings); the budget and data may not
-RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size", "speed_rounds")
+RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size", "speed_rounds", "jobs")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class Config:
     rounded: bool = option(False, "also train the CNN at each learned run's final depths rounded per layer")
     ode: bool = option(False, "also train the ODE-Net of `ode params`, with a learnable and a fixed t1")
     device: str = option("cpu", "torch device, e.g. cpu or cuda")
+    jobs: int = option(1, "members trained at once, each in its own process with one torch thread "
+                       "(one process under torchrun)")
     speed_rounds: int = option(5, "timed rounds of the side-by-side step timing that gives every member's "
                                "compute (median; 0 skips it and the verdict falls back to wall time)")
 
@@ -81,6 +88,7 @@ class Config:
         check_items("--seeds", self.seeds, lambda n, v: check_int(n, v, low=0))
         check_items("--fixed-depths", self.fixed_depths, lambda n, v: check_int(n, v, low=0, high=1000))
         check_device("--device", self.device)
+        check_int("--jobs", self.jobs, low=1, high=1024)
         check_int("--speed-rounds", self.speed_rounds, low=0, high=1000)
 
 
@@ -161,24 +169,69 @@ def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[st
     return row
 
 
+Task = tuple[int, str, dict[str, Any]]  # (seed, "images" or "ode", the member's settings)
+
+
+def _task_key(task: Task) -> str:
+    return json.dumps(task, sort_keys=True, default=list)
+
+
+def _row(cfg: Config, ctx: RunContext, task: Task, data: ImageData) -> dict[str, Any]:
+    seed, kind, settings = task
+    if kind == "ode":
+        return _ode_row(cfg, ctx, seed, **settings)
+    return _images_row(cfg, ctx, seed, data, **settings)
+
+
+def _train_member(job: tuple[int, Config, str, bool, Task]) -> tuple[int, dict[str, Any]]:
+    """One member in a worker process of ``--jobs``: its own data copy, one torch thread, no bars."""
+    index, cfg, out, resume, task = job
+    torch.set_num_threads(1)
+    ctx = RunContext(out=Path(out), resume=resume, progress=False)
+    return index, _row(cfg, ctx, task, load_images(cfg.dataset, cfg.data_dir))
+
+
+def _train(cfg: Config, ctx: RunContext, tasks: list[Task], data: ImageData) -> list[dict[str, Any]]:
+    """The rows of ``tasks``, in order: one after the other here, or ``--jobs`` at a time."""
+    jobs = 1 if ctx.dist.enabled else min(cfg.jobs, len(tasks))
+    if jobs <= 1:
+        return [_row(cfg, ctx, task, data) for task in tasks]
+    rows: dict[int, dict[str, Any]] = {}
+    work = [(i, cfg, str(ctx.out), ctx.resume, task) for i, task in enumerate(tasks)]
+    with tqdm(total=len(tasks), desc="study members", disable=not ctx.progress, dynamic_ncols=True) as bar:
+        for i, row in parallel_imap(_train_member, work, jobs):
+            rows[i] = row
+            bar.update(1)
+    return [rows[i] for i in range(len(tasks))]
+
+
 def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[str, Any]:
-    """Train every contender of ``cfg`` in turn; write ``summary.json``, ``table.md`` and ``study.png``."""
+    """Train every contender of ``cfg``; write ``summary.json``, ``table.md`` and ``study.png``.
+
+    Members train one after the other, or ``cfg.jobs`` at a time in worker processes; the
+    rounded depths (``--rounded``) wait for their learned run.
+    """
     config = {**config_dict(cfg), "world_size": ctx.dist.world}
     open_run(ctx.out, config, resume=ctx.resume, overwrite=ctx.overwrite, resumable=RESUMABLE)
     data = load_images(cfg.dataset, cfg.data_dir) if data is None else data
-    rows: list[dict[str, Any]] = []
+    tasks: list[Task] = [(seed, "images", {}) for seed in cfg.seeds]  # learned first: --rounded waits on it
     for seed in cfg.seeds:
-        learned = _images_row(cfg, ctx, seed, data)
-        rows.append(learned)
-        for k in cfg.fixed_depths:
-            rows.append(_images_row(cfg, ctx, seed, data, fixed_depth=k))
-        if cfg.rounded:
-            depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
-            if depths not in {(k, k, k) for k in cfg.fixed_depths}:
-                rows.append(_images_row(cfg, ctx, seed, data, layer_depths=depths))
+        tasks += [(seed, "images", {"fixed_depth": k}) for k in cfg.fixed_depths]
         if cfg.ode:
-            rows.append(_ode_row(cfg, ctx, seed, learn_t1=True))
-            rows.append(_ode_row(cfg, ctx, seed, learn_t1=False))
+            tasks += [(seed, "ode", {"learn_t1": True}), (seed, "ode", {"learn_t1": False})]
+    done = dict(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
+    rounded: list[Task] = []
+    for seed in cfg.seeds:
+        learned = done[_task_key((seed, "images", {}))]
+        depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
+        if cfg.rounded and depths not in {(k, k, k) for k in cfg.fixed_depths}:
+            rounded.append((seed, "images", {"layer_depths": depths}))
+    done.update(zip(map(_task_key, rounded), _train(cfg, ctx, rounded, data)))
+    order: list[Task] = []  # per seed: learned, fixed depths, rounded, ODE-Nets
+    for seed in cfg.seeds:
+        order += [t for t in [*tasks, *rounded] if t[0] == seed and t[1] == "images"]
+        order += [t for t in tasks if t[0] == seed and t[1] == "ode"]
+    rows = [done[_task_key(t)] for t in order]
     speed = None
     if cfg.speed_rounds and ctx.is_main:
         speed = study_speed.measure(

@@ -10,10 +10,7 @@ fresh samples per step, validation on 10,000 fresh samples every 100 steps.  One
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from infdepth.experiments._common import (
     context_from_args,
     int_list,
     option,
+    parallel_imap,
 )
 from infdepth.experiments.depth.xor_report import XorResult, comparison_table, plot_sweep, summarise
 from infdepth.io import seed_everything, write_json
@@ -154,21 +152,6 @@ def run_xor(
     )
 
 
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: end this worker as soon as the process that started it is gone.
-
-    A killed ``infdepth xor`` must not leave workers training and writing into its run
-    folder; checkpoints are atomic and a torn last metrics line is ignored on reading.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
 def _worker(job: tuple[Config, int, int, str, bool]) -> XorResult:
     cfg, k, seed, out, resume = job
     if not distributed.current().enabled:
@@ -195,19 +178,9 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     results: list[XorResult] = []
     with tqdm(total=len(work), desc="xor runs", dynamic_ncols=True,
               disable=not (ctx.is_main and ctx.progress)) as bar:
-        if jobs <= 1:
-            for job in work:
-                results.append(_worker(job))
-                bar.update(1)
-        else:
-            with mp.get_context("spawn").Pool(jobs, _die_with_parent, (os.getpid(),)) as pool:
-                for res in pool.imap_unordered(_worker, work):
-                    results.append(res)
-                    bar.update(1)
-                # let the workers exit on their own: the pool's exit would terminate them, and a
-                # worker killed that way leaves its tqdm lock's semaphore to the resource tracker
-                pool.close()
-                pool.join()
+        for res in parallel_imap(_worker, work, jobs):
+            results.append(res)
+            bar.update(1)
     results.sort(key=lambda r: (r.k, r.seed))
     summary = summarise(results, config)
     if ctx.is_main:
