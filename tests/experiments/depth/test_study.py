@@ -202,3 +202,32 @@ def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, 
         assert a["final_test_acc"] == b["final_test_acc"], a["member"]
         assert a["final_w"] == b["final_w"] and a["used_parameters"] == b["used_parameters"], a["member"]
     assert json.loads((out / "config.json").read_text())["jobs"] == 2
+
+
+def test_on_resume_the_rounded_depths_of_a_finished_learned_run_join_the_first_pool(
+        study, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from infdepth.experiments.depth import study as study_module
+
+    out = tmp_path / "run"
+    shutil.copytree(study, out)
+    learned = json.loads((out / "learned-s0" / "study_row.json").read_text())
+    depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
+    assume_new = "fixed" + "-".join(map(str, depths))
+    shutil.rmtree(out / f"{assume_new}-s0", ignore_errors=True)
+    pools: list[list[str]] = []
+    real = study_module.parallel_imap
+
+    def spy(worker, items, processes):
+        items = list(items)
+        pools.append([json.dumps(job[-1]) for job in items])
+        return real(worker, items, processes)
+
+    monkeypatch.setattr(study_module, "parallel_imap", spy)
+    # fixed depth 0 only: the rounded depths are a member of their own, trained beside fixed0
+    assert cli_main([*BASE, "--fixed-depths", "0", "--rounded", "--jobs", "2", "--speed-rounds", "1",
+                     "--out", str(out), "--resume"]) == 0
+    assert len(pools) == 1 and any("layer_depths" in job for job in pools[0]), pools
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["learned", "fixed0", assume_new]

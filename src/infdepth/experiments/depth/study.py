@@ -209,27 +209,41 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
     """Train every contender of ``cfg``; write ``summary.json``, ``table.md`` and ``study.png``.
 
     Members train one after the other, or ``cfg.jobs`` at a time in worker processes; the
-    rounded depths (``--rounded``) wait for their learned run.
+    rounded depths (``--rounded``) wait for their learned run.  The rows come in one order
+    whatever the schedule: per seed, learned, the fixed depths, rounded, the ODE-Nets.
     """
     config = {**config_dict(cfg), "world_size": ctx.dist.world}
     open_run(ctx.out, config, resume=ctx.resume, overwrite=ctx.overwrite, resumable=RESUMABLE)
     data = load_images(cfg.dataset, cfg.data_dir) if data is None else data
-    tasks: list[Task] = [(seed, "images", {}) for seed in cfg.seeds]  # learned first: --rounded waits on it
+    done: dict[str, dict[str, Any]] = {}
+
+    def rounded(seed: int) -> list[Task]:
+        """The learned run's final depths rounded per layer, unless one of the fixed depths is that."""
+        learned = done.get(_task_key((seed, "images", {}))) or _finished(ctx, f"learned-s{seed}")
+        if not cfg.rounded or learned is None:
+            return []
+        depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
+        if depths in {(k, k, k) for k in cfg.fixed_depths}:
+            return []
+        return [(seed, "images", {"layer_depths": depths})]
+
+    # learned runs first; the fixed depths deepest first (the longest jobs first keeps a pool of
+    # --jobs busy to the end); the rounded depths at once when their learned run has finished
+    # before (on --resume), else after it
+    tasks: list[Task] = [(seed, "images", {}) for seed in cfg.seeds]
     for seed in cfg.seeds:
-        tasks += [(seed, "images", {"fixed_depth": k}) for k in cfg.fixed_depths]
+        tasks += rounded(seed)
+        tasks += [(seed, "images", {"fixed_depth": k}) for k in sorted(cfg.fixed_depths, reverse=True)]
         if cfg.ode:
             tasks += [(seed, "ode", {"learn_t1": True}), (seed, "ode", {"learn_t1": False})]
-    done = dict(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
-    rounded: list[Task] = []
+    done.update(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
+    later = [t for seed in cfg.seeds for t in rounded(seed) if _task_key(t) not in done]
+    done.update(zip(map(_task_key, later), _train(cfg, ctx, later, data)))
+    order: list[Task] = []  # per seed: learned, fixed depths (as given), rounded, ODE-Nets
     for seed in cfg.seeds:
-        learned = done[_task_key((seed, "images", {}))]
-        depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
-        if cfg.rounded and depths not in {(k, k, k) for k in cfg.fixed_depths}:
-            rounded.append((seed, "images", {"layer_depths": depths}))
-    done.update(zip(map(_task_key, rounded), _train(cfg, ctx, rounded, data)))
-    order: list[Task] = []  # per seed: learned, fixed depths, rounded, ODE-Nets
-    for seed in cfg.seeds:
-        order += [t for t in [*tasks, *rounded] if t[0] == seed and t[1] == "images"]
+        order.append((seed, "images", {}))
+        order += [(seed, "images", {"fixed_depth": k}) for k in cfg.fixed_depths]
+        order += rounded(seed)
         order += [t for t in tasks if t[0] == seed and t[1] == "ode"]
     rows = [done[_task_key(t)] for t in order]
     speed = None
