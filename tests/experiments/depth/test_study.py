@@ -167,7 +167,7 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
 
     rows = [row("learned", 0.80, 0.90, 10.0), row("fixed1", 0.85, 0.88, 20.0),
             row("fixed2", 0.86, 0.87, 70.0), row("odenet-t1", 0.89, None, 30.0, "ODE-Net"),
-            row("odenet", 0.88, None, 30.0, "ODE-Net")]
+            row("odenet", 0.88, None, 30.0, "ODE-Net"), row("fixed1-1-2", 0.84, 0.905, 25.0)]
     v = verdict(rows)
     # plain eval would crown fixed2 and put learned 6 points behind; precise BN puts it 2 points ahead
     assert v["best_fixed"] == "fixed1" and v["gap_points"] == pytest.approx(-2.0)
@@ -175,6 +175,8 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
     assert v["compute_fraction"] == pytest.approx(10.0 / 90.0)
     assert v["continuous_minus_discrete_points"] == pytest.approx(-1.0)  # 0.89 (no BN) - 0.90
     assert v["learned_t1_minus_fixed_t1_points"] == pytest.approx(1.0)
+    # the rounded depths are no part of the sweep (compute 10 / 90 above) but are compared
+    assert v["rounded_minus_learned_points"] == pytest.approx(0.5)
 
 
 def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, monkeypatch) -> None:

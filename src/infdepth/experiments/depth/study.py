@@ -310,6 +310,10 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             sweep_compute_seconds=sweep,
             compute_fraction=_mean(learned, compute) / sweep if sweep else math.nan,
         )
+    rounded = [r for c, rs in by.items() if c.startswith("fixed") and "-" in c for r in rs]
+    if rounded and "learned" in by:  # the learned depths, trained again without gates
+        out["rounded_minus_learned_points"] = 100 * (_mean(rounded, accuracy)
+                                                     - _mean(by["learned"], accuracy))
     # the ODE-Net normalises with GroupNorm (no running statistics): its plain eval is its accuracy
     if "odenet-t1" in by and "learned" in by:
         out["continuous_minus_discrete_points"] = 100 * (_mean(by["odenet-t1"], accuracy)
