@@ -113,10 +113,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
             continue
         kind = f.metadata.get("type") or (type(default) if default is not None else str)
         shown = "%(default)s" if not isinstance(default, tuple) else _show(default)
-        parser.add_argument(
-            name, dest=f.name, type=kind, default=default, metavar=f.name.upper(),
-            help=f"{helptext} (default: {shown})",
-        )
+        # a help that explains its default (or None: unset) says it once, in words
+        if default is not None and "default:" not in helptext and "(default" not in helptext:
+            helptext = f"{helptext} (default: {shown})"
+        parser.add_argument(name, dest=f.name, type=kind, default=default, metavar=f.name.upper(),
+                            help=helptext)
 
 
 def config_from_args(config_cls: type[C], args: argparse.Namespace, **overrides: Any) -> C:
