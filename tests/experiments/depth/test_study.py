@@ -179,7 +179,7 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
     assert v["rounded_minus_learned_points"] == pytest.approx(0.5)
 
 
-def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, monkeypatch) -> None:
+def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, monkeypatch, capsys) -> None:
     """--jobs 2: members train in two worker processes; every row equals the one-by-one study's."""
     from infdepth.experiments.depth import study as study_module
 
@@ -197,6 +197,8 @@ def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, 
     # learned, fixed0 and fixed1 in a pool of two worker processes; then the rounded depths
     # alone (one member: trained here) or nothing, when they equal a fixed depth
     assert pools == [(2, 3)]
+    printed = capsys.readouterr().out
+    assert all(f"{m}-s0 finished: test accuracy" in printed for m in ("learned", "fixed0", "fixed1"))
     ours = json.loads((out / "summary.json").read_text())["rows"]
     theirs = json.loads((study / "summary.json").read_text())["rows"]
     assert [r["member"] for r in ours] == [r["member"] for r in theirs]  # same members, same order
