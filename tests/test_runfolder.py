@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,7 +81,8 @@ def test_two_real_trainings_on_one_folder(tmp_path: Path) -> None:
     """Two `infdepth xor --resume` started together on one run: exactly one trains, one exits 2."""
     out = tmp_path / "run"
     assert main([*XOR, "--out", str(out)]) == 0
-    cmd = [sys.executable, "-m", "infdepth.cli", "xor", "--steps", "3000", "--k", "0", "--seeds", "0",
+    # long enough to outlast the second command on any machine; stopped below with Ctrl-C
+    cmd = [sys.executable, "-m", "infdepth.cli", "xor", "--steps", "1000000", "--k", "0", "--seeds", "0",
            "--no-progress", "--out", str(out), "--resume"]
     first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -96,8 +98,12 @@ def test_two_real_trainings_on_one_folder(tmp_path: Path) -> None:
         if first.poll() is not None:
             pytest.fail(f"the first run ended before it was seen holding the folder: {first.stderr.read()}")
         time.sleep(0.02)
-    second = subprocess.run(cmd, capture_output=True, text=True)
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    try:
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first run should still be training"
+    finally:
+        first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=60) == 130, first.stderr.read()  # interrupted; checkpoint intact
     assert second.returncode == 2 and "is in use" in second.stderr, second.stderr
 
 
