@@ -43,12 +43,11 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     config_dict,
-    config_from_args,
-    context_from_args,
     int_list,
     option,
     parallel_imap,
     pyplot,
+    run_from_args,
     save_figure,
 )
 from infdepth.experiments.depth import images, study_speed
@@ -397,9 +396,7 @@ def register(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the study of the parsed ``args``; print its table."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(cfg, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     ctx.say(table(summary["rows"]))
     ctx.say(json.dumps(summary["verdict"], indent=1))
     ctx.say(f"results: {ctx.out / 'summary.json'}; figure: {ctx.out / 'study.png'}")

@@ -29,11 +29,10 @@ from infdepth.experiments._common import (
     add_run_arguments,
     check_allocatable,
     config_dict,
-    config_from_args,
-    context_from_args,
     int_list,
     option,
     parallel_imap,
+    run_from_args,
 )
 from infdepth.experiments.depth.xor_report import XorResult, comparison_table, plot_sweep, summarise
 from infdepth.io import seed_everything, write_json
@@ -206,9 +205,7 @@ def register(sub: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the sweep described by the parsed ``args``; print the table."""
-    cfg = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    run(cfg, ctx)
+    _, ctx = run_from_args(Config, run, args)
     ctx.say((ctx.out / "table.md").read_text() if ctx.is_main else "")
     ctx.say(f"results: {ctx.out / 'summary.json'}; figures: {ctx.out}/xor_*.png")
     return 0

@@ -29,12 +29,11 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     config_dict,
-    config_from_args,
-    context_from_args,
     count_params,
     int_list,
     option,
     pyplot,
+    run_from_args,
     save_figure,
 )
 from infdepth.io import seed_everything, write_json
@@ -191,9 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Validate the flags, measure, print the table."""
-    config = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(config, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     ctx.say(table(summary["rows"]))
     ctx.say(f"wrote {ctx.out / 'summary.json'} and {ctx.out / 'memory_vs_depth.png'}")
     return 0

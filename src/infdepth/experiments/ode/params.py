@@ -45,12 +45,11 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     config_dict,
-    config_from_args,
-    context_from_args,
     count_params,
     epoch_batches,
     option,
     pyplot,
+    run_from_args,
     save_figure,
     steps_per_epoch,
     str_list,
@@ -303,9 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Validate the flags, train, print the table (rank 0 only)."""
-    config = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(config, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     ctx.say(table(list(summary["models"].values())))
     ctx.say(f"wrote {ctx.out / 'summary.json'} and {ctx.out / 'params_vs_accuracy.png'}")
     return 0

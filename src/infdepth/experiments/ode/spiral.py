@@ -35,11 +35,10 @@ from infdepth.experiments._common import (
     add_config_arguments,
     add_run_arguments,
     config_dict,
-    config_from_args,
-    context_from_args,
     count_params,
     option,
     pyplot,
+    run_from_args,
     save_figure,
 )
 from infdepth.io import seed_everything, write_json
@@ -318,9 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Validate the flags, train both models, print the table (rank 0 only)."""
-    config = config_from_args(Config, args)
-    ctx = context_from_args(args)
-    summary = run(config, ctx)
+    summary, ctx = run_from_args(Config, run, args)
     ctx.say(table(summary))
     ctx.say(f"wrote {ctx.out / 'summary.json'} and {ctx.out / 'spiral_extrapolation.png'}")
     return 0
