@@ -173,6 +173,9 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
     assert v["best_fixed"] == "fixed1" and v["gap_points"] == pytest.approx(-2.0)
     assert v["gap_points_plain_eval"] == pytest.approx(5.0)  # fixed1 plain 0.85 - learned plain 0.80
     assert v["compute_fraction"] == pytest.approx(10.0 / 90.0)
+    assert v["goal_met"] is True  # learned ahead of the best fixed depth, at a ninth of the sweep
+    behind = {**rows[0], "final_test_acc_precise_bn": 0.876}  # 0.4 points behind fixed1's 0.88
+    assert verdict([behind, *rows[1:]])["goal_met"] is False
     assert v["continuous_minus_discrete_points"] == pytest.approx(-1.0)  # 0.89 (no BN) - 0.90
     assert v["learned_t1_minus_fixed_t1_points"] == pytest.approx(1.0)
     # the rounded depths are no part of the sweep (compute 10 / 90 above) but are compared

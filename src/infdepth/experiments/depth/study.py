@@ -311,6 +311,8 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
             sweep_compute_seconds=sweep,
             compute_fraction=_mean(learned, compute) / sweep if sweep else math.nan,
         )
+        # issue 13's bar: within 0.3 points of the best fixed depth at <= 1/3 of the sweep's compute
+        out["goal_met"] = bool(out["gap_points"] <= 0.3 and out["compute_fraction"] <= 1 / 3)
     rounded = [r for c, rs in by.items() if c.startswith("fixed") and "-" in c for r in rs]
     if rounded and "learned" in by:  # the learned depths, trained again without gates
         out["rounded_minus_learned_points"] = 100 * (_mean(rounded, accuracy)
