@@ -25,3 +25,11 @@ def test_every_flag_states_its_default_once_and_never_as_none(command: list[str]
         if option.help and option.option_strings:  # "(default: X)" appended to a worded default
             worded = option.help.replace("%(default)s", "X")
             assert len(re.findall(r"\(default|default:", worded)) <= 1, option.help
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_parallel_imap_returns_every_result_once(processes: int) -> None:
+    from infdepth.experiments._common import parallel_imap
+
+    assert sorted(parallel_imap(abs, [-3, 1, -2, 5], processes)) == [1, 2, 3, 5]
+    assert list(parallel_imap(abs, [], processes)) == []
