@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from infdepth.cli import main as cli_main
+from infdepth.experiments.depth import study as study_module
 from infdepth.experiments.depth.study import verdict
 from infdepth.experiments.depth.study_speed import epochs_at_depth, fixed_depths
 
@@ -182,6 +183,21 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
     assert v["rounded_minus_learned_points"] == pytest.approx(0.5)
 
 
+def test_the_figure_zooms_on_the_close_members_and_names_each_once(monkeypatch) -> None:
+    figures = []
+    monkeypatch.setattr(study_module, "save_figure", lambda fig, path: figures.append(fig))
+    members = [("learned", "g-inf CNN", 0.90, 10.0), ("fixed0", "g-inf CNN", 0.14, 1.0),
+               ("fixed1", "g-inf CNN", 0.91, 9.0), ("odenet", "ODE-Net", 0.92, 50.0)]
+    rows = [{"contender": c, "kind": k, "final_test_acc": a, "final_test_acc_precise_bn": None, "seconds": s}
+            for c, k, a, s in members]
+    study_module.plot("unused.png", rows)
+    full, zoom = figures[0].axes
+    names = [{t.get_text() for t in ax.texts} for ax in (full, zoom)]
+    # fixed0 (78 points down) only in the full view; the three close ones only in the zoom
+    assert names == [{"fixed0"}, {"learned", "fixed1", "odenet"}]
+    assert len(full.lines) == 4 and len(zoom.lines) == 3
+
+
 def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, monkeypatch, capsys) -> None:
     """--jobs 2: members train in two worker processes; every row equals the one-by-one study's."""
     from infdepth.experiments.depth import study as study_module
@@ -238,3 +254,18 @@ def test_on_resume_the_rounded_depths_of_a_finished_learned_run_join_the_first_p
     assert len(pools) == 1 and any("layer_depths" in job for job in pools[0]), pools
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert [r["contender"] for r in rows] == ["learned", "fixed0", assume_new]
+
+
+def test_the_committed_fashion_study_verdict_follows_from_its_rows() -> None:
+    """docs/images.md quotes docs/results/fashion-study/summary.json: its verdict is what
+    :func:`verdict` makes of its rows today, and the headline numbers in the docs are those."""
+    root = Path(__file__).resolve().parents[3]
+    summary = json.loads((root / "docs/results/fashion-study/summary.json").read_text())
+    assert verdict(summary["rows"]) == pytest.approx(summary["verdict"])
+    v = summary["verdict"]
+    doc = " ".join((root / "docs/images.md").read_text().split())
+    assert f"The gap is **{v['gap_points']:.2f} points**" in doc
+    assert f"costs **{100 * v['compute_fraction']:.1f}% of the sweep's compute**" in doc
+    assert f"{v['continuous_minus_discrete_points']:.2f} points above** the learned CNN" in doc
+    assert f"Learning t1 gains **{v['learned_t1_minus_fixed_t1_points']:.2f} points**" in doc
+    assert v["goal_met"] is False and "so it is **not met** (`goal_met: false`)" in doc

@@ -355,7 +355,8 @@ def plot(path: Any, rows: list[dict[str, Any]]) -> None:
     """Test accuracy (:func:`accuracy`) against compute (:func:`compute`), one point per member.
 
     When some member is far below the rest (``fixed0`` trains nothing), a second panel
-    zooms on the members within 5 points of the best.
+    zooms on the members within 5 points of the best; the first then names only the others
+    (the zoomed members crowd each other there).
     """
     plt = pyplot()
     style: dict[str, Callable[[str], tuple[str, str]]] = {
@@ -369,11 +370,12 @@ def plot(path: Any, rows: list[dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     timed = all("compute_seconds" in r for r in rows)
     xlabel = "compute (s): steps timed side by side x images trained" if timed else "training wall time (s)"
-    for ax, panel in zip(axes[0], panels):
+    for i, (ax, panel) in enumerate(zip(axes[0], panels)):
         for r, x, y in panel:
             marker, color = style[r["kind"]](r["contender"])
             ax.plot([x], [y], marker, color=color, ms=14 if marker == "*" else 7)
-            ax.annotate(r["contender"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            if i == len(panels) - 1 or y < best - 5:
+                ax.annotate(r["contender"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel)
         ax.grid(True, alpha=0.3, which="both")
     axes[0][0].set_title("learned (star), fixed (circles), ODE-Net (diamond: t1 learned)", fontsize=10)
