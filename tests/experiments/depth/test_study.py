@@ -200,7 +200,6 @@ def test_the_figure_zooms_on_the_close_members_and_names_each_once(monkeypatch) 
 
 def test_jobs_train_members_side_by_side_with_the_same_results(study, tmp_path, monkeypatch, capsys) -> None:
     """--jobs 2: members train in two worker processes; every row equals the one-by-one study's."""
-    from infdepth.experiments.depth import study as study_module
 
     pools: list[tuple[int, int]] = []  # (processes, members) of each pool
     real = study_module.parallel_imap
@@ -231,7 +230,6 @@ def test_on_resume_the_rounded_depths_of_a_finished_learned_run_join_the_first_p
         study, tmp_path, monkeypatch) -> None:
     import shutil
 
-    from infdepth.experiments.depth import study as study_module
 
     out = tmp_path / "run"
     shutil.copytree(study, out)
