@@ -364,8 +364,8 @@ def plot(path: Any, rows: list[dict[str, Any]]) -> None:
         "ODE-Net": lambda c: ("D", "C2") if c == "odenet-t1" else ("s", "C2"),
     }
     points = [(r, compute(r), 100 * accuracy(r)) for r in rows]
-    best = max(acc for _, _, acc in points)
-    top = [p for p in points if p[2] >= best - 5]
+    zoom_floor = max(acc for _, _, acc in points) - 5
+    top = [p for p in points if p[2] >= zoom_floor]
     panels = [points, top] if len(top) < len(points) else [points]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     timed = all("compute_seconds" in r for r in rows)
@@ -374,7 +374,7 @@ def plot(path: Any, rows: list[dict[str, Any]]) -> None:
         for r, x, y in panel:
             marker, color = style[r["kind"]](r["contender"])
             ax.plot([x], [y], marker, color=color, ms=14 if marker == "*" else 7)
-            if i == len(panels) - 1 or y < best - 5:
+            if i == len(panels) - 1 or y < zoom_floor:  # the zoom names the close ones
                 ax.annotate(r["contender"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel)
         ax.grid(True, alpha=0.3, which="both")
