@@ -58,9 +58,14 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
-    """Append one JSON record as a line to ``path``."""
+    """Append one JSON record as a line to ``path``.
+
+    Raises:
+        ValueError: the record holds NaN or infinity (not JSON; nothing is written).
+    """
+    line = json.dumps(dict(record), default=_jsonable, allow_nan=False) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(dict(record), default=_jsonable) + "\n")
+        fh.write(line)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,19 +197,30 @@ CHECKPOINT_KEYS: dict[str, type] = {
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit`.
+    """Read a checkpoint written by :func:`fit`, never running code from it.
+
+    The file is read by torch's safe loader (``weights_only=True``): tensors and plain
+    containers of numbers and strings only; a pickled object of any other kind (code to
+    run) is refused, not executed.
 
     Raises:
         InputError: the file is missing, unreadable, or not a checkpoint of :func:`fit`
             (a missing entry or one of the wrong type is named).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise InputError(f"checkpoint {path} is not a file; move it away (or --overwrite the run)")
     if not path.is_file():
         raise InputError(f"no checkpoint at {path}; run without --resume first")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a corrupt file: say which
-        raise InputError(f"checkpoint {path} cannot be read ({exc})") from exc
+        with warnings.catch_warnings():  # a refusal is one line, not a loader's warnings too
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt file, or one holding objects other than data: say which
+        reason = " ".join(str(exc).split())
+        if len(reason) > 200:
+            reason = reason[:200] + "..."
+        raise InputError(f"checkpoint {path} cannot be read as an infdepth checkpoint ({reason})") from None
     if not isinstance(ckpt, dict):
         raise InputError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint of infdepth")
     for key, kind in CHECKPOINT_KEYS.items():
@@ -260,7 +272,13 @@ def fit(
     result = FitResult()
     start = 0
     ckpt_path = Path(out_dir or ".") / CHECKPOINT
+    if out_dir is not None and ckpt_path.exists() and not ckpt_path.is_file():  # before any write
+        raise InputError(f"checkpoint {ckpt_path} is not a file; move it away (or --overwrite the run)")
     ckpt = load_checkpoint(ckpt_path) if config.resume else None
+    device = torch.device(config.device)
+    # the log window's running sums: a checkpoint between two log steps carries them, so
+    # that a resume there logs the same means as an uninterrupted run
+    window, window_steps = _window_from(ckpt, device)
     try:
         if ckpt is not None:
             raw.load_state_dict(ckpt["model"])  # builds the sub-layers the checkpoint holds
@@ -273,8 +291,8 @@ def fit(
             raise
         raise InputError(
             f"checkpoint {ckpt_path} does not fit this model or optimizer "
-            f"(was it written with other settings?): {exc}"
-        ) from exc
+            f"(was it written by another command or with other settings?): {_short(exc)}"
+        ) from None
     if ckpt is not None:
         assert out_dir is not None
         if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -282,7 +300,8 @@ def fit(
         try:
             _set_rng_state(ckpt["rng"])
         except (RuntimeError, TypeError) as exc:
-            raise InputError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({exc})") from exc
+            raise InputError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({_short(exc)})") \
+                from None
         start = int(ckpt["step"])
         if not 0 <= start <= config.steps:
             raise InputError(f"checkpoint {ckpt_path} is at step {start}, beyond the {config.steps} steps")
@@ -290,8 +309,12 @@ def fit(
         result.resumed_from = start
         # NaN when the checkpoint predates wall-time keeping: unknown, not zero
         result.seconds = float(ckpt.get("seconds", math.nan))
-        if ctx.is_main:
+        try:
             lines = "".join(_json_line(r) for r in result.history)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"checkpoint {ckpt_path}: its history is not a list of records "
+                             f"({_short(exc)})") from None
+        if ctx.is_main:
             atomic_write_bytes(out_dir / METRICS, lines.encode())
     elif out_dir is not None and ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,11 +322,8 @@ def fit(
     net = WithPenalty(raw)
     wrapped = ctx.wrap(net)
 
-    device = torch.device(config.device)
     earlier_seconds = result.seconds
     started = time.perf_counter()
-    window: dict[str, Tensor] = {}
-    window_steps = 0
     bar = tqdm(
         total=config.steps,
         initial=start,
@@ -348,8 +368,6 @@ def fit(
             if is_log:
                 record: dict[str, Any] = {"step": done}
                 record.update(distributed.mean_over_ranks({k: v / window_steps for k, v in window.items()}))
-                if not math.isfinite(record["loss"]):
-                    raise DivergenceError(f"at step {done}, the loss became {record['loss']}")
                 window, window_steps = {}, 0
                 record["w"] = ws
                 record["active_blocks"] = {name or "layer": layer.active_blocks for name, layer in layers}
@@ -358,6 +376,7 @@ def fit(
                     raw.eval()
                     with torch.no_grad():
                         record.update(evaluate(raw, done))
+                _check_finite(record, done)  # before it is written: metrics.jsonl stays valid JSON
                 result.history.append(record)
                 if out_dir is not None and ctx.is_main:
                     append_jsonl(out_dir / METRICS, record)
@@ -373,8 +392,9 @@ def fit(
                 if bad_params:  # never replace the last good checkpoint by a broken one
                     raise DivergenceError(f"at step {done}, non-finite values in {bad_params[:5]}")
                 result.seconds = earlier_seconds + time.perf_counter() - started
+                partial = _window_state(window, window_steps)  # on every rank: a collective under DDP
                 if ctx.is_main:
-                    save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result)
+                    save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result, partial)
                 ctx.barrier()
     finally:
         bar.close()
@@ -390,8 +410,13 @@ def save_checkpoint(
     scheduler: Any | None,
     step: int,
     result: FitResult,
+    window: dict[str, Any] | None = None,
 ) -> None:
-    """Write model, optimizer, scheduler, RNG state and history at ``step``, atomically."""
+    """Write model, optimizer, scheduler, RNG state, history and log window at ``step``, atomically.
+
+    Everything in it is a tensor or a plain container of numbers and strings, so that
+    :func:`load_checkpoint` reads it with torch's safe loader.
+    """
     atomic_torch_save(
         {
             "step": step,
@@ -401,6 +426,7 @@ def save_checkpoint(
             "rng": _rng_state(),
             "history": result.history,
             "seconds": result.seconds,
+            "window": window or {"sums": {}, "steps": 0},
         },
         path,
     )
@@ -409,4 +435,39 @@ def save_checkpoint(
 def _json_line(record: dict[str, Any]) -> str:
     import json
 
-    return json.dumps(record) + "\n"
+    if not isinstance(record, dict):
+        raise TypeError(f"a history entry is a {type(record).__name__}, not a record")
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (state_dict keys run to kilobytes)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _check_finite(record: dict[str, Any], step: int) -> None:
+    """Raise :class:`DivergenceError` naming the first logged value (loss, penalty, metric) not finite."""
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DivergenceError(f"at step {step}, the {key} became {value}")
+
+
+def _window_state(window: dict[str, Tensor], steps: int) -> dict[str, Any]:
+    """The log window's sums for a checkpoint: this process's own, or their mean over the ranks."""
+    if distributed.current().enabled:
+        means = distributed.mean_over_ranks(dict(window))
+        return {"sums": {k: torch.tensor(v, dtype=torch.float64) for k, v in means.items()}, "steps": steps}
+    return {"sums": {k: v.detach().cpu() for k, v in window.items()}, "steps": steps}
+
+
+def _window_from(ckpt: dict[str, Any] | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
+    """The log window a checkpoint carries (empty for a fresh run or a checkpoint on the log grid)."""
+    saved = (ckpt or {}).get("window")
+    if not isinstance(saved, dict) or not isinstance(saved.get("sums"), dict):
+        return {}, 0
+    steps = saved.get("steps")
+    sums = saved["sums"]
+    if not isinstance(steps, int) or not all(isinstance(v, Tensor) for v in sums.values()):
+        raise InputError("checkpoint: its 'window' entry is malformed; it was not written by infdepth")
+    return {k: v.to(device) for k, v in sums.items()}, steps
