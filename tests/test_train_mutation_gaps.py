@@ -1,7 +1,8 @@
 """Behaviours of the training loop that mutation testing found undefended (docs/mutation.md).
 
 ``fit`` must be one optimizer step per batch of ``data loss + penalty`` exactly as a
-hand-written loop (growth registered before the first step and after every step), log
+hand-written loop (growth registered before the first step, before every step and after
+every step), log
 window averages of the loss, the penalty and step metrics, resume a scheduler and the
 wall time, and name the step and value in every divergence.
 """
@@ -16,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from infdepth.depth import InfiniteDepth, grow, total_penalty
+from infdepth.depth import InfiniteDepth, attach, grow, total_penalty
 from infdepth.errors import DivergenceError, InputError
 from infdepth.train import CHECKPOINT, FitConfig, FitResult, _sync_depths, fit
 
@@ -74,6 +75,7 @@ def test_fit_is_the_hand_written_loop_with_penalty_and_growth() -> None:
 
     torch.manual_seed(7)
     data = jump(ref_layer, 4, 6.5)
+    attach(ref_model, ref_opt)  # sub-layers built in a forward are stepped in that step
     grow(ref_model, ref_opt)
     for step in range(steps):
         x, y = data(step)

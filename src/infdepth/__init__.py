@@ -15,9 +15,12 @@ from infdepth.depth import (
     Gate,
     InfiniteDepth,
     StretchedGate,
+    UnregisteredGrowthWarning,
+    attach,
     depth_layers,
     grow,
     total_penalty,
+    update_average,
 )
 from infdepth.errors import DivergenceError, InputError
 from infdepth.limits import (
@@ -85,10 +88,13 @@ __all__ = [
     "InfiniteDepth",
     "InputError",
     "StretchedGate",
+    "UnregisteredGrowthWarning",
     "__version__",
+    "attach",
     "depth_layers",
     "fit",
     "grow",
     "model_penalty",
     "total_penalty",
+    "update_average",
 ]

@@ -14,6 +14,7 @@ lockstep (the wrapper is rebuilt after a growth) and only rank 0 writes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -28,6 +29,7 @@ from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
 from infdepth import distributed
+from infdepth.depth.attach import attach
 from infdepth.depth.growth import grow
 from infdepth.depth.layer import depth_layers
 from infdepth.errors import DivergenceError, InputError
@@ -122,8 +124,21 @@ def penalty_modules(model: nn.Module) -> list[tuple[str, HasPenalty]]:
     return found
 
 
-def model_penalty(model: nn.Module) -> Tensor | None:
-    """Sum of ``penalty()`` over :func:`penalty_modules` (None when no module adds one)."""
+def model_penalty(model: nn.Module) -> Tensor:
+    """Sum of ``penalty()`` over :func:`penalty_modules`, for ``loss + model_penalty(model)``.
+
+    A zero tensor (on the device and in the dtype of the model's first floating-point
+    parameter or buffer; else torch's defaults) when no module adds a term.
+    """
+    total = _penalty_sum(model)
+    if total is not None:
+        return total
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    like = next((t for t in tensors if t.is_floating_point()), None)
+    return torch.zeros(()) if like is None else like.new_zeros(())
+
+
+def _penalty_sum(model: nn.Module) -> Tensor | None:
     terms = [t for _, m in penalty_modules(model) if (t := m.penalty()) is not None]
     if not terms:
         return None
@@ -144,7 +159,7 @@ class WithPenalty(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.model(x), model_penalty(self.model)
+        return self.model(x), _penalty_sum(self.model)
 
 
 def train_step(
@@ -279,13 +294,13 @@ def fit(
     # the log window's running sums: a checkpoint between two log steps carries them, so
     # that a resume there logs the same means as an uninterrupted run
     window, window_steps = _window_from(ckpt, device)
+    # sub-layers built from now on join the optimizer before its next step or state load
+    attachment = attach(raw, optimizer)
     try:
         if ckpt is not None:
             raw.load_state_dict(ckpt["model"])  # builds the sub-layers the checkpoint holds
-        # the sub-layers w needs join the optimizer before its saved state is laid over it
-        grow(raw, optimizer)
-        if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
+        grow(raw, optimizer)  # the sub-layers w needs, built before DDP wraps the model
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
         if ckpt is None:
             raise
@@ -398,6 +413,7 @@ def fit(
                 ctx.barrier()
     finally:
         bar.close()
+        attachment.remove()
     result.seconds = earlier_seconds + time.perf_counter() - started
     result.steps = config.steps
     return result

@@ -1,21 +1,26 @@
 """Learned depth: the g-infinity meta-layer of "Going Deeper: Infinite Deep Neural Networks"."""
 
+from infdepth.depth.attach import Attachment, UnregisteredGrowthWarning, attach
 from infdepth.depth.gates import ExpGate, Gate, StretchedGate, make_gate
-from infdepth.depth.growth import grow, register_parameters
+from infdepth.depth.growth import grow, register_parameters, update_average
 from infdepth.depth.idempotent import FixedBatchNorm
 from infdepth.depth.layer import InfiniteDepth, depth_layers, total_penalty
 from infdepth.depth.merges import MERGES
 
 __all__ = [
     "MERGES",
+    "Attachment",
     "ExpGate",
     "FixedBatchNorm",
     "Gate",
     "InfiniteDepth",
     "StretchedGate",
+    "UnregisteredGrowthWarning",
+    "attach",
     "depth_layers",
     "grow",
     "make_gate",
     "register_parameters",
     "total_penalty",
+    "update_average",
 ]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
+from torch.optim.swa_utils import AveragedModel
 
 from infdepth.depth.layer import InfiniteDepth, depth_layers
+from infdepth.errors import InputError
 
 
 def _group_of(optimizer: Optimizer, layer: InfiniteDepth) -> dict:
@@ -44,6 +47,82 @@ def register_parameters(
     group["params"].sort(key=lambda p: order.get(id(p), len(order)))
 
 
+def register_built(model: nn.Module, optimizer: Optimizer) -> int:
+    """Hand every built sub-layer parameter of ``model`` that ``optimizer`` lacks to it.
+
+    Read from the model and the optimizer on every call.  Returns how many joined.
+    """
+    known = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    added = 0
+    for _, layer in depth_layers(model):
+        fresh = [p for p in layer.blocks.parameters() if p.requires_grad and id(p) not in known]
+        if fresh:
+            register_parameters(optimizer, model, layer, fresh)
+            known.update(id(p) for p in fresh)
+            added += len(fresh)
+    return added
+
+
+def grow_to_state(model: nn.Module, optimizer: Optimizer, state: dict) -> None:
+    """Grow ``model`` until ``optimizer`` holds as many parameters per group as ``state`` does.
+
+    For an optimizer state saved from a grown model and loaded into an optimizer of a
+    model that has not grown as far (the model's own ``state_dict`` was not loaded first):
+    a group short of parameters grows the one g-infinity layer whose sub-layers it holds.
+
+    Raises:
+        InputError: a group is short of parameters and no single layer of it can make up
+            the difference in whole sub-layers.
+    """
+    register_built(model, optimizer)
+    saved = state.get("param_groups", [])
+    if len(saved) != len(optimizer.param_groups):
+        return  # torch's own check names this
+    for g, (saved_group, group) in enumerate(zip(saved, optimizer.param_groups)):
+        short = len(saved_group["params"]) - len(group["params"])
+        if short <= 0:
+            continue
+        layers = [layer for _, layer in depth_layers(model) if _group_of(optimizer, layer) is group]
+        per = 0
+        if len(layers) == 1:
+            probe = layers[0].blocks[0] if layers[0].blocks else layers[0]._build(0)
+            per = sum(1 for p in probe.parameters() if p.requires_grad)
+        if per == 0 or short % per:
+            raise InputError(
+                f"the optimizer state to load holds {len(saved_group['params'])} parameters in "
+                f"group {g}, the optimizer {len(group['params'])} after registering every built "
+                "sub-layer; load the model's state_dict first (it builds the sub-layers the "
+                "checkpoint holds), then the optimizer's"
+            )
+        layer = layers[0]
+        layer.grow(layer.built_blocks + short // per)
+        register_built(model, optimizer)
+
+
+def update_average(averaged: AveragedModel, model: nn.Module) -> None:
+    """``averaged.update_parameters(model)`` for a model whose g-infinity layers grow.
+
+    :class:`torch.optim.swa_utils.AveragedModel` pairs parameters by position, so after a
+    growth of ``model`` its average would pair a new sub-layer with whatever follows the
+    layer.  Here the averaged copy first grows the same sub-layers, each starting from the
+    model's current values (the average of a parameter that has just appeared is itself),
+    and then the average is updated: every averaged parameter follows the parameter of the
+    same name.
+    """
+    inner = averaged.module
+    for name, layer in depth_layers(model):
+        copy = inner.get_submodule(name) if name else inner
+        if not isinstance(copy, InfiniteDepth):
+            raise InputError(f"the averaged model has no InfiniteDepth layer at {name!r}")
+        start = copy.built_blocks
+        if layer.built_blocks > start:
+            copy.grow(layer.built_blocks)
+            with torch.no_grad():
+                for i in range(start, layer.built_blocks):
+                    copy.blocks[i].load_state_dict(layer.blocks[i].state_dict())
+    averaged.update_parameters(model)
+
+
 def grow(model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, int]:
     """Grow every g-infinity layer of ``model`` to the sub-layers its ``w`` needs; the one owner of growth.
 
@@ -55,17 +134,10 @@ def grow(model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, int]
     name: new sub-layer count}`` for the layers that grew (empty when nothing grew).
     """
     grown: dict[str, int] = {}
-    known: set[int] | None = None
     for name, layer in depth_layers(model):
         new = layer.grow()
         if new:
             grown[name or "<root>"] = len(new)
-        if optimizer is None:
-            continue
-        if known is None:
-            known = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        fresh = [p for p in layer.blocks.parameters() if p.requires_grad and id(p) not in known]
-        if fresh:
-            register_parameters(optimizer, model, layer, fresh)
-            known.update(id(p) for p in fresh)
+    if optimizer is not None:
+        register_built(model, optimizer)
     return grown

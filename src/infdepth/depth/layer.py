@@ -22,6 +22,7 @@ from infdepth.depth.fused import GatedPenalty, GatedResidual, host_gate
 from infdepth.depth.gates import Gate, make_gate
 from infdepth.depth.idempotent import check_idempotent, make_h
 from infdepth.depth.merges import make_merge
+from infdepth.depth.naming import layer_name
 from infdepth.errors import DivergenceError, InputError, check_choice
 
 BlockFactory = Callable[[int], nn.Module]
@@ -31,6 +32,20 @@ W_PENALTIES = ("l2", "param_scaled")
 
 #: the ``eps`` of the conditional block penalty ``delta_w(i + eps)`` (paper section III.C)
 PENALTY_EPS = 1e-8
+
+#: the default bound on the sub-layers of one layer (``max_blocks``)
+DEFAULT_MAX_BLOCKS = 1000
+
+_growth_events = 0
+
+
+def growth_events() -> int:
+    """How many times any :meth:`InfiniteDepth.grow` has built sub-layers in this process.
+
+    An event counter, not a copy of state: an optimizer hook compares it with the value it
+    saw last and looks the model over only when something was built since.
+    """
+    return _growth_events
 
 
 def last_parameterised(block: nn.Module) -> nn.Module:
@@ -70,6 +85,12 @@ class InfiniteDepth(nn.Module):
             submodule's weight (BatchNorm: its gamma).
         geometric_eps: ``eps`` of the geometric merge.
         seed: seed of sub-layer initialisation; default drawn from torch's global RNG.
+            It is kept in the buffer ``sublayer_seed`` (so in ``state_dict()``, and
+            broadcast by DDP): a layer loaded from a checkpoint builds its next sub-layers
+            as the saved one would have.
+        max_blocks: the most sub-layers the layer may build (``None``: no bound); a ``w``
+            that needs more raises :class:`~infdepth.errors.InputError` before anything
+            is allocated.
         example_input: a sample input; if given, ``h`` and sub-layer 0 are checked on it now.
 
     ``w`` (and a stretched gate's ``log_alpha``) start in torch's default dtype, like any
@@ -78,6 +99,7 @@ class InfiniteDepth(nn.Module):
     """
 
     blocks: nn.ModuleList
+    sublayer_seed: Tensor
 
     def __init__(
         self,
@@ -97,6 +119,7 @@ class InfiniteDepth(nn.Module):
         penalised: Penalised | None = None,
         geometric_eps: float = 1e-8,
         seed: int | None = None,
+        max_blocks: int | None = DEFAULT_MAX_BLOCKS,
         example_input: Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -121,7 +144,13 @@ class InfiniteDepth(nn.Module):
         self.block_l2 = float(block_l2)
         self.gamma_shift = float(gamma_shift)
         self.penalised = penalised
-        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        drawn = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+        self.register_buffer("sublayer_seed", torch.tensor(drawn, dtype=torch.int64))
+        if max_blocks is not None and (
+            isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1
+        ):
+            raise InputError(f"max_blocks={max_blocks!r} is not accepted; expected an integer >= 1 or None")
+        self.max_blocks = max_blocks
         self.w = nn.Parameter(torch.tensor(float(w0)))
         self.blocks = nn.ModuleList()
         self._h_checked = isinstance(h, str)
@@ -215,11 +244,40 @@ class InfiniteDepth(nn.Module):
         need = self.active_blocks if target is None else target
         if need <= len(self.blocks):
             return []
+        limit = self.max_blocks
+        if limit is not None and need > limit:
+            raise InputError(
+                f"{layer_name(self)}: w={self.depth:.6g} needs {need} sub-layers, more than "
+                f"max_blocks={limit}; nothing was built (pass a larger max_blocks, or None, "
+                "if this depth is meant)"
+            )
         total = math.ceil(need / self.grow_step) * self.grow_step if target is None else need
+        if limit is not None:
+            total = min(total, limit)
         new = [self._build(i) for i in range(len(self.blocks), total)]
         for module in new:
             self.blocks.append(module)
+        global _growth_events
+        _growth_events += 1
         return new
+
+    def _grow_unregistered(self) -> None:
+        """Grow from ``forward``/``penalty``: warn once if no attached optimizer will step them."""
+        new = self.grow()
+        if new:
+            from infdepth.depth.attach import warn_if_unattached  # attach imports this module
+
+            warn_if_unattached(self, len(self.blocks) - len(new), len(self.blocks))
+
+    @property
+    def seed(self) -> int:
+        """The seed of sub-layer initialisation, read from the ``sublayer_seed`` buffer."""
+        return int(self.sublayer_seed)
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        with torch.no_grad():
+            self.sublayer_seed.fill_(int(value))
 
     def prune(self) -> int:
         """Drop the sub-layers beyond ``ceil(w)`` (for export); returns how many were removed."""
@@ -239,6 +297,9 @@ class InfiniteDepth(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        saved_seed = state_dict.get(prefix + "sublayer_seed")
+        if isinstance(saved_seed, Tensor):  # first: it decides how the sub-layers below are built
+            self.seed = int(saved_seed)
         pattern = re.compile(re.escape(prefix) + r"blocks\.(\d+)\.")
         indices = [int(m.group(1)) for key in state_dict if (m := pattern.match(key))]
         if indices:
@@ -246,6 +307,8 @@ class InfiniteDepth(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if saved_seed is None and prefix + "sublayer_seed" in missing_keys:
+            missing_keys.remove(prefix + "sublayer_seed")  # a checkpoint from before the seed was saved
 
     # ------------------------------------------------------------------ forward
     def _check_shape(self, i: int, x: Tensor, fx: Tensor) -> None:
@@ -282,7 +345,7 @@ class InfiniteDepth(nn.Module):
         if n > len(self.blocks):
             # w was set from outside (or a step jumped past the built blocks): build now.
             # infdepth.depth.growth.grow registers the new parameters with the optimizer.
-            self.grow()
+            self._grow_unregistered()
         # skip the module-call overhead for the two common h (a hot loop for narrow layers)
         h_fast = None if isinstance(h, nn.Identity) else torch.relu if type(h) is nn.ReLU else h
         alpha = self.gate.fixed_alpha
@@ -347,7 +410,7 @@ class InfiniteDepth(nn.Module):
         w = self.depth
         n = self._active(w)
         if self.block_l2 > 0 and n > len(self.blocks):  # w moved past the built sub-layers
-            self.grow()
+            self._grow_unregistered()
         alpha = self.gate.fixed_alpha
         if self.block_l2 > 0 and n > 0 and alpha is not None and self.gamma_shift == 0:
             tensors = [self.penalised_tensors(i) for i in range(n)]
