@@ -4,16 +4,26 @@ Every subcommand lives with its experiment and exposes ``register(subparsers)``;
 command that trains one model data-parallel says so with
 ``set_defaults(data_parallel=True)``.  This module wires them together, joins the
 torch.distributed process group once (under torchrun) for those commands, refuses the
-others under torchrun, and turns bad input into one line and exit code 2.
+others under torchrun, and turns every failure into one line on stderr and an exit code:
+
+- 0: done;
+- 1: the run could not go on: training diverged, an ODE solve failed, the disk is full
+  (the last checkpoint is intact; ``--resume`` continues);
+- 2: refused before anything changed: a bad flag, a file or folder that cannot be used, a
+  run folder in use, a resume that does not fit the run;
+- 130: interrupted (Ctrl-C); 143: terminated (SIGTERM); checkpoints stay intact.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from infdepth import distributed, runfolder
 from infdepth.errors import DivergenceError, InputError, check_device
@@ -29,10 +39,31 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what was wrong, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is: it unwinds like Ctrl-C (atomic writes stay whole)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _os_error(exc: OSError) -> str:
+    """An OS error on one line: what failed, on which path."""
+    where = ": ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    what = exc.strerror or str(exc)
+    return f"{what}: {where}" if where else what
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with one subparser per experiment."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="infdepth",
         description="Infinitely deep neural networks: learned depth (g-infinity), "
         "continuous depth (neural ODEs) and depth limits (diffusions, kernels).",
@@ -67,8 +98,12 @@ def data_parallel_commands(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``infdepth`` console script; returns the exit code."""
-    parser = build_parser()
+    """Entry point of the ``infdepth`` console script; returns the exit code (see the module's doc)."""
+    try:
+        parser = build_parser()  # imports every experiment: Ctrl-C may well come here
+    except KeyboardInterrupt:
+        print("infdepth: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -80,26 +115,54 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    on_term = signal.getsignal(signal.SIGTERM)
+    if threading_main():
+        signal.signal(signal.SIGTERM, _terminate)
+    code: int | None = None  # None: an unexpected error (its traceback is a bug to report)
     try:
+        code = 2
         if world > 1:
             distributed.setup(check_device("--device", str(getattr(args, "device", "cpu"))))
-        result = args.func(args)
-    except (InputError, FileNotFoundError, NotADirectoryError) as exc:
-        # one line: what was wrong and what is accepted (argparse's own parse errors keep
-        # its usage line; `infdepth <command> --help` lists every flag)
+        code = int(args.func(args) or 0)
+    except InputError as exc:
+        # one line: what was wrong and what is accepted (`infdepth <command> --help` lists every flag)
         print(f"infdepth {name}: error: {exc}", file=sys.stderr)
-        return 2
     except (DivergenceError, SolverError) as exc:
         # a run that diverged (or whose ODE solve could not go on): one line, exit code 1
         what = "training diverged" if getattr(args, "data_parallel", False) else "the solve failed"
         print(f"infdepth {name}: {what}: {exc}", file=sys.stderr)
-        return 1
+        code = 1
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the run could not go on: exit 1, as a divergence
+            print(f"infdepth {name}: stopped: {_os_error(exc)}; the checkpoints written before are intact: "
+                  "free space, then --resume", file=sys.stderr)
+            code = 1
+        else:  # a path that cannot be used (permissions, a name too long, a folder in a file's place)
+            print(f"infdepth {name}: error: {_os_error(exc)}", file=sys.stderr)
+    except Terminated:
+        print(f"infdepth {name}: terminated; the last checkpoint is intact", file=sys.stderr)
+        code = 143
     except KeyboardInterrupt:
         print(f"infdepth {name}: interrupted; the last checkpoint is intact", file=sys.stderr)
-        return 130
+        code = 130
     finally:
-        runfolder.release()
-    return int(result or 0)
+        if threading_main():
+            signal.signal(signal.SIGTERM, on_term)
+        try:
+            if code in (2, None):
+                runfolder.undo()  # a refused resume leaves its run folder as it found it
+        finally:
+            runfolder.forget()
+            runfolder.release()
+    assert code is not None  # an unexpected error has left above, with its traceback
+    return code
+
+
+def threading_main() -> bool:
+    """Whether this is the main thread (the only one that may set signal handlers)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ writing anything:
   command line: a differing setting is refused (exit 2, naming the flag) unless it is one
   that may change on resume (more steps, a device, a checkpoint cadence), which is then
   applied and recorded under ``"resumes"`` in ``config.json``;
+- a refused resume changes nothing: every file the resume reads back (``config.json``,
+  every ``checkpoint.pt``) is checked before anything is written, and should a check
+  that needs the model (a checkpoint of another command, fewer steps than it holds)
+  refuse later, the command line puts ``config.json`` back as it was (:func:`undo`);
 - one process at a time: the folder is locked (``flock`` on the folder itself) from
   :func:`open_run` until the command (or the process) ends, and a second command on the same ``--out``
   (a ``--resume`` started twice, a study and a standalone run of one of its members)
@@ -29,14 +33,22 @@ from typing import Any
 
 from infdepth import distributed
 from infdepth.errors import InputError
-from infdepth.io import write_json
+from infdepth.io import atomic_write_bytes, write_json
 
 CONFIG = "config.json"
 RESUMES = "resumes"
+#: the files a run folder (or a member's sub-folder) holds by these names: never a folder
+FILES = (CONFIG, "checkpoint.pt", "metrics.jsonl", "summary.json")
+#: how messages name the config keys that are not flags
+LABELS = {"world_size": "the process count (torchrun --nproc-per-node)"}
+#: room kept for the names written below --out (``k1_seed0/.checkpoint.pt.XXXXXXXX.tmp``)
+_ROOM = 64
 
 #: open descriptors of the run folders this process has locked, by real path.  They are
 #: the locks themselves (an OS resource held until exit), not a copy of any value.
 _LOCKS: dict[str, int] = {}
+#: each config.json a resume of this command rewrote, with its bytes before (see :func:`undo`)
+_BEFORE: dict[Path, bytes] = {}
 
 
 def flag(key: str) -> str:
@@ -45,16 +57,85 @@ def flag(key: str) -> str:
 
 
 def check_writable(out: Path) -> None:
-    """Raise :class:`InputError` unless ``out`` is a folder that exists or can be created."""
+    """Raise :class:`InputError` unless ``out`` is a folder that exists or can be created.
+
+    Refused: a file or a dangling symbolic link in place of the folder or one above it, a
+    name or a path longer than the file system allows (with room for the files written
+    below it), a folder that cannot be written, and, inside an existing ``out``, a
+    sub-folder that cannot be written or a folder where a run's file belongs.
+    """
+    # lengths first: the file system answers a path too long with an error, not False
+    full = os.fsencode(os.path.abspath(out))
+    name_max, path_max = _limits(out)
+    longest = max((len(os.fsencode(part)) for part in out.parts), default=0)
+    if longest > name_max:
+        raise InputError(f"--out={_cut(out)} is not accepted: a name in it has {longest} bytes; "
+                         f"this file system allows {name_max}")
+    if len(full) + _ROOM > path_max:
+        raise InputError(f"--out={_cut(out)} is not accepted: its path has {len(full)} bytes; the files "
+                         f"below it need paths of at most {path_max} bytes (use a shorter --out)")
+    if out.is_symlink() and not out.exists():
+        raise InputError(f"--out={out} is not accepted: it is a symbolic link to {os.readlink(out)}, "
+                         "which does not exist")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out={out} is not accepted: it is a file, not a folder")
     parent = out
     while not parent.exists():
+        if parent.is_symlink():
+            raise InputError(f"--out={out} is not accepted: {parent} is a symbolic link to "
+                             f"{os.readlink(parent)}, which does not exist")
         parent = parent.parent
     if not parent.is_dir():
         raise InputError(f"--out={out} is not accepted: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"--out={out} is not accepted: {parent} is not writable")
+    if out.is_dir():
+        for path in sorted(out.rglob("*")):
+            if path.name in FILES and not path.is_file():
+                raise InputError(f"--out={out} is not accepted: {path} is a folder (or link) where the "
+                                 "run's file belongs; move it away")
+            if path.is_dir() and not path.is_symlink() and not os.access(path, os.W_OK | os.X_OK):
+                raise InputError(f"--out={out} is not accepted: its sub-folder {path} is not writable")
+
+
+def _limits(out: Path) -> tuple[int, int]:
+    """The longest file name and path the file system under ``out`` takes (255 and 4096 where unknown)."""
+    probe = Path(os.path.abspath(out))
+    while probe != probe.parent:
+        try:
+            return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+        except (OSError, ValueError):  # not there (yet), or a name too long: ask its parent
+            probe = probe.parent
+    return 255, 4096
+
+
+def _cut(out: Path, limit: int = 80) -> str:
+    text = str(out)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
+def check_checkpoints(out: Path) -> None:
+    """Refuse a resume whose folder holds a ``checkpoint.pt`` that cannot be read safely.
+
+    Every checkpoint below ``out`` is read as :func:`infdepth.train.load_checkpoint` reads
+    it (the safe loader: no code runs), before the resume writes anything.
+    """
+    from infdepth.train import CHECKPOINT, load_checkpoint  # train imports the models; a resume needs it
+
+    for path in sorted(out.rglob(CHECKPOINT)):
+        load_checkpoint(path)
+
+
+def undo() -> None:
+    """Put back every ``config.json`` a resume of this command rewrote (the command was refused)."""
+    while _BEFORE:
+        path, data = _BEFORE.popitem()
+        atomic_write_bytes(path, data)
+
+
+def forget() -> None:
+    """The command ended: the config.json it wrote stay."""
+    _BEFORE.clear()
 
 
 def lock(out: Path) -> None:
@@ -150,7 +231,7 @@ def _prepare(
     check_writable(out)
 
     def name(key: str) -> str:
-        return labels.get(key, flag(key))
+        return labels.get(key, LABELS.get(key, flag(key)))
 
     new = _jsonable(config)
     path = out / CONFIG
@@ -167,6 +248,7 @@ def _prepare(
             raise InputError(f"--resume: {path} cannot be read ({exc})") from exc
         if not isinstance(old, dict):
             raise InputError(f"--resume: {path} is not a run configuration")
+        check_checkpoints(out)
         history = list(old.pop(RESUMES, []))
         fixed = {k: (old.get(k), v) for k, v in new.items() if k not in resumable and old.get(k) != v}
         if fixed:
@@ -201,5 +283,7 @@ def _prepare(
         saved = {**new, RESUMES: []}
     if write:
         out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _BEFORE.setdefault(path, path.read_bytes())
         write_json(path, saved)
     return saved

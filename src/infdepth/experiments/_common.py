@@ -19,6 +19,8 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,10 +32,67 @@ import numpy as np
 import torch
 
 from infdepth import distributed
+from infdepth.errors import InputError, check_int
 from infdepth.errors import check_allocatable as check_allocatable  # re-exported: the experiments size checks
-from infdepth.errors import check_int
 
 C = TypeVar("C")
+
+
+# ---------------------------------------------------------------- numbers on the command line
+
+#: the largest integer a flag takes: torch and NumPy hold counts and seeds in 64 bits
+INT_MAX = 2**63 - 1
+#: seeds are integers in [0, SEED_MAX] (NumPy's range; derived seeds stay within 64 bits)
+SEED_MAX = 2**32 - 1
+#: the most sub-layers a learned-depth flag may ask for at once (``--w0``, ``--grow-step``):
+#: each is built when the run starts or grows, so a larger value only stalls the run
+MAX_SUBLAYERS = 10_000
+
+
+def _ascii(text: str, what: str) -> str:
+    # int() and float() read any script's digits ("١٢" is 12): a flag takes ASCII only
+    if not text.isascii():
+        raise ValueError(f"{text!r} is not {what} (ASCII digits only)")
+    return text
+
+
+def integer(text: str) -> int:
+    """argparse type: an integer written in ASCII digits, within 64 bits (``|n| <= 2**63 - 1``)."""
+    try:
+        value = int(_ascii(text, "an integer"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if abs(value) > INT_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is not accepted; expected an integer of at most {INT_MAX}")
+    return value
+
+
+def number(text: str) -> float:
+    """argparse type: a number written in ASCII (the ``Config`` checks its range and finiteness)."""
+    try:
+        return float(_ascii(text, "a number"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, an integer in ``[0, SEED_MAX]``."""
+    try:
+        value = int(_ascii(text, "a seed"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is not accepted; expected a seed in [0, {SEED_MAX}]")
+    return value
+
+
+def out_path(text: str) -> Path:
+    """argparse type of ``--out``: a non-empty path (an empty one would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; expected a folder name")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; a path holds no NUL character")
+    return Path(text)
 
 
 # ---------------------------------------------------------------- comma-separated lists
@@ -42,8 +101,9 @@ C = TypeVar("C")
 def _listed(text: str, kind: Callable[[str], Any], what: str, *, unique: bool = True) -> tuple[Any, ...]:
     try:
         values = tuple(kind(v.strip()) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what} ({exc})") \
+            from None
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r} is empty; expected at least one value")
     if unique and len(set(values)) != len(values):
@@ -53,17 +113,22 @@ def _listed(text: str, kind: Callable[[str], Any], what: str, *, unique: bool = 
 
 def int_list(text: str) -> tuple[int, ...]:
     """argparse type: ``"1,2,8"`` -> ``(1, 2, 8)`` (non-empty, no repeats)."""
-    return _listed(text, int, "integers")
+    return _listed(text, integer, "integers")
+
+
+def seed_list(text: str) -> tuple[int, ...]:
+    """argparse type: ``"0,1,2"`` -> ``(0, 1, 2)``, seeds in ``[0, SEED_MAX]`` (non-empty, no repeats)."""
+    return _listed(text, seed, "seeds")
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
     """argparse type: ``"2,2,0"`` -> ``(2, 2, 0)``, one value per position (repeats allowed)."""
-    return _listed(text, int, "integers", unique=False)
+    return _listed(text, integer, "integers", unique=False)
 
 
 def float_list(text: str) -> tuple[float, ...]:
     """argparse type: ``"0.5,1,2"`` -> ``(0.5, 1.0, 2.0)`` (non-empty, no repeats)."""
-    return _listed(text, float, "numbers")
+    return _listed(text, number, "numbers")
 
 
 def str_list(text: str) -> tuple[str, ...]:
@@ -111,7 +176,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> N
                 raise TypeError(f"{config_cls.__name__}.{f.name}: a flag defaults to off")
             parser.add_argument(name, dest=f.name, action="store_true", help=helptext)
             continue
-        kind = f.metadata.get("type") or (type(default) if default is not None else str)
+        kind: Any = f.metadata.get("type") or (type(default) if default is not None else str)
+        # every count and number is read the same way: ASCII, within 64 bits; a seed within SEED_MAX
+        kind = {int: integer, float: number}.get(kind, kind)
+        if f.name in ("seed", "seeds"):
+            kind = {integer: seed, int_list: seed_list}.get(kind, kind)
         shown = "%(default)s" if not isinstance(default, tuple) else _show(default)
         # a help that explains its default (or None: unset) says it once, in words
         if default is not None and "default:" not in helptext and "(default" not in helptext:
@@ -161,7 +230,7 @@ def add_run_arguments(
     parser: argparse.ArgumentParser, default_out: str, *, resumable: bool = False, progress: bool = True
 ) -> None:
     """``--out`` (and ``--resume``/``--overwrite``, ``--no-progress``, ``--threads``) for a command."""
-    parser.add_argument("--out", type=Path, default=Path(default_out),
+    parser.add_argument("--out", type=out_path, default=Path(default_out),
                         help="run folder (default: %(default)s)")
     if resumable:
         parser.add_argument("--resume", action="store_true",
@@ -170,9 +239,9 @@ def add_run_arguments(
                         help="replace the previous run in --out instead of refusing")
     if progress:
         parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads per process (0: torch's default; 1 is fastest on a shared "
-                        "machine) (default: %(default)s)")
+    parser.add_argument("--threads", type=integer, default=1,
+                        help="torch CPU threads per process, at most the machine's cores (0: torch's "
+                        "default; 1 is fastest on a shared machine) (default: %(default)s)")
 
 
 def run_from_args(
@@ -186,7 +255,11 @@ def run_from_args(
 
 def context_from_args(args: argparse.Namespace) -> RunContext:
     """The :class:`RunContext` of the run flags; sets the torch thread count."""
+    cores = os.cpu_count() or 1
     threads = check_int("--threads", args.threads, low=0)
+    if threads > cores:  # more would only oversubscribe, and each thread reserves memory
+        raise InputError(f"--threads={threads} is not accepted; this machine has {cores} cores: "
+                         f"expected an integer in [0, {cores}]")
     if threads:
         torch.set_num_threads(threads)
     return RunContext(
@@ -206,8 +279,13 @@ def _die_with_parent(parent: int) -> None:
     """Pool initializer: end this worker as soon as the process that started it is gone.
 
     A killed command must not leave workers training and writing into its run folder;
-    checkpoints are atomic and a torn last metrics line is ignored on reading.
+    checkpoints are atomic and a torn last metrics line is ignored on reading.  Ctrl-C
+    reaches the whole process group: the parent alone answers it (one line) and ends the
+    pool, whose SIGTERM a worker turns into a clean exit (a checkpoint being written is
+    dropped, the last one stays).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -261,7 +339,7 @@ def epoch_batches(
         epoch, i = divmod(step, per_epoch)
         if epoch not in order:
             order.clear()
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
             order[epoch] = torch.randperm(n, generator=gen).to(x.device)
         idx = order[epoch][i * batch_size : (i + 1) * batch_size]
         return x[idx], y[idx]

@@ -24,6 +24,7 @@ from infdepth.data.xor import step_generator, xor_batch
 from infdepth.depth.layer import InfiniteDepth
 from infdepth.errors import check_device, check_float, check_int, check_items
 from infdepth.experiments._common import (
+    MAX_SUBLAYERS,
     RunContext,
     add_config_arguments,
     add_run_arguments,
@@ -91,13 +92,13 @@ class Config:
         check_allocatable("--batch-size/--val-size/--width",
                           (self.batch_size + self.val_size) * max(self.width, INPUTS) + 10 * self.width**2)
         check_int("--eval-every", self.eval_every, low=1)
-        check_int("--grow-step", self.grow_step, low=1)
+        check_int("--grow-step", self.grow_step, low=1, high=MAX_SUBLAYERS)
         check_int("--checkpoint-every", self.checkpoint_every, low=0)
         check_int("--jobs", self.jobs, low=1)
         for flag, value in (("--w-l2", self.w_l2), ("--gamma-l2", self.gamma_l2)):
             check_float(flag, value, low=0.0)
         check_float("--lr", self.lr, low=0.0, strict=True)
-        check_float("--w0", self.w0)
+        check_float("--w0", self.w0, high=MAX_SUBLAYERS)
         check_float("--dropout", self.dropout, low=0.0, high=0.99)
         check_device("--device", self.device)
 

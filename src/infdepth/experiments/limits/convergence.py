@@ -30,7 +30,7 @@ from infdepth.experiments._common import (
     run_from_args,
     save_figure,
 )
-from infdepth.experiments.limits._shared import MAX_TIME, positive_int, progress, start_run, write_summary
+from infdepth.experiments.limits._shared import MAX_TIME, progress, start_run, write_summary
 from infdepth.io import seed_everything
 from infdepth.limits import (
     EulerMaruyama,
@@ -40,6 +40,11 @@ from infdepth.limits import (
     simulate,
     simulate_resnet,
 )
+
+#: the deepest stack and the longest reference diffusion a run may ask for (each sample runs
+#: every layer and step: larger values only stall the run)
+MAX_DEPTH = 100_000
+MAX_STEPS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -56,12 +61,12 @@ class Config:
     seed: int = option(0, "random seed")
 
     def __post_init__(self) -> None:
-        check_items("--depths", self.depths, positive_int)
+        check_items("--depths", self.depths, lambda n, v: check_int(n, v, low=1, high=MAX_DEPTH))
         check_int("--samples", self.samples, low=1)
         check_float("--t1", self.t1, low=0.0, high=MAX_TIME, strict=True)
         check_int("--linear-width", self.linear_width, low=1)
         check_int("--tanh-width", self.tanh_width, low=1)
-        check_int("--tanh-reference-steps", self.tanh_reference_steps, low=1)
+        check_int("--tanh-reference-steps", self.tanh_reference_steps, low=1, high=MAX_STEPS)
         check_int("--seed", self.seed, low=0)
         widest = max(self.linear_width, self.tanh_width)
         # the state, the reference's noise drawn a chunk of steps at a time, and the saved paths

@@ -55,7 +55,7 @@ class Config:
     def __post_init__(self) -> None:
         check_items("--widths", self.widths, positive_int)
         check_float("--t-max", self.t_max, low=0.0, strict=True)
-        check_float("--dt", self.dt, low=0.0, strict=True)
+        check_float("--dt", self.dt, low=0.0, high=self.t_max, strict=True)  # one step at least
         check_float("--t-max / --dt", self.t_max / self.dt, high=MAX_STEPS)
         check_int("--samples", self.samples, low=2)
         check_int("--saves", self.saves, low=1)

@@ -52,6 +52,12 @@ SPIRAL_A = ((-0.1, 2.0), (-2.0, -0.1))
 RESUMABLE = ("device", "world_size")
 
 
+#: the shortest observed window and extrapolation span (``--t-obs``, ``--t-end - --t-obs``), and
+#: the latest time (the true spiral is solved to ``--t-end`` at tolerance 1e-10)
+MIN_SPAN = 1e-3
+MAX_TIME = 1000.0
+
+
 @dataclass(frozen=True)
 class Config:
     """Data, model and training settings."""
@@ -81,8 +87,9 @@ class Config:
         check_int("--hidden", self.hidden, low=1)
         check_int("--iterations", self.iterations, low=1)
         check_int("--window", self.window, low=2, high=self.n_obs)
-        check_float("--t-obs", self.t_obs, low=0, strict=True)
-        check_float("--t-end", self.t_end, low=self.t_obs, strict=True)
+        # times below MIN_SPAN make steps the solvers cannot resolve (the run would fail, not refuse)
+        check_float("--t-obs", self.t_obs, low=MIN_SPAN, high=MAX_TIME)
+        check_float("--t-end", self.t_end, low=self.t_obs + MIN_SPAN, high=MAX_TIME)
         check_float("--noise", self.noise, low=0)
         lo, hi = self.radius
         check_float("radius[0]", lo, low=0, strict=True)
@@ -94,7 +101,7 @@ class Config:
         check_device("--device", self.device)
         check_allocatable(f"--hidden={self.hidden}", 4 * self.hidden * self.hidden)
         points = (self.n_train + self.n_test) * (self.n_obs + self.n_extrap)
-        check_allocatable(f"--n-obs={self.n_obs}", 4 * points)
+        check_allocatable("--n-train/--n-test x --n-obs/--n-extrap", 4 * points)
         check_allocatable(f"--n-train={self.n_train}", 4 * self.n_train * self.n_obs * self.hidden)
 
 
