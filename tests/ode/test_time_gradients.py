@@ -28,6 +28,7 @@ from infdepth.ode import (
     Adjoint,
     Backprop,
     Checkpointed,
+    ConstantStepSize,
     Dopri5,
     Euler,
     Midpoint,
@@ -69,7 +70,7 @@ def autonomous(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class Setting:
     solver: RungeKutta
     step_size: float | None = None
-    controller: PIController | None = None
+    controller: PIController | ConstantStepSize | None = None
     rtol: float = 1e-10
     atol: float = 1e-10
     f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # None: field
@@ -80,7 +81,7 @@ FIXED = {
     "midpoint-h0.125": Setting(Midpoint(), 0.125),
     "rk4-h0.125": Setting(RK4(), 0.125),
     "dopri5-fixed-h0.125": Setting(Dopri5(), 0.125),
-    "rk4-output-to-output": Setting(RK4(), None),
+    "rk4-output-to-output": Setting(RK4(), controller=ConstantStepSize()),
 }
 # adaptive steps pinned at dtmax (every step accepted, none grows): step ends on multiples
 ADAPTIVE_ON_GRID = {

@@ -8,6 +8,7 @@ class until the first kernel is made, when the subclass of it and scikit-learn's
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,28 @@ from infdepth.limits.kernels import ActivationLike, diagonal_kernels, infinite_k
 
 
 class InfiniteDepthKernel:
-    """scikit-learn kernel of the doubly infinite ResNet (``kind="nngp"`` or ``"ntk"``).
+    """scikit-learn kernel of the doubly infinite ResNet.
 
     Usable with ``GaussianProcessRegressor``, ``KernelRidge(kernel=...)``, ``SVC`` and the
     kernel algebra of :mod:`sklearn.gaussian_process.kernels`. It has no tunable
     hyperparameters (a GP fit therefore does not optimise it).
+
+    Args:
+        activation: the network's activation (``"relu"``, ``"linear"``, ``"tanh"``,
+            ``"erf"``, ...; see :func:`~infdepth.limits.infinite_kernels`).
+        t1: depth (integration time of the kernel ODEs).
+        kind: ``"ntk"`` (default: the kernel of the network trained by gradient descent)
+            or ``"nngp"`` (the prior covariance of the random network, the one a Gaussian
+            process posterior is the Bayesian answer for).
+        sigma_b, sigma_w: bias and weight scales of each residual branch.
+        steps: RK4 steps of the kernel ODEs.
+
+    Cost: every entry integrates the kernel ODEs with ``steps`` RK4 steps. ``"relu"`` and
+    ``"linear"`` have closed-form Gaussian moments; any other activation (``"tanh"``,
+    ``"erf"``, a callable) takes a quadrature per entry and step: a thousand times slower
+    or more at the default ``steps=64`` (a 40 x 40 matrix: 0.002 s for ReLU against
+    3.7 s for tanh on an idle core; docs/limits.md); fewer ``steps`` or fewer points are
+    the levers there.
 
     scikit-learn is imported when the first kernel is made, not by ``import infdepth``: an
     instance is of a subclass of both this class and scikit-learn's ``Kernel``, built then
@@ -87,6 +105,15 @@ class InfiniteDepthKernel:
 
 
 _SKLEARN_CLASS = "SklearnInfiniteDepthKernel"
+
+
+def _public_signature() -> inspect.Signature:
+    """The constructor's own arguments (``__new__`` takes ``*args, **kwargs`` to pick the class)."""
+    sig = inspect.signature(InfiniteDepthKernel.__init__)
+    return sig.replace(parameters=list(sig.parameters.values())[1:], return_annotation=sig.empty)
+
+
+InfiniteDepthKernel.__signature__ = _public_signature()  # type: ignore[attr-defined]
 
 
 @functools.cache

@@ -73,7 +73,9 @@ class Adjoint:
         seminorm: measure the backward error on ``y`` and ``dL/dy`` only, not on the
             parameter integrals (Kidger et al. 2021); usually fewer backward steps.
         params: tensors ``f`` depends on; ``None`` takes ``f.parameters()`` when ``f``
-            is an ``nn.Module`` (or a method of one), else no parameters.
+            is an ``nn.Module`` (or a method of one); any other ``f`` that uses tensors
+            requiring grad is refused (:class:`~infdepth.errors.InputError`) unless they are
+            passed here.
     """
 
     rtol: float | None = None
@@ -295,6 +297,32 @@ class _CheckpointFn(torch.autograd.Function):
         out = [torch.zeros_like(x) if gx is None else gx for x, gx in zip(inputs, pg, strict=True)]
         t_grad = out.pop() if track else None
         return (None, a, t_grad, *out)
+
+
+def check_params_visible(f: VectorField, method: GradientMethod, y0: torch.Tensor, t0: torch.Tensor) -> None:
+    """Refuse a field whose parameters an adjoint method would silently not differentiate.
+
+    :class:`Adjoint` and :class:`Checkpointed` differentiate the tensors they are given or
+    the parameters of ``f``'s module; a plain function closing over a module (``lambda t, y:
+    net(y)``) has none they can see.  Such a field is evaluated once at ``(t0, y0)`` with
+    ``y0`` detached: an output that still requires grad depends on hidden tensors.
+    """
+    if not isinstance(method, (Adjoint, Checkpointed)) or method.params is not None:
+        return
+    if not torch.is_grad_enabled():
+        return
+    owner = f if isinstance(f, torch.nn.Module) else getattr(f, "__self__", None)
+    if isinstance(owner, torch.nn.Module):
+        return
+    with torch.enable_grad():
+        out = f(t0.detach(), y0.detach())
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        name = type(method).__name__
+        raise InputError(
+            f"f uses tensors that require grad, which {name}() cannot see (f is not an nn.Module): "
+            f"their gradients would be None; pass them, e.g. adjoint={name}(params=net.parameters()), "
+            "or make f an nn.Module"
+        )
 
 
 def find_params(f: object, method: GradientMethod) -> tuple[torch.Tensor, ...]:

@@ -61,6 +61,12 @@ class ODEBlock(nn.Module):
         max_steps: int = 10_000,
     ) -> None:
         super().__init__()
+        if not isinstance(func, nn.Module):
+            raise InputError(
+                f"func={func!r} is not accepted; ODEBlock needs an nn.Module called as func(t, h) "
+                "(its parameters are trained with the block): wrap the function in a module, "
+                "or call odeint with adjoint=Adjoint(params=...)"
+            )
         if not (isinstance(t1, (int, float)) and t1 > 0 and math.isfinite(t1)):
             raise InputError(f"t1={t1!r} is not accepted; expected a finite number > 0")
         if not (t1_l2 >= 0 and math.isfinite(t1_l2)):

@@ -7,7 +7,7 @@ import math
 import torch
 
 from infdepth.errors import InputError
-from infdepth.ode._adjoint import Backprop, GradientMethod, Problem, find_params
+from infdepth.ode._adjoint import Backprop, GradientMethod, Problem, check_params_visible, find_params
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._outputs import OutputGrid
 from infdepth.ode._solvers import Dopri5, RungeKutta
@@ -87,11 +87,16 @@ def odeint(
         rtol, atol: tolerances of adaptive solvers (ignored if ``controller`` is given);
             by default ``1e-6`` and ``1e-8``, the same pair as :class:`PIController` and
             :class:`ODEBlock` (the tightest that is meaningful for a float32 state).
-        step_size: step of fixed-step solvers; ``None`` steps from output to output.
+        step_size: step of fixed-step solvers (Euler, Midpoint, Heun, RK4), which refuse to
+            run without it; ``controller=ConstantStepSize()`` steps from one output time to
+            the next instead, on purpose.
         controller: a :class:`PIController` (adaptive solvers) or
             :class:`ConstantStepSize`; default built from ``rtol, atol`` or ``step_size``.
         adjoint: gradient method, ``Backprop()`` (default), ``Adjoint()`` or
-            ``Checkpointed()``.
+            ``Checkpointed()``. These two differentiate the parameters of ``f`` when ``f`` is
+            an ``nn.Module`` (or a method of one); for any other callable pass them
+            (``Adjoint(params=net.parameters())``): a function that uses tensors requiring
+            grad that the method cannot see is refused, never given a silent ``None`` gradient.
         max_steps: attempted steps before :class:`SolverError` is raised.
 
     Returns:
@@ -137,6 +142,13 @@ def solve(
     if controller is None:
         if solver.adaptive and step_size is None:
             controller = PIController(rtol=rtol, atol=atol)
+        elif step_size is None:
+            raise InputError(
+                f"solver={type(solver).__name__}() takes fixed steps and needs step_size=... "
+                "(one step from output time to output time is rarely accurate; pass "
+                "controller=ConstantStepSize() if that is what you want), or use an adaptive "
+                "solver such as Dopri5()"
+            )
         else:
             controller = ConstantStepSize(step_size)
     elif not isinstance(controller, (PIController, ConstantStepSize)):
@@ -147,6 +159,7 @@ def solve(
             raise InputError(f"{name}={v!r} is not accepted; expected a finite number >= 0")
     adjoint = Backprop() if adjoint is None else adjoint
     grid, perm = _output_grid(t, y0)
+    check_params_visible(f, adjoint, y0, grid.times[0])
     problem = Problem(f=f, y0=y0, grid=grid, solver=solver, controller=controller,
                       max_steps=max_steps, params=find_params(f, adjoint), f_backward=f_backward)
     ys = adjoint.solve(problem)
