@@ -1,0 +1,1 @@
+"""Bridges to training frameworks; each imports its framework only when used."""
