@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from infdepth import train
+from infdepth import checkpoint, train
 from infdepth.cli import main
 from infdepth.train import FitConfig, fit
 
@@ -238,7 +238,7 @@ def test_a_write_refused_by_the_os_mid_resume_is_one_line_and_config_is_put_back
 def test_a_full_disk_stops_with_one_line_exit_1_and_the_checkpoint_intact(tmp_path: Path, monkeypatch,
                                                                            capsys) -> None:
     out = tmp_path / "run"
-    real = train.atomic_torch_save
+    real = checkpoint.atomic_torch_save
     calls = []
 
     def fills_up(obj, path) -> None:
@@ -247,11 +247,11 @@ def test_a_full_disk_stops_with_one_line_exit_1_and_the_checkpoint_intact(tmp_pa
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(obj, path)
 
-    monkeypatch.setattr(train, "atomic_torch_save", fills_up)
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", fills_up)
     assert code_of([*XOR, "--steps", "60", "--out", str(out)]) == 1
     line = one_line(capsys.readouterr().err)
     assert "No space left on device" in line and "intact" in line and "--resume" in line
-    monkeypatch.setattr(train, "atomic_torch_save", real)
+    monkeypatch.setattr(checkpoint, "atomic_torch_save", real)
     assert train.load_checkpoint(out / "k1_seed0" / train.CHECKPOINT)["step"] == 20
     assert code_of([*XOR, "--steps", "60", "--out", str(out), "--resume"]) == 0
 

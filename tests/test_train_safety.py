@@ -115,3 +115,20 @@ def test_a_non_finite_penalty_stops_the_run_and_no_bare_infinity_is_written(tmp_
             FitConfig(steps=20, log_every=2, eval_every=2, out_dir=tmp_path, progress=False))
     for line in (tmp_path / METRICS).read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON token {c} in metrics.jsonl"))
+
+
+def test_no_file_is_read_back_with_a_loader_that_can_run_code() -> None:
+    """Checkpoints through the safe loader only; everything else the project reads back is JSON."""
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "infdepth"
+    unsafe = re.compile(r"pickle\.loads?\(|dill\.|joblib\.load|allow_pickle\s*=\s*True"
+                        r"|weights_only\s*=\s*False")
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        text = path.read_text()
+        found += [f"{path.name}: {m.group(0)}" for m in unsafe.finditer(text)]
+        for call in re.finditer(r"torch\.load\(([^()]|\([^()]*\))*\)", text):
+            if "weights_only=True" not in call.group(0):
+                found.append(f"{path.name}: {call.group(0)}")
+    assert found == []

@@ -30,6 +30,12 @@ class DivergenceError(RuntimeError):
     """
 
 
+def brief(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (state_dict keys run to kilobytes)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def reject(name: str, value: object, accepted: str) -> InputError:
     """The :class:`InputError` for ``name=value``, saying what is ``accepted``."""
     shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)

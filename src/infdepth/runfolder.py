@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from infdepth import distributed
+from infdepth.checkpoint import CHECKPOINT, load_checkpoint
 from infdepth.errors import InputError
 from infdepth.io import atomic_write_bytes, write_json
 
@@ -117,11 +118,9 @@ def _cut(out: Path, limit: int = 80) -> str:
 def check_checkpoints(out: Path) -> None:
     """Refuse a resume whose folder holds a ``checkpoint.pt`` that cannot be read safely.
 
-    Every checkpoint below ``out`` is read as :func:`infdepth.train.load_checkpoint` reads
-    it (the safe loader: no code runs), before the resume writes anything.
+    Every checkpoint below ``out`` is read as :func:`infdepth.checkpoint.load_checkpoint`
+    reads it (the safe loader: no code runs), before the resume writes anything.
     """
-    from infdepth.train import CHECKPOINT, load_checkpoint  # train imports the models; a resume needs it
-
     for path in sorted(out.rglob(CHECKPOINT)):
         load_checkpoint(path)
 

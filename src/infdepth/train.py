@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,19 @@ from torch.optim import Optimizer
 from tqdm.auto import tqdm
 
 from infdepth import distributed
+from infdepth.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    window_from,
+    window_state,
+)
 from infdepth.depth.attach import attach
 from infdepth.depth.growth import grow
 from infdepth.depth.layer import depth_layers
-from infdepth.errors import DivergenceError, InputError
-from infdepth.io import append_jsonl, atomic_torch_save, atomic_write_bytes
+from infdepth.errors import DivergenceError, InputError, brief
+from infdepth.io import append_jsonl, atomic_write_bytes
 
 Batch = tuple[Tensor, Tensor]
 BatchFn = Callable[[int], Batch]
@@ -41,7 +48,6 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
 StepMetricFn = Callable[[Tensor, Tensor], dict[str, Tensor]]
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
@@ -188,68 +194,6 @@ def _sync_depths(model: nn.Module) -> None:
             layer.w.fill_(w)
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-#: what a checkpoint written by :func:`fit` holds, with the type of each entry
-CHECKPOINT_KEYS: dict[str, type] = {
-    "step": int,
-    "model": dict,
-    "optimizer": dict,
-    "rng": dict,
-    "history": list,
-}
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`fit`, never running code from it.
-
-    The file is read by torch's safe loader (``weights_only=True``): tensors and plain
-    containers of numbers and strings only; a pickled object of any other kind (code to
-    run) is refused, not executed.
-
-    Raises:
-        InputError: the file is missing, unreadable, or not a checkpoint of :func:`fit`
-            (a missing entry or one of the wrong type is named).
-    """
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise InputError(f"checkpoint {path} is not a file; move it away (or --overwrite the run)")
-    if not path.is_file():
-        raise InputError(f"no checkpoint at {path}; run without --resume first")
-    try:
-        with warnings.catch_warnings():  # a refusal is one line, not a loader's warnings too
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt file, or one holding objects other than data: say which
-        reason = " ".join(str(exc).split())
-        if len(reason) > 200:
-            reason = reason[:200] + "..."
-        raise InputError(f"checkpoint {path} cannot be read as an infdepth checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict):
-        raise InputError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint of infdepth")
-    for key, kind in CHECKPOINT_KEYS.items():
-        if key not in ckpt:
-            raise InputError(f"checkpoint {path} has no {key!r} entry; it was not written by infdepth")
-        if not isinstance(ckpt[key], kind) or (kind is int and isinstance(ckpt[key], bool)):
-            raise InputError(
-                f"checkpoint {path}: {key!r} is a {type(ckpt[key]).__name__}, expected {kind.__name__}"
-            )
-    if not isinstance(ckpt["rng"].get("torch"), torch.Tensor):
-        raise InputError(f"checkpoint {path} has no torch RNG state; it was not written by infdepth")
-    return ckpt
-
-
 def fit(
     model: nn.Module,
     optimizer: Optimizer,
@@ -293,7 +237,7 @@ def fit(
     device = torch.device(config.device)
     # the log window's running sums: a checkpoint between two log steps carries them, so
     # that a resume there logs the same means as an uninterrupted run
-    window, window_steps = _window_from(ckpt, device)
+    window, window_steps = window_from(ckpt, device)
     # sub-layers built from now on join the optimizer before its next step or state load
     attachment = attach(raw, optimizer)
     try:
@@ -306,16 +250,16 @@ def fit(
             raise
         raise InputError(
             f"checkpoint {ckpt_path} does not fit this model or optimizer "
-            f"(was it written by another command or with other settings?): {_short(exc)}"
+            f"(was it written by another command or with other settings?): {brief(exc)}"
         ) from None
     if ckpt is not None:
         assert out_dir is not None
         if scheduler is not None and ckpt.get("scheduler") is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
         try:
-            _set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"])
         except (RuntimeError, TypeError) as exc:
-            raise InputError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({_short(exc)})") \
+            raise InputError(f"checkpoint {ckpt_path}: its RNG state cannot be restored ({brief(exc)})") \
                 from None
         start = int(ckpt["step"])
         if not 0 <= start <= config.steps:
@@ -328,7 +272,7 @@ def fit(
             lines = "".join(_json_line(r) for r in result.history)
         except (TypeError, ValueError) as exc:
             raise InputError(f"checkpoint {ckpt_path}: its history is not a list of records "
-                             f"({_short(exc)})") from None
+                             f"({brief(exc)})") from None
         if ctx.is_main:
             atomic_write_bytes(out_dir / METRICS, lines.encode())
     elif out_dir is not None and ctx.is_main:
@@ -407,9 +351,10 @@ def fit(
                 if bad_params:  # never replace the last good checkpoint by a broken one
                     raise DivergenceError(f"at step {done}, non-finite values in {bad_params[:5]}")
                 result.seconds = earlier_seconds + time.perf_counter() - started
-                partial = _window_state(window, window_steps)  # on every rank: a collective under DDP
+                partial = window_state(window, window_steps)  # on every rank: a collective under DDP
                 if ctx.is_main:
-                    save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result, partial)
+                    save_checkpoint(out_dir / CHECKPOINT, raw, optimizer, scheduler, done, result.history,
+                                    result.seconds, partial)
                 ctx.barrier()
     finally:
         bar.close()
@@ -417,35 +362,6 @@ def fit(
     result.seconds = earlier_seconds + time.perf_counter() - started
     result.steps = config.steps
     return result
-
-
-def save_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: Optimizer,
-    scheduler: Any | None,
-    step: int,
-    result: FitResult,
-    window: dict[str, Any] | None = None,
-) -> None:
-    """Write model, optimizer, scheduler, RNG state, history and log window at ``step``, atomically.
-
-    Everything in it is a tensor or a plain container of numbers and strings, so that
-    :func:`load_checkpoint` reads it with torch's safe loader.
-    """
-    atomic_torch_save(
-        {
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "rng": _rng_state(),
-            "history": result.history,
-            "seconds": result.seconds,
-            "window": window or {"sums": {}, "steps": 0},
-        },
-        path,
-    )
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -456,34 +372,8 @@ def _json_line(record: dict[str, Any]) -> str:
     return json.dumps(record, allow_nan=False) + "\n"
 
 
-def _short(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, cut to ``limit`` characters (state_dict keys run to kilobytes)."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
 def _check_finite(record: dict[str, Any], step: int) -> None:
     """Raise :class:`DivergenceError` naming the first logged value (loss, penalty, metric) not finite."""
     for key, value in record.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise DivergenceError(f"at step {step}, the {key} became {value}")
-
-
-def _window_state(window: dict[str, Tensor], steps: int) -> dict[str, Any]:
-    """The log window's sums for a checkpoint: this process's own, or their mean over the ranks."""
-    if distributed.current().enabled:
-        means = distributed.mean_over_ranks(dict(window))
-        return {"sums": {k: torch.tensor(v, dtype=torch.float64) for k, v in means.items()}, "steps": steps}
-    return {"sums": {k: v.detach().cpu() for k, v in window.items()}, "steps": steps}
-
-
-def _window_from(ckpt: dict[str, Any] | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
-    """The log window a checkpoint carries (empty for a fresh run or a checkpoint on the log grid)."""
-    saved = (ckpt or {}).get("window")
-    if not isinstance(saved, dict) or not isinstance(saved.get("sums"), dict):
-        return {}, 0
-    steps = saved.get("steps")
-    sums = saved["sums"]
-    if not isinstance(steps, int) or not all(isinstance(v, Tensor) for v in sums.values()):
-        raise InputError("checkpoint: its 'window' entry is malformed; it was not written by infdepth")
-    return {k: v.to(device) for k, v in sums.items()}, steps
