@@ -83,6 +83,8 @@ class GoingDeeperCNN(nn.Module):
         fixed_depth: ``None`` for learned depth, else the always-on blocks of every layer,
             or one count per layer (``dcnn0, dcnn1, dfc0``).
         seed: seed of the sub-layers' initialisation.
+        zero_init, penalty_gate: of every g-inf layer (:class:`InfiniteDepth`).
+        alpha: stretch of the gate (1: the paper's ``exp`` gate).
         amp: bfloat16 autocast in ``forward``.
     """
 
@@ -101,6 +103,9 @@ class GoingDeeperCNN(nn.Module):
         grow_step: int = 5,
         fixed_depth: int | tuple[int, int, int] | None = None,
         seed: int = 0,
+        zero_init: bool = False,
+        penalty_gate: str = "attached",
+        alpha: float = 1.0,
         amp: bool = False,
     ) -> None:
         super().__init__()
@@ -117,7 +122,9 @@ class GoingDeeperCNN(nn.Module):
                 depth = fixed_depth[k] if isinstance(fixed_depth, tuple) else fixed_depth
                 return ResidualStack(block, depth, gamma_l2)
             return InfiniteDepth(block, h="relu", w0=w0, w_l2=w_l2, block_l2=gamma_l2,
-                                 grow_step=grow_step, seed=seed * 10 + k)
+                                 grow_step=grow_step, seed=seed * 10 + k, zero_init=zero_init,
+                                 penalty_gate=penalty_gate, gate="exp" if alpha == 1.0 else "stretched",
+                                 alpha=alpha)
 
         self.stem0 = glorot(nn.Conv2d(c_in, ch, 3, padding=1), frozen=True)
         self.dcnn0 = layer(lambda i: conv_block(ch, p), conv_w_l2, 0)

@@ -26,7 +26,10 @@ from tqdm.auto import tqdm
 
 from infdepth.data.history import PAPER_FINAL_W, PAPER_PEAK_TEST_ACC
 from infdepth.data.images import DATASETS, ImageData, load_images
+from infdepth.depth.diagnostics import dw_parts
+from infdepth.depth.groups import depth_param_groups
 from infdepth.depth.layer import depth_layers
+from infdepth.depth.schedule import FixDepthAt
 from infdepth.errors import (
     InputError,
     check_choice,
@@ -37,6 +40,7 @@ from infdepth.errors import (
     reject,
 )
 from infdepth.experiments._common import (
+    MAX_SUBLAYERS,
     RunContext,
     add_config_arguments,
     add_run_arguments,
@@ -57,6 +61,7 @@ from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT, FitConfig, fit, load_checkpoint
 
 OPTIMIZERS = ("adadelta", "adam")
+PENALTY_GATES = ("attached", "detached")
 DEFAULT_LR = {"adadelta": 1.0, "adam": 1e-3}
 #: default epochs and batch per data set (digits: the quick always-available run)
 DEFAULT_EPOCHS = {"digits": 30, "mnist": 20, "fashion-mnist": 20, "idx": 20}
@@ -92,6 +97,21 @@ class Config:
                               type=float)
     w0: float = option(1.0, "initial depth w of every g-inf layer")
     grow_step: int = option(5, "sub-layers built per growth chunk")
+    w_lr: float | None = option(None, "learning rate of the w's, in a parameter group of their own "
+                                "(default: no own group, the optimizer's --lr)", type=float)
+    zero_init: bool = option(False, "every new sub-layer starts as the zero function (its BatchNorm gamma "
+                             "zeroed), so switching it in changes nothing")
+    penalty_gate: str = option("attached", "the gate of the gamma penalty: attached (the paper's: the "
+                               "penalty pulls w down) or detached (only the l2 on w acts on w)")
+    alpha: float = option(1.0, "stretch of the gate relu(1 - exp(alpha (i - w))): 1 is the paper's gate, "
+                          "< 1 a softer one")
+    fix_depth_at: float | None = option(None, "learn-then-fix: after this fraction of the epochs, round "
+                                        "each layer's depth, drop the gates and train the fixed network "
+                                        "for the rest (default: learn to the end)", type=float)
+    fix_threshold: float = option(0.25, "learn-then-fix keeps a layer's last active sub-layer when its "
+                                  "gate is at least this")
+    dw_probe: int = option(0, "log the parts of dL/dw (data, l2 on w, gamma penalty) per layer at every "
+                           "epoch, on this many training images (0: off)")
     channels: int = option(30, "feature maps of the first conv stage (the second has twice as many)")
     dense_units: int = option(256, "units of the dense stage")
     fixed_depth: int | None = option(None, "train the no-gate baseline with this many always-on blocks "
@@ -120,8 +140,16 @@ class Config:
                             ("--gamma-l2", self.gamma_l2)):
             check_float(flag, value, low=0.0)
         check_float("--lr", self.lr, low=0.0, strict=True)
-        check_float("--w0", self.w0)
-        check_int("--grow-step", self.grow_step, low=1)
+        check_float("--w0", self.w0, high=MAX_SUBLAYERS)
+        check_int("--grow-step", self.grow_step, low=1, high=1000)
+        if self.w_lr is not None:
+            check_float("--w-lr", self.w_lr, low=0.0, strict=True)
+        check_choice("--penalty-gate", self.penalty_gate, PENALTY_GATES)
+        check_float("--alpha", self.alpha, low=0.0, strict=True)
+        if self.fix_depth_at is not None:
+            check_float("--fix-depth-at", self.fix_depth_at, low=0.0, high=1.0, strict=True)
+        check_float("--fix-threshold", self.fix_threshold, low=0.0, high=1.0)
+        check_int("--dw-probe", self.dw_probe, low=0, high=10**6)
         check_int("--channels", self.channels, low=1)
         check_int("--dense-units", self.dense_units, low=1)
         check_allocatable("--channels/--dense-units", 18 * self.channels**2 + self.dense_units**2)
@@ -162,16 +190,19 @@ def build_model(cfg: Config, image_shape: tuple[int, int, int], classes: int) ->
     return GoingDeeperCNN(
         image_shape, classes, channels=cfg.channels, dense_units=cfg.dense_units, dropout=cfg.dropout,
         conv_w_l2=cfg.conv_w_l2, dense_w_l2=cfg.dense_w_l2, gamma_l2=cfg.gamma_l2, w0=cfg.w0,
-        grow_step=cfg.grow_step, fixed_depth=cfg.depth, seed=cfg.seed, amp=cfg.amp,
+        grow_step=cfg.grow_step, fixed_depth=cfg.depth, seed=cfg.seed, zero_init=cfg.zero_init,
+        penalty_gate=cfg.penalty_gate, alpha=cfg.alpha, amp=cfg.amp,
     ).to(cfg.device)
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """Adadelta with the Keras 2 defaults of the original (rho 0.95, eps 1e-7) or Adam."""
     assert cfg.lr is not None  # filled in by Config.__post_init__
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: Any = [p for p in model.parameters() if p.requires_grad]
     if not params:  # fixed depth 0: nothing trains; a zero-lr step keeps the loop uniform
         params = [nn.Parameter(torch.zeros(()))]
+    elif cfg.w_lr is not None and cfg.depth is None:  # the w's in a group of their own
+        params = depth_param_groups(model, lr=cfg.w_lr)
     if cfg.optimizer == "adadelta":
         return torch.optim.Adadelta(params, lr=cfg.lr, rho=0.95, eps=1e-7)
     return torch.optim.Adam(params, lr=cfg.lr)
@@ -243,8 +274,11 @@ def run_images(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -
 
     def evaluate(net: nn.Module, step: int) -> dict[str, float]:
         loss, acc = test_metrics(net, data.x_test, data.y_test, cfg.eval_batch)
-        rec = {"epoch": float(round(step / per_epoch)), "test_loss": loss, "test_acc": acc,
-               "seconds": earlier + time.perf_counter() - started}
+        rec: dict[str, Any] = {"epoch": float(round(step / per_epoch)), "test_loss": loss, "test_acc": acc,
+                               "seconds": earlier + time.perf_counter() - started}
+        if cfg.dw_probe:  # the parts of dL/dw on the first training images (changes nothing)
+            probe = slice(0, cfg.dw_probe)
+            rec["dw"] = dw_parts(net, data.x_train[probe], data.y_train[probe], F.cross_entropy)
         if ctx.progress and ctx.is_main:
             k = max(running["n"], 1)
             layers = " ".join(f"{name}: w={layer.depth:.3f} ({layer.active_blocks} active)"
@@ -255,14 +289,19 @@ def run_images(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -
         running.update(loss=0.0, acc=0.0, n=0)
         return rec
 
+    steps = cfg.epochs * per_epoch
+    schedule = None
+    if cfg.fix_depth_at is not None and cfg.depth is None:
+        schedule = FixDepthAt(model, max(1, round(cfg.fix_depth_at * steps)), cfg.fix_threshold)
     result = fit(
         model, optimizer, epoch_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed),
         F.cross_entropy,  # fit adds every submodule's penalty(): the g-inf layers' and the fixed stacks'
-        FitConfig(steps=cfg.epochs * per_epoch, eval_every=per_epoch, log_every=per_epoch,
+        FitConfig(steps=steps, eval_every=per_epoch, log_every=per_epoch,
                   checkpoint_every=per_epoch, out_dir=out, resume=ctx.resume, progress=ctx.progress,
                   desc=f"{cfg.dataset} {cfg.label}", device=cfg.device),
         evaluate=evaluate,
         step_metrics=step_metrics,
+        scheduler=schedule,
     )
     history = [r for r in result.history if "test_acc" in r]
     accs = [r["test_acc"] for r in history]

@@ -49,14 +49,17 @@ from infdepth.experiments._common import (
     pyplot,
     run_from_args,
     save_figure,
+    str_list,
 )
 from infdepth.experiments.depth import images, study_speed
+from infdepth.experiments.depth.recipes import RECIPES, recipe_settings
 from infdepth.io import write_json
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT
 
 #: the member set may grow on resume (each member checks its own settings); the budget and data may not
-RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size", "speed_rounds", "jobs")
+RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size", "speed_rounds", "jobs",
+             "recipes")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ class Config:
                                            "layer) of the no-gate baseline", type=int_list)
     rounded: bool = option(False, "also train the CNN at each learned run's final depths rounded per layer")
     ode: bool = option(False, "also train the ODE-Net of `ode params`, with a learnable and a fixed t1")
+    recipes: tuple[str, ...] = option((), "comma-separated learned-depth recipes trained beside the "
+                                      f"paper's (`learned`): {', '.join(r for r in RECIPES if r != 'paper')}",
+                                      type=str_list)
+    channels: int | None = option(None, "feature maps of the CNNs' first conv stage (default: the "
+                                  "paper's 30; fewer for a cheaper proxy study)", type=int)
+    dense_units: int | None = option(None, "units of the CNNs' dense stage (default: the paper's 256)",
+                                     type=int)
+    batch_size: int | None = option(None, "images per step of the CNNs (default: the paper's 512)", type=int)
+    dw_probe: int = option(0, "learned members log the parts of dL/dw per layer at every epoch, on this "
+                           "many training images (0: off)")
     device: str = option("cpu", "torch device, e.g. cpu or cuda")
     jobs: int = option(1, "members trained at once, each in its own process with one torch thread "
                        "(one process under torchrun)")
@@ -86,6 +99,15 @@ class Config:
         object.__setattr__(self, "fixed_depths", tuple(self.fixed_depths))
         check_items("--seeds", self.seeds, lambda n, v: check_int(n, v, low=0))
         check_items("--fixed-depths", self.fixed_depths, lambda n, v: check_int(n, v, low=0, high=1000))
+        object.__setattr__(self, "recipes", tuple(self.recipes))
+        check_items("--recipes", self.recipes, lambda n, v: check_choice(n, v, tuple(RECIPES)))
+        if self.channels is not None:
+            check_int("--channels", self.channels, low=1, high=4096)
+        if self.dense_units is not None:
+            check_int("--dense-units", self.dense_units, low=1, high=65536)
+        if self.batch_size is not None:
+            check_int("--batch-size", self.batch_size, low=1, high=2**24)
+        check_int("--dw-probe", self.dw_probe, low=0, high=10**6)
         check_device("--device", self.device)
         check_int("--jobs", self.jobs, low=1, high=1024)
         check_int("--speed-rounds", self.speed_rounds, low=0, high=1000)
@@ -95,12 +117,21 @@ def _command(argv: list[str]) -> str:
     return "infdepth " + " ".join(shlex.quote(a) for a in argv)
 
 
-def _images_member(cfg: Config, seed: int, **depth: Any) -> tuple[images.Config, list[str]]:
+def _images_member(cfg: Config, seed: int, recipe: str | None = None,
+                   **depth: Any) -> tuple[images.Config, list[str]]:
+    """The images configuration of a CNN member (``recipe`` for a learned one) and its command line."""
+    shape = {k: v for k in ("channels", "dense_units", "batch_size") if (v := getattr(cfg, k)) is not None}
+    learned = not depth or all(v is None for v in depth.values())
+    settings = {**shape, **(recipe_settings(recipe) if recipe else {}),
+                **({"dw_probe": cfg.dw_probe} if learned and cfg.dw_probe else {})}
     member = images.Config(dataset=cfg.dataset, data_dir=cfg.data_dir, epochs=cfg.epochs, seed=seed,
-                           device=cfg.device, **depth)
+                           device=cfg.device, **settings, **depth)
     argv = ["images", "--dataset", cfg.dataset, "--epochs", str(cfg.epochs), "--seed", str(seed)]
     if cfg.data_dir:
         argv += ["--data-dir", cfg.data_dir]
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
     if member.fixed_depth is not None:
         argv += ["--fixed-depth", str(member.fixed_depth)]
     if member.layer_depths is not None:
@@ -127,12 +158,15 @@ def _finished(ctx: RunContext, name: str) -> dict[str, Any] | None:
 
 def _images_row(cfg: Config, ctx: RunContext, seed: int, data: ImageData, **depth: Any) -> dict[str, Any]:
     member, argv = _images_member(cfg, seed, **depth)
-    name = f"{member.label}-s{seed}"
+    recipe = depth.get("recipe")
+    contender = recipe if recipe and recipe != "paper" else member.label
+    name = f"{contender}-s{seed}"
     done = _finished(ctx, name)
     if done is not None:
         return done
     res = images.run_images(member, _member_ctx(ctx, name), data=data)
-    row = {"member": name, "contender": member.label, "seed": seed, "kind": "g-inf CNN", **asdict(res),
+    row = {"member": name, "contender": contender, "seed": seed, "kind": "g-inf CNN", **asdict(res),
+           "recipe": recipe or ("paper" if member.depth is None else None),
            "command": _command([*argv, "--out", str(ctx.out / name)])}
     if ctx.is_main:
         write_json(ctx.out / name / "study_row.json", row)
@@ -237,12 +271,15 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
         tasks += [(seed, "images", {"fixed_depth": k}) for k in sorted(cfg.fixed_depths, reverse=True)]
         if cfg.ode:
             tasks += [(seed, "ode", {"learn_t1": True}), (seed, "ode", {"learn_t1": False})]
+    # the recipes last: the fixed depths they are judged against come first
+    tasks += [(seed, "images", {"recipe": r}) for r in cfg.recipes for seed in cfg.seeds if r != "paper"]
     done.update(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
     later = [t for seed in cfg.seeds for t in rounded(seed) if _task_key(t) not in done]
     done.update(zip(map(_task_key, later), _train(cfg, ctx, later, data)))
     order: list[Task] = []  # per seed: learned, fixed depths (as given), rounded, ODE-Nets
     for seed in cfg.seeds:
         order.append((seed, "images", {}))
+        order += [(seed, "images", {"recipe": r}) for r in cfg.recipes if r != "paper"]
         order += [(seed, "images", {"fixed_depth": k}) for k in cfg.fixed_depths]
         order += rounded(seed)
         order += [t for t in tasks if t[0] == seed and t[1] == "ode"]

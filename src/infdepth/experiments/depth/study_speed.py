@@ -163,7 +163,7 @@ def measure(
             steps[key], batch[key] = ode_step(out / r["member"], cfg, data), cfg.batch
             plan[r["member"]] = {key: int(r["epochs"])}
             continue
-        learned = r["contender"] == "learned"
+        learned = r["contender"] == "learned" or r.get("recipe") is not None  # a gated CNN
         if learned:
             counts = epochs_at_depth(out / r["member"] / "metrics.jsonl")
         else:
