@@ -315,3 +315,18 @@ def test_sigterm_is_one_line_exit_143_and_the_checkpoint_stays_loadable(tmp_path
     assert "terminated" in one_line(proc.stderr.read())
     assert train.load_checkpoint(ckpt)["step"] % 10 == 0
     assert [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(tmp_path: Path, delay: float) -> None:
+    proc = _start(["xor", "--k", "1", "--seeds", "0", *LONG], tmp_path / "run")
+    time.sleep(delay)  # torch, SciPy and the experiments are still being imported
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted" in one_line(proc.stderr.read())
+
+
+def test_importing_the_library_leaves_ctrl_c_alone() -> None:
+    code = "import signal, infdepth; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr

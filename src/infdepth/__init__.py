@@ -8,7 +8,11 @@ Three routes to infinite depth:
   (:mod:`infdepth.limits`).
 """
 
-from infdepth import limits, ode
+from infdepth import (
+    _interrupt,  # noqa: F401  (first: Ctrl-C while the command starts)
+    limits,
+    ode,
+)
 from infdepth.depth import (
     ExpGate,
     FixedBatchNorm,

@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("infdepth: interrupted", file=sys.stderr)
         return 130
+    if threading_main():  # the imports are done: Ctrl-C unwinds as KeyboardInterrupt again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
     name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
