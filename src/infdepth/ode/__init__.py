@@ -9,11 +9,15 @@ from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMetho
 from infdepth.ode._block import ODEBlock
 from infdepth.ode._controller import ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
+from infdepth.ode._esdirk import ESDIRK, TRBDF2, KenCarp4
+from infdepth.ode._newton import NewtonFailure
 from infdepth.ode._odeint import odeint
+from infdepth.ode._regularisers import JacobianFrobenius, KineticEnergy, Regulariser
 from infdepth.ode._solvers import (
     RK4,
     Bosh3,
     Dopri5,
+    Dopri8,
     Euler,
     Heun,
     Midpoint,
@@ -31,15 +35,23 @@ __all__ = [
     "Checkpointed",
     "ConstantStepSize",
     "Dopri5",
+    "Dopri8",
+    "ESDIRK",
     "Euler",
     "GradientMethod",
     "Heun",
+    "JacobianFrobenius",
+    "KenCarp4",
+    "KineticEnergy",
     "Midpoint",
+    "NewtonFailure",
     "NonFiniteStateError",
     "ODEBlock",
     "PIController",
+    "Regulariser",
     "RungeKutta",
     "SolverError",
+    "TRBDF2",
     "Tsit5",
     "odeint",
 ]

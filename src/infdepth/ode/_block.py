@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from infdepth.errors import InputError
 from infdepth.ode._adjoint import Adjoint, Checkpointed, GradientMethod
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL
 from infdepth.ode._odeint import solve
+from infdepth.ode._regularisers import Regulariser, augment, check_regularisers, split
 from infdepth.ode._solvers import Dopri5, RungeKutta
 
 
@@ -43,6 +45,10 @@ class ODEBlock(nn.Module):
         solver, rtol, atol, step_size, adjoint, max_steps: as in :func:`odeint`, with the
             same default tolerances ``rtol=1e-6, atol=1e-8``; training that prefers speed
             to accuracy passes looser ones (e.g. ``rtol=atol=1e-3``).
+        regularisers: ``KineticEnergy(w)`` and/or ``JacobianFrobenius(w)``: in training mode
+            their integrals along the trajectory are solved alongside ``h`` and
+            :meth:`penalty` adds them (weighted, averaged over the batch); in eval mode the
+            block solves for ``h`` alone.
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class ODEBlock(nn.Module):
         step_size: float | None = None,
         adjoint: GradientMethod | None = None,
         max_steps: int = 10_000,
+        regularisers: Sequence[Regulariser] = (),
     ) -> None:
         super().__init__()
         if not isinstance(func, nn.Module):
@@ -90,6 +97,8 @@ class ODEBlock(nn.Module):
             adjoint = dataclasses.replace(adjoint, params=tuple(func.parameters()))
         self.adjoint = adjoint
         self.max_steps = max_steps
+        self.regularisers = check_regularisers(regularisers)
+        self._regularisation: torch.Tensor | None = None  # of the last training forward
         self.nfe_forward = 0
         self.nfe_backward = 0
 
@@ -115,14 +124,26 @@ class ODEBlock(nn.Module):
     def forward(self, h0: torch.Tensor) -> torch.Tensor:
         t1 = self.t1.clamp(min=self.t1_min).to(h0.device)
         t = torch.stack([torch.zeros_like(t1), t1])
+        self._regularisation = None
+        if self.regularisers and self.training:  # integrated alongside h
+            field, z0 = augment(self._field, h0, self.regularisers)
+            zs = solve(field, z0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
+                       step_size=self.step_size, controller=None, adjoint=self.adjoint,
+                       max_steps=self.max_steps, f_backward=field.over(self._field_backward))
+            h1, self._regularisation = split(zs[-1], h0, self.regularisers)
+            return h1
         ys = solve(self._field, h0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
                    step_size=self.step_size, controller=None, adjoint=self.adjoint,
                    max_steps=self.max_steps, f_backward=self._field_backward)
         return ys[-1]
 
     def penalty(self) -> torch.Tensor:
-        """``t1_l2 * t1**2``: the depth penalty to add to the training loss."""
-        return self.t1_l2 * self.t1.square()
+        """``t1_l2 * t1**2`` plus the regularisers' integrals of the last training forward
+        pass (weighted, averaged over its samples): the penalty to add to the training loss."""
+        depth = self.t1_l2 * self.t1.square()
+        if self._regularisation is None:
+            return depth
+        return depth + self._regularisation.to(depth.dtype)
 
     def extra_repr(self) -> str:
         return (f"t1={float(self.t1.detach()):.4g}, learn_t1={isinstance(self.t1, nn.Parameter)}, "

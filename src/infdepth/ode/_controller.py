@@ -204,6 +204,17 @@ class AdaptiveSteps:
         return accepted
 
 
+    def shrink_after_failure(self, h: float) -> None:
+        """The step of signed size ``h`` could not be computed (an implicit stage's Newton
+        iteration failed): retry with half of it."""
+        self.h = min(abs(h) * NEWTON_FAILURE_FACTOR, self.ctrl.dtmax)
+
+
+NEWTON_FAILURE_FACTOR = 0.5
+"""After an implicit step whose Newton iteration failed, the next attempt is this fraction of
+it (Hairer & Wanner, Solving ODEs II, IV.8)."""
+
+
 @dataclass(frozen=True)
 class ConstantStepSize:
     """Fixed steps of size ``dt`` from the first time; ``None`` steps from output to output.

@@ -19,6 +19,7 @@ import torch
 from infdepth.errors import InputError
 from infdepth.ode._controller import ConstantStepSize, Norm, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
+from infdepth.ode._newton import NewtonFailure
 from infdepth.ode._outputs import (
     OnAccept,
     OutputGrid,
@@ -37,6 +38,7 @@ from infdepth.ode._stepping import (
     Stats,
     VectorField,
     call,
+    dense_stages,
     first_eval,
     rk_step,
     stage_times,
@@ -91,6 +93,8 @@ def _integrate_adaptive(
     direction = grid.direction
     times = grid.times
     tabs = solver.tensors(y0.dtype, y0.device)
+    if tabs.workspace is not None:  # an implicit solver's Newton test uses the same tolerances
+        tabs.workspace.bind_tolerances(ctrl.rtol, ctrl.atol)
     c_time = stage_times(solver, tabs, times)
     track = torch.is_grad_enabled() and times.requires_grad
     t_val, t_end_val = times[0].detach(), times[-1].detach()
@@ -122,7 +126,13 @@ def _integrate_adaptive(
                 h = h + (moves_with(times, last) - shift)
         else:
             h, tc_py, e_val, stop = h_py, t_py + h_py, t_val + h_py, first
-        y1, k, err = rk_step(f, t, h, y, k1, solver, tabs, c_time, stats, buf)
+        try:
+            y1, k, err = rk_step(f, t, h, y, k1, solver, tabs, c_time, stats, buf)
+        except NewtonFailure:  # an implicit stage did not converge: a smaller step will
+            stats.steps += 1
+            stats.rejected += 1
+            steps.shrink_after_failure(h_py)
+            continue
         assert err is not None
         y1_abs = y1.detach().abs()
         r = steps.error_ratio(err, y_abs, y1_abs)
@@ -145,7 +155,8 @@ def _integrate_adaptive(
                 slope = None
                 if track and needs_end_slope(s):
                     slope = k[-1] if solver.fsal else k1
-                store(outs, grid, s, ts, hs, es, y, y1, k, tabs.dense, slope)
+                stages = dense_stages(f, ts, hs, y, k, solver, stats) if mid > n_done else k
+                store(outs, grid, s, ts, hs, es, y, y1, stages, tabs.dense, slope)
                 n_done = hi
         t_val, y, t_py, y_abs = e_val, y1, tc_py, y1_abs
         if solver.fsal:
@@ -212,6 +223,8 @@ def _integrate_fixed(
         if not solver.fsal and (dense_here or needs_slope):
             k1 = call(f, e, y1, stats)
         stages = torch.cat([k, k1.unsqueeze(0)]) if dense_here and k1 is not None else k
+        if mid > n_done:
+            stages = dense_stages(f, t, h, y, stages, solver, stats)
         if on_accept is not None:
             on_accept(s)
         if hi > n_done:
@@ -254,6 +267,8 @@ def replay_step(
     if not solver.fsal and (dense_here or needs_slope):
         slope = call(f, e, y1, stats)
     stages = torch.cat([k, slope.unsqueeze(0)]) if dense_here and slope is not None else k
+    if s.mid > s.lo:
+        stages = dense_stages(f, t, h, y, stages, solver, stats)
     outs: list[torch.Tensor] = []
     store(outs, grid, s, t, h, e, y, y1, stages, tabs.dense, slope if needs_slope else None)
     return y1, (torch.cat(outs) if outs else None)

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 from infdepth.ode import _tableaus as tab
+from infdepth.ode._tableau_dopri8 import DOPRI8
 
 
 class StepTensors(NamedTuple):
     """A tableau as tensors on one device in one dtype (built once per solve)."""
 
-    weights: torch.Tensor  # (S - 1 + 1 [+ 1], S): rows a[1:], b, then b_error if adaptive
+    weights: torch.Tensor  # (S - 1 + 1 [+ 1 [+ 1]], S): rows a[1:], b, b_error, b_error_low
     c: torch.Tensor  # (S,)
     dense: torch.Tensor  # (rows, degree) dense-output coefficients
+    workspace: Any = None  # an implicit solver's per-solve Newton state (ImplicitSteps)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class RungeKutta:
     @property
     def dense_needs_end_derivative(self) -> bool:  # read once per solve
         """Dense output uses ``f(t1, y1)`` as an extra row (non-FSAL Hermite interpolant)."""
-        return self.tableau.dense_matrix().shape[0] > self.stages
+        return self.tableau.dense_matrix().shape[0] > self.stages + len(self.tableau.dense_c)
 
     def tensors(self, dtype: torch.dtype, device: torch.device) -> StepTensors:
         """The tableau as tensors of ``dtype`` on ``device``.
@@ -61,6 +63,8 @@ class RungeKutta:
         rows = [a[1:], np.asarray(t.b)[None]]
         if t.b_error is not None:
             rows.append(np.asarray(t.b_error)[None])
+        if t.b_error_low is not None:
+            rows.append(np.asarray(t.b_error_low)[None])
         weights = np.concatenate(rows, axis=0)
 
         def as_t(x: np.ndarray) -> torch.Tensor:
@@ -125,4 +129,13 @@ class Tsit5(RungeKutta):
     order: ClassVar[int] = 5
 
 
-SOLVERS: tuple[type[RungeKutta], ...] = (Euler, Midpoint, Heun, RK4, Bosh3, Dopri5, Tsit5)
+@dataclass(frozen=True)
+class Dopri8(RungeKutta):
+    """Dormand-Prince 8(5,3) (Hairer's DOP853): adaptive, FSAL, order-7 dense output."""
+
+    tableau: ClassVar[tab.ButcherTableau] = DOPRI8
+    order: ClassVar[int] = 8
+
+
+SOLVERS: tuple[type[RungeKutta], ...] = (Euler, Midpoint, Heun, RK4, Bosh3, Dopri5, Tsit5,
+                                         Dopri8)

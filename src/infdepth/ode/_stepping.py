@@ -25,6 +25,10 @@ class Stats:
     steps: int = 0
     accepted: int = 0
     rejected: int = 0
+    jacobians: int = 0  # implicit solvers: Jacobians of f, LU factorisations, Newton iterations
+    factorizations: int = 0
+    newton_iters: int = 0
+    newton_failures: int = 0
 
 
 def call(f: VectorField, t: torch.Tensor, y: torch.Tensor, stats: Stats) -> torch.Tensor:
@@ -76,6 +80,9 @@ def rk_step(
     their zero weights add nothing). Without it the stages are concatenated, so
     autograd sees plain out-of-place operations.
     """
+    if tabs.workspace is not None:  # an implicit method: Newton's iteration per stage
+        y1_, k_, err_ = tabs.workspace.step(f, t, h, y, k1, c_time, stats, buf)
+        return y1_, k_, err_
     s = solver.stages
     shape = y.shape
     if isinstance(h, torch.Tensor):
@@ -93,7 +100,7 @@ def rk_step(
             yi = torch.addmm(yf, rows[i - 1], buf).view(shape)
             buf[i] = call(f, ts[i], yi, stats).reshape(-1)
         y1 = yi if solver.fsal else torch.addmm(yf, rows[s - 1], buf).view(shape)
-        err = torch.mm(rows[s], buf).view(shape) if solver.adaptive else None
+        err = error_estimate(hw[s:], buf, shape) if solver.adaptive else None
         return y1, buf.view(s, *shape), err
     ks = [k1.reshape(1, -1)]
     for i in range(1, s):
@@ -105,5 +112,43 @@ def rk_step(
     err = None
     if solver.adaptive:
         with torch.no_grad():
-            err = torch.mm(hw[s : s + 1], kall).view(shape)
+            err = error_estimate(hw[s:], kall, shape)
     return y1, kall.view(s, *shape), err
+
+
+def error_estimate(rows: torch.Tensor, k: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The local error from the error rows (scaled by ``h``) of the weights and the stages.
+
+    With a second, lower-order row (DOP853) the two estimates are combined per component as
+    ``e |e| / sqrt(e**2 + 0.01 e_low**2)``: homogeneous of degree one, so scaling by the
+    tolerance afterwards is the same as before.
+    """
+    e = torch.mm(rows, k)
+    if rows.shape[0] == 1:
+        return e.view(shape)
+    high, low = e[0], e[1]
+    size = torch.sqrt(high * high + 0.01 * (low * low))
+    safe = torch.where(size > 0, size, torch.ones_like(size))
+    return torch.where(size > 0, high * high.abs() / safe, torch.zeros_like(high)).view(shape)
+
+
+def dense_stages(
+    f: VectorField,
+    t: torch.Tensor,
+    h: torch.Tensor | float,
+    y: torch.Tensor,
+    k: torch.Tensor,
+    solver: RungeKutta,
+    stats: Stats,
+) -> torch.Tensor:
+    """The step's stages followed by those only the dense output needs (none for most)."""
+    tab = solver.tableau
+    if not tab.dense_c:
+        return k
+    hy = h.to(y.dtype) if isinstance(h, torch.Tensor) else h
+    yf = y.reshape(1, -1)
+    for c_j, row in zip(tab.dense_c, tab.dense_a, strict=True):
+        w = torch.tensor(row, dtype=y.dtype, device=y.device).unsqueeze(0) * hy
+        y_j = torch.addmm(yf, w, k.reshape(k.shape[0], -1)).view(y.shape)
+        k = torch.cat([k, call(f, t + c_j * h, y_j, stats).unsqueeze(0)])
+    return k

@@ -34,6 +34,10 @@ class ButcherTableau:
             weights), or ``None`` for a fixed-step method.
         dense: dense-output coefficients (see module docstring); ``None`` means a
             cubic Hermite interpolant.
+        b_error_low: a second, lower-order error estimate; with it the error of a component
+            is ``e |e| / sqrt(e**2 + 0.01 e_low**2)`` (Hairer's DOP853 estimator).
+        dense_c, dense_a: stages that only the dense output needs, evaluated for steps with
+            an output strictly inside them; ``dense_a[j]`` weighs all earlier stages.
     """
 
     c: tuple[float, ...]
@@ -41,6 +45,9 @@ class ButcherTableau:
     b: tuple[float, ...]
     b_error: tuple[float, ...] | None = None
     dense: np.ndarray | None = field(default=None, compare=False)
+    b_error_low: tuple[float, ...] | None = None
+    dense_c: tuple[float, ...] = ()
+    dense_a: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -48,6 +55,12 @@ class ButcherTableau:
             raise ValueError("a must have len(c) - 1 rows, row i holding i + 1 entries")
         if len(self.b) != s or (self.b_error is not None and len(self.b_error) != s):
             raise ValueError("b and b_error must have one weight per stage")
+        if self.b_error_low is not None and (self.b_error is None or len(self.b_error_low) != s):
+            raise ValueError("b_error_low needs b_error and one weight per stage")
+        if len(self.dense_a) != len(self.dense_c) or any(
+            len(row) != s + j for j, row in enumerate(self.dense_a)
+        ):
+            raise ValueError("dense_a must have one row per dense_c, row j holding s + j entries")
         for ci, row in zip(self.c[1:], self.a, strict=True):
             if abs(ci - sum(row)) > 1e-12:
                 raise ValueError("each c[i] must equal the sum of a[i - 1]")

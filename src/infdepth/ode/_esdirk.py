@@ -1,0 +1,243 @@
+"""Stiff solvers: ESDIRK methods, one Newton iteration per implicit stage.
+
+A solver here is an :class:`~infdepth.ode._implicit_tableaus.ESDIRKTableau` plus an order,
+like the explicit ones; it plugs into the same integration loop, controller, output grids and
+gradient methods. What differs lives in :class:`ImplicitSteps`, made fresh for every solve
+(by :meth:`ESDIRK.tensors`): the Jacobian and the LU of the Newton matrix, kept across stages,
+rejected steps and accepted steps while Newton's iteration converges fast, and the step itself.
+
+Gradients through a step (``Backprop``, ``Checkpointed``): Newton's iteration runs without
+autograd; each converged stage ``Y*`` is then passed once through
+``Y = Y* - (I - h gamma J(Y*))^{-1} G(Y*)`` with ``G`` the stage equation, differentiable in
+everything but ``Y*``, which is the implicit-function theorem: the derivatives are those of the
+exact stage solution (to the Newton tolerance), at the cost of one Jacobian, one LU and one
+evaluation of ``f`` per implicit stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from infdepth.errors import InputError, check_float
+from infdepth.ode import _implicit_tableaus as itab
+from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL
+from infdepth.ode._newton import (
+    Jacobian,
+    NewtonFailure,
+    NewtonMatrix,
+    autograd_jacobian,
+    sample_rms,
+    user_jacobian,
+)
+from infdepth.ode._solvers import RungeKutta, StepTensors
+from infdepth.ode._stepping import Stats, VectorField
+
+
+@dataclass(frozen=True)
+class ESDIRK(RungeKutta):
+    """An adaptive ESDIRK method for stiff problems; subclasses set ``tableau`` and ``order``.
+
+    Args:
+        jacobian: ``jacobian(t, y)`` returning ``df/dy`` as ``(B, F, F)`` blocks, one per
+            sample of a state ``(B, ...)`` with ``F`` features per sample (``(F, F)`` for a
+            state without a batch axis); ``None`` computes it with ``torch.func.jacrev``
+            under ``vmap``. Samples are assumed independent (a field that couples samples
+            should be given a state without a batch axis).
+        max_newton_iters: Newton iterations per stage before the step is rejected (an
+            adaptive solve then retries half the step; a fixed-step solve fails).
+        newton_kappa: Newton stops when its predicted remaining error is below
+            ``newton_kappa`` times the tolerance (RMS of ``dy / (atol + rtol |y|)``).
+        reuse_jacobian_below: keep the Jacobian for the next step while Newton's convergence
+            rate stayed below this; otherwise recompute it at the next step's start.
+    """
+
+    tableau: ClassVar[itab.ESDIRKTableau]
+    order: ClassVar[int]
+    jacobian: Jacobian | None = field(default=None, compare=False)
+    max_newton_iters: int = 10
+    newton_kappa: float = 1e-2
+    reuse_jacobian_below: float = 0.1
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.max_newton_iters, int) or isinstance(self.max_newton_iters, bool)
+                or self.max_newton_iters < 1):
+            raise InputError(f"max_newton_iters={self.max_newton_iters!r} is not accepted; "
+                             "expected an integer >= 1")
+        check_float("newton_kappa", self.newton_kappa, low=0.0, high=1.0, strict=True)
+        check_float("reuse_jacobian_below", self.reuse_jacobian_below, low=0.0, high=1.0)
+        if self.jacobian is not None and not callable(self.jacobian):
+            raise InputError(f"jacobian={self.jacobian!r} is not accepted; expected a callable "
+                             "jacobian(t, y) or None")
+
+    def tensors(self, dtype: torch.dtype, device: torch.device) -> StepTensors:
+        """The tableau as tensors, with a fresh Newton workspace for this solve."""
+        base = super().tensors(dtype, device)
+        return base._replace(workspace=ImplicitSteps(self, base))
+
+
+class ImplicitSteps:
+    """One solve's Newton state: the Jacobian, the LU, their reuse, and the steps.
+
+    Host synchronisation: one number per Newton iteration (its convergence test).
+    """
+
+    def __init__(self, solver: ESDIRK, tabs: StepTensors) -> None:
+        self.solver = solver
+        self.tabs = tabs
+        self.gamma = solver.tableau.gamma
+        self.rtol, self.atol = DEFAULT_RTOL, DEFAULT_ATOL
+        self.jac: torch.Tensor | None = None
+        self.jac_at: torch.Tensor | None = None  # the state the Jacobian was taken at
+        self.matrix: NewtonMatrix | None = None
+        self.stale = True  # recompute the Jacobian at the next step's start
+        self.eta = 1.0  # Newton's error-reduction estimate, carried between stages
+
+    def bind_tolerances(self, rtol: float, atol: float) -> None:
+        """Measure Newton's convergence against the controller's tolerances."""
+        self.rtol, self.atol = rtol, atol
+
+    def _jacobian(self, f: VectorField, t: torch.Tensor, y: torch.Tensor,
+                  stats: Stats) -> torch.Tensor:
+        stats.jacobians += 1
+        if self.solver.jacobian is not None:
+            return user_jacobian(self.solver.jacobian, t, y)
+        return autograd_jacobian(f, t, y)
+
+    def _factor(self, h_gamma: float, t: float, stats: Stats) -> NewtonMatrix:
+        assert self.jac is not None
+        if self.matrix is None or self.matrix.h_gamma != h_gamma:
+            stats.factorizations += 1
+            self.matrix = NewtonMatrix(self.jac, h_gamma, t)
+        return self.matrix
+
+    def step(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float, y: torch.Tensor,
+             k1: torch.Tensor, c_time: torch.Tensor, stats: Stats,
+             buf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ESDIRK step: ``(y1, stages, error estimate)``; raises :class:`NewtonFailure`."""
+        h_val = float(h)
+        rate = 0.0
+        with torch.no_grad():
+            for attempt in range(2):
+                fresh = self.jac_at is y
+                if self.jac is None or (self.stale and not fresh) or (attempt and not fresh):
+                    self.jac, self.jac_at, self.matrix = self._jacobian(f, t, y, stats), y, None
+                    fresh = True
+                try:
+                    ks, rate = self._stages(f, t, h_val, y, k1.detach(), c_time, stats)
+                    break
+                except NewtonFailure:
+                    stats.newton_failures += 1
+                    if fresh:
+                        self.stale = True
+                        raise
+            self.stale = rate > self.solver.reuse_jacobian_below
+        if torch.is_grad_enabled():
+            ks = self._differentiable_stages(f, t, h, y, k1, ks, c_time, stats)
+        s = len(ks)
+        kall = torch.stack(ks)
+        hw = self.tabs.weights * h_val
+        with torch.no_grad():
+            err = torch.mm(hw[s : s + 1], kall.reshape(s, -1).detach()).view(y.shape)
+        y1 = self._last_stage
+        if buf is not None:
+            buf.copy_(kall.reshape(s, -1))
+            return y1, buf.view(s, *y.shape), err
+        return y1, kall, err
+
+    def _explicit_part(self, i: int, h: torch.Tensor | float, y: torch.Tensor,
+                       ks: list[torch.Tensor]) -> torch.Tensor:
+        """``y + h sum_{j<i} a_ij k_j``: the known part of stage ``i``."""
+        hw = self.tabs.weights[i - 1 : i, :i] * (h.to(y.dtype) if isinstance(h, torch.Tensor)
+                                                 else h)
+        kst = torch.stack(ks[:i]).reshape(i, -1)
+        return torch.addmm(y.reshape(1, -1), hw, kst).view(y.shape)
+
+    def _stages(self, f: VectorField, t: torch.Tensor, h: float, y: torch.Tensor,
+                k1: torch.Tensor, c_time: torch.Tensor, stats: Stats,
+                ) -> tuple[list[torch.Tensor], float]:
+        """Newton's iteration for every implicit stage (no autograd); the slowest rate."""
+        h_gamma = h * self.gamma
+        matrix = self._factor(h_gamma, float(t), stats)
+        scale = y.abs().mul(self.rtol).add_(self.atol)
+        kappa, max_iters = self.solver.newton_kappa, self.solver.max_newton_iters
+        ks, worst = [k1], 0.0
+        for i in range(1, self.solver.stages):
+            t_i = t + c_time[i] * h
+            z = self._explicit_part(i, h, y, ks)
+            stage = z + h_gamma * ks[-1]  # predictor: the last slope
+            eta = max(self.eta, 1e-10) ** 0.8
+            prev = math.inf
+            for it in range(max_iters):
+                stats.newton_iters += 1
+                stats.nfe += 1
+                residual = stage - z - h_gamma * f(t_i, stage)
+                delta = matrix.solve(residual)
+                stage = stage - delta
+                norm = sample_rms(delta, scale)
+                if not math.isfinite(norm):
+                    raise NewtonFailure(f"Newton's iteration gave a non-finite stage at "
+                                        f"t={float(t):.6g} with step size {h:.3g}")
+                if it > 0:
+                    rate = norm / prev
+                    worst = max(worst, rate)
+                    left = max_iters - 1 - it
+                    if rate >= 1 or rate**left / (1 - rate) * norm > kappa:
+                        raise NewtonFailure(
+                            f"Newton's iteration diverges at t={float(t):.6g} with step size "
+                            f"{h:.3g} (convergence rate {rate:.3g}, stage {i + 1})")
+                    eta = rate / (1 - rate)
+                if norm == 0 or eta * norm <= kappa:
+                    break
+                prev = norm
+            else:
+                raise NewtonFailure(
+                    f"Newton's iteration did not converge in max_newton_iters={max_iters} at "
+                    f"t={float(t):.6g} with step size {h:.3g} (stage {i + 1})")
+            self.eta = eta
+            ks.append((stage - z) / h_gamma)
+        self._last_stage = stage
+        return ks, worst
+
+    def _differentiable_stages(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float,
+                               y: torch.Tensor, k1: torch.Tensor, converged: list[torch.Tensor],
+                               c_time: torch.Tensor, stats: Stats) -> list[torch.Tensor]:
+        """The stages again as functions of ``y``, ``h``, ``t`` and ``f``'s parameters."""
+        h_val = float(h)
+        h_gamma = h * self.gamma
+        ks = [k1]
+        stage = y
+        for i in range(1, self.solver.stages):
+            t_i = t + c_time[i] * h
+            with torch.no_grad():
+                z_val = self._explicit_part(i, h_val, y, converged)
+                star = z_val + h_val * self.gamma * converged[i]
+                jac = self._jacobian(f, t_i.detach(), star, stats)
+                stats.factorizations += 1
+                matrix = NewtonMatrix(jac, h_val * self.gamma, float(t))
+            z = self._explicit_part(i, h, y, ks)
+            stats.nfe += 1
+            residual = star - z - h_gamma * f(t_i, star)
+            stage = star - matrix.solve(residual)
+            ks.append((stage - z) / h_gamma)
+        self._last_stage = stage
+        return ks
+
+
+@dataclass(frozen=True)
+class KenCarp4(ESDIRK):
+    """Kennedy & Carpenter's ESDIRK 4(3), 6 stages: L-stable, stiffly accurate, adaptive."""
+
+    tableau: ClassVar[itab.ESDIRKTableau] = itab.KENCARP4
+    order: ClassVar[int] = 4
+
+
+@dataclass(frozen=True)
+class TRBDF2(ESDIRK):
+    """TR-BDF2, order 2 with an order-3 error estimate: L-stable, cheap (2 implicit stages)."""
+
+    tableau: ClassVar[itab.ESDIRKTableau] = itab.TRBDF2
+    order: ClassVar[int] = 2

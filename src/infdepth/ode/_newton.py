@@ -1,0 +1,120 @@
+"""Newton's method for implicit stages: batched Jacobians, the Newton matrix and its LU.
+
+The state is read as ``(B, F)``: ``B`` samples of ``F`` features each when it has a batch
+axis (``y.ndim >= 2``), one system of ``F = y.numel()`` unknowns otherwise. Samples are
+assumed to evolve independently, so the Jacobian is ``B`` blocks ``(F, F)``, one per sample,
+from ``torch.func.jacrev`` under ``vmap`` (or from a user-supplied function), and the Newton
+matrix ``I - h gamma J`` is factorised per sample with one batched LU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import jacrev, vmap
+
+from infdepth.errors import InputError
+from infdepth.ode._errors import SolverError
+
+Jacobian = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``jacobian(t, y) -> J``: ``(B, F, F)`` per-sample blocks, or ``(F, F)`` for an unbatched
+state (``F = y.numel()``)."""
+
+
+class NewtonFailure(SolverError):
+    """Newton's iteration did not converge (or the Newton matrix was singular) in one step.
+
+    An adaptive solve rejects the step and retries a smaller one; a fixed-step solve fails.
+    """
+
+
+def blocks(y: torch.Tensor) -> tuple[int, int]:
+    """``(B, F)``: the per-sample blocks the Jacobian of a state shaped like ``y`` has."""
+    if y.ndim <= 1:
+        return 1, max(y.numel(), 1)
+    return y.shape[0], y[0].numel()
+
+
+def autograd_jacobian(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor:
+    """``(B, F, F)``: the Jacobian of ``f(t, .)`` at each sample of ``y``, by reverse mode.
+
+    Each sample is passed to ``f`` with a batch axis of one, so any field written for a batch
+    works; ``f`` must be differentiable with ``torch.func`` (no ``.numpy()``, no ``.item()``).
+    """
+    nb, nf = blocks(y)
+    with torch.enable_grad():
+        probe = y.detach().requires_grad_(True)
+        if not f(t, probe).requires_grad:
+            raise InputError(
+                "the implicit solver needs the Jacobian of f, but f(t, y) is not differentiable "
+                "in y (its output has no autograd graph back to y); pass jacobian=... to the "
+                "solver (for a field that does not depend on y, a function returning zeros)"
+            )
+    if y.ndim <= 1:
+        def flat(v: torch.Tensor) -> torch.Tensor:
+            return f(t, v.view(y.shape)).reshape(-1)
+
+        call = lambda: jacrev(flat)(y.detach().reshape(-1)).unsqueeze(0)  # noqa: E731
+    else:
+        feat = y.shape[1:]
+
+        def one(v: torch.Tensor) -> torch.Tensor:
+            return f(t, v.view(1, *feat)).reshape(-1)
+
+        call = lambda: vmap(jacrev(one))(y.detach().reshape(nb, nf))  # noqa: E731
+    try:
+        with torch.no_grad():
+            jac = call()
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise InputError(
+            "the implicit solver needs the Jacobian of f, and torch.func could not compute it "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); write f with "
+            "differentiable torch operations or pass jacobian=... to the solver"
+        ) from err
+    return jac.detach()
+
+
+def user_jacobian(jac: Jacobian, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A user-supplied Jacobian, checked and shaped ``(B, F, F)``."""
+    nb, nf = blocks(y)
+    with torch.no_grad():
+        j = jac(t, y.detach())
+    if not isinstance(j, torch.Tensor) or j.numel() != nb * nf * nf:
+        shape = tuple(j.shape) if isinstance(j, torch.Tensor) else type(j).__name__
+        raise InputError(f"jacobian(t, y) returned {shape}; expected ({nb}, {nf}, {nf}) per-sample "
+                         "blocks (or (F, F) for a state without a batch axis)")
+    return j.to(y.dtype).reshape(nb, nf, nf)
+
+
+class NewtonMatrix:
+    """LU of ``I - h gamma J`` per sample; solves ``(I - h gamma J) x = r`` for a state ``r``."""
+
+    def __init__(self, jac: torch.Tensor, h_gamma: float, t: float) -> None:
+        nf = jac.shape[-1]
+        eye = torch.eye(nf, dtype=jac.dtype, device=jac.device)
+        m = eye - h_gamma * jac
+        if not bool(torch.isfinite(m).all()):
+            raise SolverError(f"the Jacobian of f at t={t:.6g} has NaN or infinite entries")
+        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(m)
+        self.h_gamma = h_gamma
+        bad = info > 0
+        if bool(bad.any()):
+            sample = int(bad.nonzero()[0, 0])
+            raise NewtonFailure(
+                f"the Newton matrix I - h*gamma*J is singular at t={t:.6g} (step size "
+                f"{abs(h_gamma):.3g} x 1/gamma, sample {sample})"
+            )
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        nb = self.lu.shape[0]
+        x = torch.linalg.lu_solve(self.lu, self.pivots, r.reshape(nb, -1, 1))
+        return x.reshape(r.shape)
+
+
+def sample_rms(x: torch.Tensor, scale: torch.Tensor) -> float:
+    """Largest per-sample RMS of ``x / scale`` (one host read)."""
+    nb, _ = blocks(x)
+    z = (x / scale).reshape(nb, -1)
+    return float(z.square().mean(1).max().sqrt())
