@@ -330,3 +330,34 @@ def test_importing_the_library_leaves_ctrl_c_alone() -> None:
     code = "import signal, infdepth; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_rank_leaves_one_line_on_the_survivor(tmp_path: Path) -> None:
+    out = tmp_path / "xor"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+                "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0"]
+    argv = [*torchrun, "-m", "infdepth", "xor", "--k", "3", "--seeds", "0", *LONG, "--jobs", "1",
+            "--out", str(out)]
+    proc = subprocess.Popen(argv, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for([out / "k3_seed0" / train.CHECKPOINT], proc, limit=180)
+        ranks = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                cmd, environ = (entry / "cmdline").read_bytes(), (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if str(out).encode() in cmd and b"torch.distributed.run" not in cmd:
+                ranks.update({int(kv[5:]): int(entry.name)
+                              for kv in environ.split(b"\0") if kv[:5] == b"RANK="})
+        os.kill(ranks[1], signal.SIGKILL)
+        err = proc.communicate(timeout=180)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ours = [line for line in err.splitlines() if line.startswith("infdepth xor:")]
+    assert len(ours) == 1 and "another process of this run stopped" in ours[0], err[-3000:]
+    assert not any(line.startswith("[rank0]:") for line in err.splitlines()), "rank 0 printed a traceback"
+    assert train.load_checkpoint(out / "k3_seed0" / train.CHECKPOINT)["step"] % 10 == 0

@@ -7,8 +7,8 @@ torch.distributed process group once (under torchrun) for those commands, refuse
 others under torchrun, and turns every failure into one line on stderr and an exit code:
 
 - 0: done;
-- 1: the run could not go on: training diverged, an ODE solve failed, the disk is full
-  (the last checkpoint is intact; ``--resume`` continues);
+- 1: the run could not go on: training diverged, an ODE solve failed, the disk is full,
+  another torchrun rank died (the last checkpoint is intact; ``--resume`` continues);
 - 2: refused before anything changed: a bad flag, a file or folder that cannot be used, a
   run folder in use, a resume that does not fit the run;
 - 130: interrupted (Ctrl-C); 143: terminated (SIGTERM); checkpoints stay intact.
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from infdepth import distributed, runfolder
-from infdepth.errors import DivergenceError, InputError, check_device
+from infdepth.errors import DivergenceError, InputError, brief, check_device
 from infdepth.ode import SolverError
 
 # name -> module exposing ``register(subparsers: argparse._SubParsersAction) -> None``
@@ -52,6 +52,21 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
+
+
+def _settle() -> None:
+    """The command is ending (its one line is next): a SIGTERM now must not raise into it."""
+    if threading_main():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _peer_lost(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is a collective that failed because another rank is gone."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        word in text for word in ("gloo", "NCCL", "Connection reset", "Connection closed"))
 
 
 def _os_error(exc: OSError) -> str:
@@ -120,43 +135,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     on_term = signal.getsignal(signal.SIGTERM)
     if threading_main():
         signal.signal(signal.SIGTERM, _terminate)
-    code: int | None = None  # None: an unexpected error (its traceback is a bug to report)
+    code = 2  # until the command says otherwise: refused (or an unexpected error, whose traceback is a bug)
     try:
-        code = 2
         if world > 1:
             distributed.setup(check_device("--device", str(getattr(args, "device", "cpu"))))
         code = int(args.func(args) or 0)
     except InputError as exc:
+        _settle()
         # one line: what was wrong and what is accepted (`infdepth <command> --help` lists every flag)
         print(f"infdepth {name}: error: {exc}", file=sys.stderr)
     except (DivergenceError, SolverError) as exc:
+        _settle()
         # a run that diverged (or whose ODE solve could not go on): one line, exit code 1
         what = "training diverged" if getattr(args, "data_parallel", False) else "the solve failed"
         print(f"infdepth {name}: {what}: {exc}", file=sys.stderr)
         code = 1
     except OSError as exc:
+        _settle()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the run could not go on: exit 1, as a divergence
             print(f"infdepth {name}: stopped: {_os_error(exc)}; the checkpoints written before are intact: "
                   "free space, then --resume", file=sys.stderr)
             code = 1
         else:  # a path that cannot be used (permissions, a name too long, a folder in a file's place)
             print(f"infdepth {name}: error: {_os_error(exc)}", file=sys.stderr)
+    except RuntimeError as exc:
+        _settle()
+        if world <= 1 or not _peer_lost(exc):
+            raise
+        # another rank died (killed, out of memory): the survivors say so in one line each
+        print(f"infdepth {name}: another process of this run stopped ({brief(exc, 160)}); the last "
+              "checkpoint is intact: --resume continues it, with any process count", file=sys.stderr)
+        code = 1
     except Terminated:
+        _settle()
         print(f"infdepth {name}: terminated; the last checkpoint is intact", file=sys.stderr)
         code = 143
     except KeyboardInterrupt:
+        _settle()
         print(f"infdepth {name}: interrupted; the last checkpoint is intact", file=sys.stderr)
         code = 130
     finally:
         if threading_main():
             signal.signal(signal.SIGTERM, on_term)
         try:
-            if code in (2, None):
+            if code == 2:
                 runfolder.undo()  # a refused resume leaves its run folder as it found it
         finally:
             runfolder.forget()
             runfolder.release()
-    assert code is not None  # an unexpected error has left above, with its traceback
     return code
 
 
