@@ -2,7 +2,7 @@
 
 :func:`attach` puts two of torch's own optimizer hooks on the optimizer:
 
-* before every ``optimizer.step()``, the sub-layers built since the last step (by a
+* before every step of the optimizer, the sub-layers built since the last step (by a
   ``forward`` that met a larger ``w``, a ``load_state_dict``, :func:`grow`) join the
   optimizer, so they are stepped from the step that first gives them a gradient;
 * before ``optimizer.load_state_dict(state)``, the built sub-layers join it and, if the
@@ -32,8 +32,9 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 import infdepth
+from infdepth.depth.events import growth_events
 from infdepth.depth.growth import grow_to_state, register_built
-from infdepth.depth.layer import InfiniteDepth, growth_events
+from infdepth.depth.layer import InfiniteDepth
 from infdepth.depth.naming import layer_name
 
 _LIVE: weakref.WeakSet[Attachment] = weakref.WeakSet()
@@ -90,7 +91,7 @@ def attach(model: nn.Module, optimizer: Optimizer) -> Attachment:
     """Make ``optimizer`` follow the growth of ``model``'s g-infinity layers by itself.
 
     Call once, after making the optimizer (and before loading its state). Afterwards a
-    plain loop (``loss.backward(); optimizer.step()``) steps every sub-layer from the step
+    plain loop (backward, then a step of the optimizer) steps every sub-layer from the step
     that first uses it, and ``optimizer.load_state_dict`` accepts the state of an optimizer
     of the grown model.  Every old parameter keeps its optimizer state; each group stays
     in the model's parameter order (see :func:`infdepth.grow`).  Returns the
@@ -99,10 +100,11 @@ def attach(model: nn.Module, optimizer: Optimizer) -> Attachment:
     return Attachment(model, optimizer)
 
 
-def warn_if_unattached(layer: InfiniteDepth, first: int, end: int) -> None:
-    """Warn (once per layer) that sub-layers ``first .. end-1`` joined no optimizer."""
-    if layer in _WARNED or any(a.holds(layer) for a in list(_LIVE)):
+def warn_if_unattached(layer: InfiniteDepth, first: int, new: list[nn.Module]) -> None:
+    """Warn (once per layer) that the ``new`` sub-layers from index ``first`` on joined no optimizer."""
+    if not new or layer in _WARNED or any(a.holds(layer) for a in list(_LIVE)):
         return
+    end = first + len(new)
     _WARNED.add(layer)
     warnings.warn(
         f"{layer_name(layer)} built sub-layers {first}..{end - 1} (w={layer.depth:.4g}) and no "

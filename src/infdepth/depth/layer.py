@@ -18,12 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from infdepth.depth.events import record_growth
 from infdepth.depth.fused import GatedPenalty, GatedResidual, host_gate
 from infdepth.depth.gates import Gate, make_gate
 from infdepth.depth.idempotent import check_idempotent, make_h
 from infdepth.depth.merges import make_merge
-from infdepth.depth.naming import layer_name
-from infdepth.errors import DivergenceError, InputError, check_choice
+from infdepth.depth.naming import too_many_blocks
+from infdepth.errors import DivergenceError, InputError, check_choice, check_int
 
 BlockFactory = Callable[[int], nn.Module]
 Penalised = Callable[[nn.Module], list[Tensor]]
@@ -32,20 +33,7 @@ W_PENALTIES = ("l2", "param_scaled")
 
 #: the ``eps`` of the conditional block penalty ``delta_w(i + eps)`` (paper section III.C)
 PENALTY_EPS = 1e-8
-
-#: the default bound on the sub-layers of one layer (``max_blocks``)
-DEFAULT_MAX_BLOCKS = 1000
-
-_growth_events = 0
-
-
-def growth_events() -> int:
-    """How many times any :meth:`InfiniteDepth.grow` has built sub-layers in this process.
-
-    An event counter, not a copy of state: an optimizer hook compares it with the value it
-    saw last and looks the model over only when something was built since.
-    """
-    return _growth_events
+DEFAULT_MAX_BLOCKS = 1000  # the default bound on the sub-layers of one layer (max_blocks)
 
 
 def last_parameterised(block: nn.Module) -> nn.Module:
@@ -84,13 +72,10 @@ class InfiniteDepth(nn.Module):
         penalised: ``block -> [tensors]`` to penalise; default the last parameterised
             submodule's weight (BatchNorm: its gamma).
         geometric_eps: ``eps`` of the geometric merge.
-        seed: seed of sub-layer initialisation; default drawn from torch's global RNG.
-            It is kept in the buffer ``sublayer_seed`` (so in ``state_dict()``, and
-            broadcast by DDP): a layer loaded from a checkpoint builds its next sub-layers
-            as the saved one would have.
-        max_blocks: the most sub-layers the layer may build (``None``: no bound); a ``w``
-            that needs more raises :class:`~infdepth.errors.InputError` before anything
-            is allocated.
+        seed: seed of sub-layer initialisation (default drawn from torch's global RNG), kept
+            in the buffer ``sublayer_seed``: saved in ``state_dict()``, broadcast by DDP.
+        max_blocks: the most sub-layers it may build (``None``: no bound); a ``w`` needing
+            more raises :class:`~infdepth.errors.InputError` before anything is allocated.
         example_input: a sample input; if given, ``h`` and sub-layer 0 are checked on it now.
 
     ``w`` (and a stretched gate's ``log_alpha``) start in torch's default dtype, like any
@@ -146,11 +131,7 @@ class InfiniteDepth(nn.Module):
         self.penalised = penalised
         drawn = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
         self.register_buffer("sublayer_seed", torch.tensor(drawn, dtype=torch.int64))
-        if max_blocks is not None and (
-            isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 1
-        ):
-            raise InputError(f"max_blocks={max_blocks!r} is not accepted; expected an integer >= 1 or None")
-        self.max_blocks = max_blocks
+        self.max_blocks = None if max_blocks is None else check_int("max_blocks", max_blocks, low=1)
         self.w = nn.Parameter(torch.tensor(float(w0)))
         self.blocks = nn.ModuleList()
         self._h_checked = isinstance(h, str)
@@ -246,38 +227,25 @@ class InfiniteDepth(nn.Module):
             return []
         limit = self.max_blocks
         if limit is not None and need > limit:
-            raise InputError(
-                f"{layer_name(self)}: w={self.depth:.6g} needs {need} sub-layers, more than "
-                f"max_blocks={limit}; nothing was built (pass a larger max_blocks, or None, "
-                "if this depth is meant)"
-            )
+            raise InputError(too_many_blocks(self, self.depth, need, limit))
         total = math.ceil(need / self.grow_step) * self.grow_step if target is None else need
-        if limit is not None:
-            total = min(total, limit)
+        total = min(total, limit or total)
         new = [self._build(i) for i in range(len(self.blocks), total)]
         for module in new:
             self.blocks.append(module)
-        global _growth_events
-        _growth_events += 1
+        record_growth()
         return new
 
     def _grow_unregistered(self) -> None:
-        """Grow from ``forward``/``penalty``: warn once if no attached optimizer will step them."""
-        new = self.grow()
-        if new:
-            from infdepth.depth.attach import warn_if_unattached  # attach imports this module
+        """Grow from ``forward``/``penalty``; warns once if no attached optimizer will step them."""
+        from infdepth.depth.attach import warn_if_unattached  # attach imports this module
 
-            warn_if_unattached(self, len(self.blocks) - len(new), len(self.blocks))
+        warn_if_unattached(self, len(self.blocks), self.grow())
 
     @property
     def seed(self) -> int:
         """The seed of sub-layer initialisation, read from the ``sublayer_seed`` buffer."""
         return int(self.sublayer_seed)
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        with torch.no_grad():
-            self.sublayer_seed.fill_(int(value))
 
     def prune(self) -> int:
         """Drop the sub-layers beyond ``ceil(w)`` (for export); returns how many were removed."""
@@ -299,7 +267,7 @@ class InfiniteDepth(nn.Module):
     ) -> None:
         saved_seed = state_dict.get(prefix + "sublayer_seed")
         if isinstance(saved_seed, Tensor):  # first: it decides how the sub-layers below are built
-            self.seed = int(saved_seed)
+            self.sublayer_seed.copy_(saved_seed)
         pattern = re.compile(re.escape(prefix) + r"blocks\.(\d+)\.")
         indices = [int(m.group(1)) for key in state_dict if (m := pattern.match(key))]
         if indices:

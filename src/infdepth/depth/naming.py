@@ -40,3 +40,11 @@ def layer_name(layer: nn.Module) -> str:
     name = qualified_name(layer)
     kind = type(layer).__name__
     return f"{kind} layer {name!r}" if name else f"{kind} layer"
+
+
+def too_many_blocks(layer: nn.Module, w: float, need: int, limit: int) -> str:
+    """The refusal of a ``w`` that needs more sub-layers than ``max_blocks``."""
+    return (
+        f"{layer_name(layer)}: w={w:.6g} needs {need} sub-layers, more than max_blocks={limit}; "
+        "nothing was built (pass a larger max_blocks, or None, if this depth is meant)"
+    )
