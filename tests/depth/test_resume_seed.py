@@ -21,29 +21,30 @@ RUN = textwrap.dedent(
     import sys
     import torch
     from torch import nn
-    from infdepth import InfiniteDepth, attach, model_penalty
+    from infdepth import InfiniteDepth, grow
 
     def make():
         layer = InfiniteDepth(lambda i: nn.Linear(4, 4), h="relu", w0=1.0)
         model = nn.Sequential(nn.Linear(2, 4), layer, nn.Linear(4, 1))
         others = [p for n, p in model.named_parameters() if n != "1.w"]
         opt = torch.optim.Adam([{"params": others, "lr": 1e-2}, {"params": [layer.w], "lr": 1.0}])
-        attach(model, opt)
         return model, layer, opt
 
     def steps(model, layer, opt, ks):
         for k in ks:
             x = torch.randn(16, 2, generator=torch.Generator().manual_seed(k))
-            loss = model(x).square().mean() + model_penalty(model) - 0.1 * layer.w
+            loss = model(x).square().mean() + layer.penalty() - 0.1 * layer.w
             opt.zero_grad()
             loss.backward()
             opt.step()
+            grow(model, opt)
 
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "resume":  # a new process: torch's RNG is never seeded here
         model, layer, opt = make()
         ck = torch.load(path + ".ck", weights_only=True)
         model.load_state_dict(ck["model"])
+        grow(model, opt)
         opt.load_state_dict(ck["opt"])
         steps(model, layer, opt, range(3, 12))
     else:

@@ -46,10 +46,13 @@ def assert_equal_states(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def test_the_callback_adds_the_penalty_and_steps_every_grown_sub_layer() -> None:
     torch.manual_seed(0)
     model = Net()
+    t = trainer(max_epochs=3, callbacks=[LearnedDepth(log=False)])
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no optimizer is attached.*")
-        trainer(max_epochs=3, callbacks=[LearnedDepth(log=False)]).fit(model, data())
-    assert model.layer.built_blocks >= 10, model.layer.depth  # grew during training
+        t.fit(model, data())
+    assert model.layer.built_blocks >= 10 and model.layer.depth > 7  # grew during training
+    # w rises by about 1 a step: sub-layer 5 ran in the last steps, and Lightning's Adam stepped it
+    assert all(p in t.optimizers[0].state for p in model.layer.blocks[5].parameters())
     assert_equal_states(model, by_hand(3, 3))  # bitwise the hand-written loop, penalty included
 
 
