@@ -133,7 +133,7 @@ def undo() -> None:
 
 
 def forget() -> None:
-    """The command ended: the config.json it wrote stay."""
+    """The command ended: every config.json it wrote stays as written."""
     _BEFORE.clear()
 
 

@@ -56,12 +56,16 @@ def _ascii(text: str, what: str) -> str:
     return text
 
 
-def integer(text: str) -> int:
-    """argparse type: an integer written in ASCII digits, within 64 bits (``|n| <= 2**63 - 1``)."""
+def _int(text: str) -> int:
     try:
-        value = int(_ascii(text, "an integer"))
+        return int(_ascii(text, "an integer"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def integer(text: str) -> int:
+    """argparse type: an integer written in ASCII digits, within 64 bits (``|n| <= 2**63 - 1``)."""
+    value = _int(text)
     if abs(value) > INT_MAX:
         raise argparse.ArgumentTypeError(f"{text} is not accepted; expected an integer of at most {INT_MAX}")
     return value
@@ -77,10 +81,7 @@ def number(text: str) -> float:
 
 def seed(text: str) -> int:
     """argparse type: a seed, an integer in ``[0, SEED_MAX]``."""
-    try:
-        value = int(_ascii(text, "a seed"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    value = _int(text)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"{text} is not accepted; expected a seed in [0, {SEED_MAX}]")
     return value
