@@ -13,6 +13,7 @@ from infdepth.ode import (
     Bosh3,
     ConstantStepSize,
     Dopri5,
+    Dopri8,
     Euler,
     Heun,
     Midpoint,
@@ -41,9 +42,10 @@ def slope(dts: list[float], errors: list[float]) -> float:
 
 # (solver, order at grid points, order of dense output): a Hermite cubic has interpolation
 # error O(h^4), so its dense output has order min(p, 4); Shampine's and Tsitouras' quartic
-# interpolants have local error O(h^5), so order 5 with their order-5 methods.
+# interpolants have local error O(h^5), so order 5 with their order-5 methods; DOP853's
+# degree-7 extension has local error O(h^8).
 ALL = [(Euler, 1, 1), (Midpoint, 2, 2), (Heun, 2, 2), (RK4, 4, 4), (Bosh3, 3, 3),
-       (Dopri5, 5, 5), (Tsit5, 5, 5)]
+       (Dopri5, 5, 5), (Tsit5, 5, 5), (Dopri8, 8, 8)]
 # 41 output times strictly inside steps for every step size below, and the end
 INSIDE = torch.cat([torch.zeros(1, dtype=D), torch.linspace(0.0, 1.6, 42, dtype=D)[1:-1] + 0.0137,
                     torch.tensor([1.6], dtype=D)])
@@ -55,6 +57,8 @@ def _steps_for(order: int) -> list[float]:
         return [0.025, 0.0125, 0.00625, 0.003125]
     if order == 4:
         return [0.1, 0.05, 0.025, 0.0125]
+    if order == 8:  # errors reach round-off below 0.1
+        return [0.8, 0.4, 0.2]
     return [0.1, 0.05, 0.025]
 
 

@@ -228,6 +228,8 @@ class _AdjointFn(torch.autograd.Function):
             fy, vj = _vjp(f, t, y, -z[n : 2 * n].view(shape), params)
             return torch.cat([fy.reshape(-1)] + [v.reshape(-1) for v in vj])
 
+        aug.adjoint_of = (f, shape, n)  # type: ignore[attr-defined]  # for implicit solvers' Newton
+
         keys = p.grid.keys
         d = p.grid.direction
         a = g[-1].clone()

@@ -26,10 +26,13 @@ from infdepth.errors import InputError, check_float
 from infdepth.ode import _implicit_tableaus as itab
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL
 from infdepth.ode._newton import (
+    AdjointJacobian,
+    AdjointNewtonMatrix,
     Jacobian,
     NewtonFailure,
     NewtonMatrix,
     autograd_jacobian,
+    newton_matrix,
     sample_rms,
     user_jacobian,
 )
@@ -44,7 +47,7 @@ class ESDIRK(RungeKutta):
     Args:
         jacobian: ``jacobian(t, y)`` returning ``df/dy`` as ``(B, F, F)`` blocks, one per
             sample of a state ``(B, ...)`` with ``F`` features per sample (``(F, F)`` for a
-            state without a batch axis); ``None`` computes it with ``torch.func.jacrev``
+            state without a batch axis); ``None`` computes it by reverse mode (``torch.func``)
             under ``vmap``. Samples are assumed independent (a field that couples samples
             should be given a state without a batch axis).
         max_newton_iters: Newton iterations per stage before the step is rejected (an
@@ -90,9 +93,9 @@ class ImplicitSteps:
         self.tabs = tabs
         self.gamma = solver.tableau.gamma
         self.rtol, self.atol = DEFAULT_RTOL, DEFAULT_ATOL
-        self.jac: torch.Tensor | None = None
+        self.jac: torch.Tensor | AdjointJacobian | None = None
         self.jac_at: torch.Tensor | None = None  # the state the Jacobian was taken at
-        self.matrix: NewtonMatrix | None = None
+        self.matrix: NewtonMatrix | AdjointNewtonMatrix | None = None
         self.stale = True  # recompute the Jacobian at the next step's start
         self.eta = 1.0  # Newton's error-reduction estimate, carried between stages
 
@@ -101,17 +104,26 @@ class ImplicitSteps:
         self.rtol, self.atol = rtol, atol
 
     def _jacobian(self, f: VectorField, t: torch.Tensor, y: torch.Tensor,
-                  stats: Stats) -> torch.Tensor:
+                  stats: Stats) -> torch.Tensor | AdjointJacobian:
+        layout = getattr(f, "adjoint_of", None)  # the adjoint's augmented field
+        if layout is not None:
+            base, shape, n = layout
+            return AdjointJacobian(self._field_jacobian(base, t, y[:n].view(shape), stats), n)
+        return self._field_jacobian(f, t, y, stats)
+
+    def _field_jacobian(self, f: VectorField, t: torch.Tensor, y: torch.Tensor,
+                        stats: Stats) -> torch.Tensor:
         stats.jacobians += 1
         if self.solver.jacobian is not None:
             return user_jacobian(self.solver.jacobian, t, y)
         return autograd_jacobian(f, t, y)
 
-    def _factor(self, h_gamma: float, t: float, stats: Stats) -> NewtonMatrix:
+    def _factor(self, h_gamma: float, t: float,
+                stats: Stats) -> NewtonMatrix | AdjointNewtonMatrix:
         assert self.jac is not None
         if self.matrix is None or self.matrix.h_gamma != h_gamma:
             stats.factorizations += 1
-            self.matrix = NewtonMatrix(self.jac, h_gamma, t)
+            self.matrix = newton_matrix(self.jac, h_gamma, t)
         return self.matrix
 
     def step(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float, y: torch.Tensor,
@@ -213,15 +225,19 @@ class ImplicitSteps:
         for i in range(1, self.solver.stages):
             t_i = t + c_time[i] * h
             with torch.no_grad():
-                z_val = self._explicit_part(i, h_val, y, converged)
-                star = z_val + h_val * self.gamma * converged[i]
-                jac = self._jacobian(f, t_i.detach(), star, stats)
-                stats.factorizations += 1
-                matrix = NewtonMatrix(jac, h_val * self.gamma, float(t))
+                star = (self._explicit_part(i, h_val, y, converged)
+                        + h_val * self.gamma * converged[i])
             z = self._explicit_part(i, h, y, ks)
             stats.nfe += 1
             residual = star - z - h_gamma * f(t_i, star)
-            stage = star - matrix.solve(residual)
+            if residual.requires_grad:  # else nothing upstream needs a derivative
+                with torch.no_grad():
+                    jac = self._field_jacobian(f, t_i.detach(), star, stats)
+                    stats.factorizations += 1
+                    matrix = NewtonMatrix(jac, h_val * self.gamma, float(t))
+                stage = star - matrix.solve(residual)
+            else:
+                stage = star
             ks.append((stage - z) / h_gamma)
         self._last_stage = stage
         return ks

@@ -3,7 +3,8 @@
 The state is read as ``(B, F)``: ``B`` samples of ``F`` features each when it has a batch
 axis (``y.ndim >= 2``), one system of ``F = y.numel()`` unknowns otherwise. Samples are
 assumed to evolve independently, so the Jacobian is ``B`` blocks ``(F, F)``, one per sample,
-from ``torch.func.jacrev`` under ``vmap`` (or from a user-supplied function), and the Newton
+from ``torch.func.vjp`` under ``vmap`` (reverse mode, as ``jacrev``; or from a user-supplied
+function), and the Newton
 matrix ``I - h gamma J`` is factorised per sample with one batched LU.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import jacrev, vmap
+from torch.func import vjp, vmap
 
 from infdepth.errors import InputError
 from infdepth.ode._errors import SolverError
@@ -40,8 +41,11 @@ def autograd_jacobian(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
                       y: torch.Tensor) -> torch.Tensor:
     """``(B, F, F)``: the Jacobian of ``f(t, .)`` at each sample of ``y``, by reverse mode.
 
-    Each sample is passed to ``f`` with a batch axis of one, so any field written for a batch
-    works; ``f`` must be differentiable with ``torch.func`` (no ``.numpy()``, no ``.item()``).
+    ``f`` is called once on the whole batch (so a field may hold per-sample data indexed by
+    batch position); ``torch.func.vjp`` under ``vmap`` then pulls back the ``F`` cotangents
+    ``e_j``, each set on every sample at once, which gives row ``j`` of every sample's block
+    because samples are independent. ``f`` must be differentiable with ``torch.func`` (no
+    ``.numpy()``, no ``.item()``).
     """
     nb, nf = blocks(y)
     with torch.enable_grad():
@@ -52,28 +56,19 @@ def autograd_jacobian(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
                 "in y (its output has no autograd graph back to y); pass jacobian=... to the "
                 "solver (for a field that does not depend on y, a function returning zeros)"
             )
-    if y.ndim <= 1:
-        def flat(v: torch.Tensor) -> torch.Tensor:
-            return f(t, v.view(y.shape)).reshape(-1)
-
-        call = lambda: jacrev(flat)(y.detach().reshape(-1)).unsqueeze(0)  # noqa: E731
-    else:
-        feat = y.shape[1:]
-
-        def one(v: torch.Tensor) -> torch.Tensor:
-            return f(t, v.view(1, *feat)).reshape(-1)
-
-        call = lambda: vmap(jacrev(one))(y.detach().reshape(nb, nf))  # noqa: E731
+    eye = torch.eye(nf, dtype=y.dtype, device=y.device)
+    basis = eye.unsqueeze(1).expand(nf, nb, nf).reshape(nf, *y.shape)
     try:
         with torch.no_grad():
-            jac = call()
+            _, pull_back = vjp(lambda v: f(t, v), y.detach())
+            (rows,) = vmap(pull_back)(basis)  # rows[j, b] = e_j^T J_b
     except (RuntimeError, TypeError, ValueError) as err:
         raise InputError(
             "the implicit solver needs the Jacobian of f, and torch.func could not compute it "
             f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); write f with "
             "differentiable torch operations or pass jacobian=... to the solver"
         ) from err
-    return jac.detach()
+    return rows.reshape(nf, nb, nf).transpose(0, 1).detach()
 
 
 def user_jacobian(jac: Jacobian, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -118,3 +113,39 @@ def sample_rms(x: torch.Tensor, scale: torch.Tensor) -> float:
     nb, _ = blocks(x)
     z = (x / scale).reshape(nb, -1)
     return float(z.square().mean(1).max().sqrt())
+
+
+class AdjointJacobian:
+    """The Jacobian Newton uses for the adjoint system ``(y, a, g)' = (f, -a^T f_y, -a^T f_p)``.
+
+    Per-sample blocks ``J = f_y`` of the forward field; the adjoint's Newton matrix is taken as
+    ``diag(I - h gamma J, I + h gamma J^T, I)``, dropping the second-derivative couplings
+    ``a^T f_yy`` and ``a^T f_py`` (a simplified Newton iteration only needs an approximation;
+    the stiffness lives in ``J`` and ``-J^T``).
+    """
+
+    def __init__(self, jac: torch.Tensor, n: int) -> None:
+        self.jac, self.n = jac, n
+
+
+class AdjointNewtonMatrix:
+    """LUs of ``I - h gamma J`` and ``I + h gamma J^T``; solves for a flat adjoint state."""
+
+    def __init__(self, jac: AdjointJacobian, h_gamma: float, t: float) -> None:
+        self.n = jac.n
+        self.h_gamma = h_gamma
+        self.forward = NewtonMatrix(jac.jac, h_gamma, t)
+        self.backward = NewtonMatrix(-jac.jac.transpose(1, 2), h_gamma, t)
+
+    def solve(self, r: torch.Tensor) -> torch.Tensor:
+        n = self.n
+        return torch.cat([self.forward.solve(r[:n]), self.backward.solve(r[n : 2 * n]),
+                          r[2 * n :]])
+
+
+def newton_matrix(jac: torch.Tensor | AdjointJacobian, h_gamma: float, t: float
+                  ) -> NewtonMatrix | AdjointNewtonMatrix:
+    """The factorised Newton matrix for a Jacobian of either kind."""
+    if isinstance(jac, AdjointJacobian):
+        return AdjointNewtonMatrix(jac, h_gamma, t)
+    return NewtonMatrix(jac, h_gamma, t)
