@@ -60,7 +60,7 @@ def autograd_jacobian(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
     basis = eye.unsqueeze(1).expand(nf, nb, nf).reshape(nf, *y.shape)
     try:
         with torch.no_grad():
-            _, pull_back = vjp(lambda v: f(t, v), y.detach())
+            pull_back = vjp(lambda v: f(t, v), y.detach())[1]
             (rows,) = vmap(pull_back)(basis)  # rows[j, b] = e_j^T J_b
     except (RuntimeError, TypeError, ValueError) as err:
         raise InputError(

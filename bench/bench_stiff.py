@@ -1,0 +1,207 @@
+"""Benchmark: stiff solvers (KenCarp4) against scipy's Radau and BDF; Dopri8 against Dopri5.
+
+Cases (float64, one thread, contenders interleaved, bench/_harness.py):
+
+* ``robertson``: Robertson's kinetics on [0, 1e5], outputs at log-spaced times; ``vdp``: Van der
+  Pol, mu = 1000, on [0, 3000]. Ours against scipy Radau and BDF at the same rtol/atol (scipy
+  given the analytic Jacobian, ours computes it with torch.func): time, steps, Jacobian
+  evaluations, error against Radau at rtol 1e-12. Goals (issue 27): error no worse than scipy's,
+  time within 3x (``*_time_vs_scipy_*`` = scipy time / ours >= 1/3).
+* ``robertson_batch``: ``--batch`` (1024) Robertson problems whose rate constants are spread over
+  a decade, one batched call against as many sequential scipy BDF calls; goal >= 10x.
+* ``explicit_on_stiff``: Dopri5 on the same problems over a short span (NFE and time), to show
+  why the stiff solver exists.
+* ``dopri8``: Dopri8 against Dopri5 and torchdiffeq's dopri8 on the two-body problem at 1e-10.
+
+    python bench/bench_stiff.py [--quick] [--batch 1024] [--repeats 5] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from _harness import Harness, add_arguments
+from scipy.integrate import solve_ivp
+
+from infdepth.ode import Dopri5, Dopri8, KenCarp4, PIController, RungeKutta
+from infdepth.ode._integrate import integrate
+from infdepth.ode._odeint import _output_grid
+from infdepth.ode._stepping import Stats
+
+D = torch.float64
+
+
+def robertson(t: torch.Tensor, y: torch.Tensor, k: torch.Tensor | None = None) -> torch.Tensor:
+    y1, y2, y3 = y.unbind(-1)
+    scale = 1.0 if k is None else k[:, 0]
+    fast = 3e7 * y2**2
+    slow = (-0.04 * y1 + 1e4 * y2 * y3) * scale
+    return torch.stack([slow, -slow - fast * scale, fast * scale], dim=-1)
+
+
+def robertson_np(t: float, y: np.ndarray, s: float = 1.0) -> np.ndarray:
+    slow = (-0.04 * y[0] + 1e4 * y[1] * y[2]) * s
+    return np.array([slow, -slow - 3e7 * y[1] ** 2 * s, 3e7 * y[1] ** 2 * s])
+
+
+def robertson_jac(t: float, y: np.ndarray, s: float = 1.0) -> np.ndarray:
+    return s * np.array([[-0.04, 1e4 * y[2], 1e4 * y[1]],
+                         [0.04, -1e4 * y[2] - 6e7 * y[1], -1e4 * y[1]],
+                         [0.0, 6e7 * y[1], 0.0]])
+
+
+MU = 1000.0
+
+
+def vdp(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.stack([y[1], MU * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+def vdp_np(t: float, y: np.ndarray) -> np.ndarray:
+    return np.array([y[1], MU * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+def vdp_jac(t: float, y: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, 1.0], [-2 * MU * y[0] * y[1] - 1, MU * (1 - y[0] ** 2)]])
+
+
+def ours(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,
+         t: np.ndarray, solver: RungeKutta, rtol: float, atol: float,
+         max_steps: int = 1_000_000) -> tuple[torch.Tensor, Stats]:
+    grid, _ = _output_grid(torch.tensor(t, dtype=D), y0)
+    stats = Stats()
+    with torch.no_grad():
+        ys = integrate(f, y0, grid, solver, PIController(rtol=rtol, atol=atol),
+                       max_steps=max_steps, stats=stats)
+    return ys, stats
+
+
+def case_single(h: Harness, name: str, f: Callable, f_np: Callable, jac: Callable,
+                y0: list[float], t: np.ndarray, rtol: float, atol: float) -> None:
+    ref = solve_ivp(f_np, (t[0], t[-1]), y0, method="Radau", t_eval=t, rtol=1e-12,
+                    atol=atol * 1e-4, jac=jac).y.T
+    y0_t = torch.tensor(y0, dtype=D)
+    results: dict[str, tuple[np.ndarray, str]] = {}
+
+    def run_ours() -> None:
+        ys, st = ours(f, y0_t, t, KenCarp4(), rtol, atol)
+        results["ours"] = (ys.numpy(), f"steps {st.accepted}+{st.rejected} rejected, nfe {st.nfe}"
+                                       f", jacobians {st.jacobians}, LU {st.factorizations}")
+
+    def scipy(method: str) -> Callable[[], None]:
+        def run() -> None:
+            s = solve_ivp(f_np, (t[0], t[-1]), y0, method=method, t_eval=t, rtol=rtol, atol=atol,
+                          jac=jac)
+            results[method] = (s.y.T, f"nfe {s.nfev}, jacobians {s.njev}, LU {s.nlu}")
+        return run
+
+    seconds = h.time({"ours": run_ours, "Radau": scipy("Radau"), "BDF": scipy("BDF")})
+    h.times(name, seconds)
+    err = {k: float((np.abs(v[0] - ref) / (atol + rtol * np.abs(ref))).max())
+           for k, v in results.items()}
+    for k, v in results.items():
+        h.note(f"{name} {k}: {v[1]}, error/tolerance {err[k]:.3g}")
+    for peer in ("Radau", "BDF"):
+        h.ratio(f"{name}_time_vs_scipy_{peer}", seconds[peer] / seconds["ours"],
+                goal=(">=", 1 / 3))
+        h.ratio(f"{name}_error_vs_scipy_{peer}", err["ours"] / err[peer], goal=("<=", 1.0))
+
+
+def case_batch(h: Harness, batch: int) -> None:
+    scales = torch.logspace(0, 1, batch, dtype=D)[:, None]  # rate constants over a decade
+    y0 = torch.tensor([[1.0, 0.0, 0.0]], dtype=D).expand(batch, 3).contiguous()
+    t = np.array([0.0, 1.0, 1e2, 1e4])
+    rtol, atol = 1e-6, 1e-10
+
+    def run_ours() -> None:
+        ours(lambda t, y: robertson(t, y, scales), y0, t, KenCarp4(), rtol, atol)
+
+    def run_scipy() -> None:
+        for s in scales[:, 0].tolist():
+            solve_ivp(robertson_np, (0.0, t[-1]), [1.0, 0.0, 0.0], method="BDF", t_eval=t,
+                      rtol=rtol, atol=atol, jac=robertson_jac, args=(s,))
+
+    seconds = h.time({"ours": run_ours, "scipy_BDF_sequential": run_scipy})
+    h.times(f"robertson_batch{batch}", seconds)
+    h.ratio(f"robertson_batch{batch}_speedup_vs_scipy_BDF",
+            seconds["scipy_BDF_sequential"] / seconds["ours"], goal=(">=", 10.0))
+
+
+def case_explicit_on_stiff(h: Harness) -> None:
+    for name, f, y0, t in (("robertson_0_10", robertson, [1.0, 0.0, 0.0], np.array([0.0, 10.0])),
+                           ("vdp_0_100", vdp, [2.0, 0.0], np.array([0.0, 100.0]))):
+        nfe: dict[str, int] = {}
+
+        def run(solver: RungeKutta, key: str, f: Callable = f, y0: list[float] = y0,
+                t: np.ndarray = t, nfe: dict[str, int] = nfe) -> Callable[[], None]:
+            def go() -> None:
+                _, st = ours(f, torch.tensor(y0, dtype=D), t, solver, 1e-6, 1e-10)
+                nfe[key] = st.nfe
+            return go
+
+        seconds = h.time({"KenCarp4": run(KenCarp4(), "KenCarp4"),
+                          "Dopri5": run(Dopri5(), "Dopri5")}, warmup=0)
+        h.times(name, seconds, f" (nfe KenCarp4 {nfe['KenCarp4']}, Dopri5 {nfe['Dopri5']})")
+        h.ratio(f"{name}_dopri5_time_vs_kencarp4", seconds["Dopri5"] / seconds["KenCarp4"])
+
+
+def case_dopri8(h: Harness) -> None:
+    e = 0.1
+
+    def two_body(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        r3 = (y[0] ** 2 + y[1] ** 2) ** 1.5
+        return torch.stack([y[2], y[3], -y[0] / r3, -y[1] / r3])
+
+    y0 = torch.tensor([1 - e, 0.0, 0.0, ((1 + e) / (1 - e)) ** 0.5], dtype=D)
+    t = np.array([0.0, 20.0])
+    contenders: dict[str, Callable[[], object]] = {
+        "Dopri8": lambda: ours(two_body, y0, t, Dopri8(), 1e-10, 1e-10),
+        "Dopri5": lambda: ours(two_body, y0, t, Dopri5(), 1e-10, 1e-10),
+    }
+    try:
+        import torchdiffeq
+
+        tt = torch.tensor(t, dtype=D)
+        contenders["torchdiffeq_dopri8"] = lambda: torchdiffeq.odeint(
+            two_body, y0, tt, method="dopri8", rtol=1e-10, atol=1e-10)
+    except ImportError:
+        h.note("torchdiffeq not installed: no torchdiffeq contender")
+    with torch.no_grad():
+        seconds = h.time(contenders)
+    h.times("two_body_1e-10", seconds)
+    h.ratio("two_body_dopri8_speedup_vs_dopri5", seconds["Dopri5"] / seconds["Dopri8"])
+    if "torchdiffeq_dopri8" in seconds:
+        h.ratio("two_body_dopri8_speedup_vs_torchdiffeq",
+                seconds["torchdiffeq_dopri8"] / seconds["Dopri8"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, repeats=5, quick=1)
+    parser.add_argument("--batch", type=int, default=1024,
+                        help="problems in the batched Robertson case (default 1024)")
+    parser.add_argument("--cases", default="robertson,vdp,batch,explicit,dopri8",
+                        help="comma list of cases to run")
+    args = parser.parse_args()
+    h = Harness(args, "stiff solvers against scipy; Dopri8 against Dopri5 (issue 27)")
+    cases = set(args.cases.split(","))
+    if "robertson" in cases:
+        case_single(h, "robertson", robertson, robertson_np, robertson_jac, [1.0, 0.0, 0.0],
+                    np.concatenate([[0.0], np.logspace(-5, 5, 11)]), 1e-6, 1e-10)
+    if "vdp" in cases:
+        case_single(h, "vdp_mu1000", vdp, vdp_np, vdp_jac, [2.0, 0.0], np.linspace(0, 3000, 7),
+                    1e-6, 1e-6)
+    if "batch" in cases:
+        case_batch(h, args.batch)
+    if "explicit" in cases:
+        case_explicit_on_stiff(h)
+    if "dopri8" in cases:
+        case_dopri8(h)
+    h.finish()
+
+
+if __name__ == "__main__":
+    main()
