@@ -83,3 +83,26 @@ def test_dopri8_is_cheapest_at_tight_tolerance() -> None:
         assert float((y[-1] - torch.tensor(exact, dtype=D)).abs().max()) < 1e-7
         nfe[type(solver).__name__] = calls[0]
     assert nfe["Dopri8"] < 0.6 * min(nfe["Dopri5"], nfe["Tsit5"]), nfe
+
+
+def test_dopri8_dense_stages_in_every_path() -> None:
+    # outputs strictly inside steps need the three extra stages: adaptive and fixed loops,
+    # per-sample grids, and the checkpointed replay all evaluate them
+    from infdepth.ode import Backprop, Checkpointed
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, dtype=D, requires_grad=True)
+    f = lambda t, y: torch.tanh(y @ w) * torch.cos(t)  # noqa: E731
+    y0 = torch.randn(2, 3, dtype=D)
+    t = torch.tensor([[0.0, 0.0], [0.31, 0.05], [0.9, 1.3], [1.7, 2.0]], dtype=D)
+    ys = odeint(f, y0, t, solver=Dopri8(), rtol=1e-10, atol=1e-10)
+    for b in range(2):
+        alone = odeint(f, y0[b : b + 1], t[:, b], solver=Dopri8(), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ys[:, b], alone[:, 0], rtol=0, atol=1e-9)
+    fine = odeint(f, y0, t, solver=Dopri8(), step_size=0.1)
+    torch.testing.assert_close(fine, ys, rtol=0, atol=1e-8)
+    grads = []
+    for method in (Backprop(), Checkpointed(params=[w])):
+        out = odeint(f, y0, t, solver=Dopri8(), step_size=0.25, adjoint=method)
+        grads.append(torch.autograd.grad(out.square().sum(), w)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
