@@ -28,9 +28,10 @@ def _group_of(optimizer: Optimizer, layer: InfiniteDepth) -> dict:
         if any(id(p) in ids_blocks for p in group["params"]):
             return group
     for group in optimizer.param_groups:
-        if any(p is layer.w for p in group["params"]):
+        # never the group of depths alone (depth_param_groups marks it): its settings are w's
+        if not group.get("depth") and any(p is layer.w for p in group["params"]):
             return group
-    return optimizer.param_groups[0]
+    return next((g for g in optimizer.param_groups if not g.get("depth")), optimizer.param_groups[0])
 
 
 def register_parameters(

@@ -16,35 +16,24 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from infdepth.depth import penalty
 from infdepth.depth.events import record_growth
-from infdepth.depth.fused import GatedPenalty, GatedResidual, host_gate
+from infdepth.depth.fused import GatedResidual, host_gate
 from infdepth.depth.gates import Gate, make_gate
 from infdepth.depth.idempotent import check_idempotent, make_h
 from infdepth.depth.merges import make_merge
 from infdepth.depth.naming import too_many_blocks
-from infdepth.errors import DivergenceError, InputError, check_choice, check_int
+from infdepth.depth.penalty import PENALTY_EPS, last_parameterised  # noqa: F401 (PENALTY_EPS re-exported)
+from infdepth.errors import DivergenceError, InputError, check_choice, check_float, check_int
 
 BlockFactory = Callable[[int], nn.Module]
 Penalised = Callable[[nn.Module], list[Tensor]]
 
 W_PENALTIES = ("l2", "param_scaled")
+PENALTY_GATES = ("attached", "detached")
 
-#: the ``eps`` of the conditional block penalty ``delta_w(i + eps)`` (paper section III.C)
-PENALTY_EPS = 1e-8
 DEFAULT_MAX_BLOCKS = 1000  # the default bound on the sub-layers of one layer (max_blocks)
-
-
-def last_parameterised(block: nn.Module) -> nn.Module:
-    """The last submodule of ``block`` (in registration order) that owns parameters itself."""
-    last: nn.Module | None = None
-    for module in block.modules():
-        if any(p is not None for p in module._parameters.values()):
-            last = module
-    if last is None:
-        raise InputError(f"block {block!r} has no parameters to penalise")
-    return last
 
 
 class InfiniteDepth(nn.Module):
@@ -76,6 +65,13 @@ class InfiniteDepth(nn.Module):
             in the buffer ``sublayer_seed``: saved in ``state_dict()``, broadcast by DDP.
         max_blocks: the most sub-layers it may build (``None``: no bound); a ``w`` needing
             more raises :class:`~infdepth.errors.InputError` before anything is allocated.
+        zero_init: every sub-layer is built as the zero function: the last parameterised
+            submodule's weight (BatchNorm: gamma) and bias are zeroed, so a sub-layer that
+            ``w`` switches in changes nothing until it has trained (as zero-initialised
+            residual branches do).
+        penalty_gate: ``"attached"`` (the paper's: the block penalty's gate
+            ``delta_w(i + eps)`` is differentiated in ``w``, which pulls ``w`` down) or
+            ``"detached"`` (the gate weighs the penalty but only ``w_l2`` acts on ``w``).
         example_input: a sample input; if given, ``h`` and sub-layer 0 are checked on it now.
 
     ``w`` (and a stretched gate's ``log_alpha``) start in torch's default dtype, like any
@@ -105,6 +101,8 @@ class InfiniteDepth(nn.Module):
         geometric_eps: float = 1e-8,
         seed: int | None = None,
         max_blocks: int | None = DEFAULT_MAX_BLOCKS,
+        zero_init: bool = False,
+        penalty_gate: str = "attached",
         example_input: Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -118,6 +116,9 @@ class InfiniteDepth(nn.Module):
             if not (value >= 0 and math.isfinite(value)):
                 raise InputError(f"{name}={value!r} is not accepted; expected a finite number >= 0")
         check_choice("w_penalty", w_penalty, W_PENALTIES)
+        check_choice("penalty_gate", penalty_gate, PENALTY_GATES)
+        self.zero_init = bool(zero_init)
+        self.penalty_gate = penalty_gate
         self.factory = block
         self.h = make_h(h)
         self.gate = make_gate(gate, alpha, trainable_alpha)
@@ -162,8 +163,14 @@ class InfiniteDepth(nn.Module):
 
     @property
     def active_blocks(self) -> int:
-        """Number of sub-layers that run: ``max(0, ceil(w))``."""
-        return self._active(self.depth)
+        """Number of sub-layers that run: ``max(0, ceil(w))``, or the fixed depth after :meth:`fix_depth`."""
+        frozen = self.frozen_gates
+        return len(frozen) if frozen is not None else self._active(self.depth)
+
+    @property
+    def frozen_gates(self) -> Tensor | None:
+        """The constant gates of a layer whose depth :meth:`fix_depth` fixed (None while ``w`` learns)."""
+        return self._buffers.get("fixed_gates")
 
     def _active(self, w: float) -> int:
         if not math.isfinite(w):
@@ -215,6 +222,13 @@ class InfiniteDepth(nn.Module):
             )
         module.to(device=self.w.device, dtype=self.w.dtype)
         module.train(self.training)
+        if self.zero_init:
+            last = last_parameterised(module)
+            with torch.no_grad():
+                for name in ("weight", "bias"):
+                    tensor = getattr(last, name, None)
+                    if isinstance(tensor, Tensor):
+                        tensor.zero_()
         return module
 
     def grow(self, target: int | None = None) -> list[nn.Module]:
@@ -247,6 +261,28 @@ class InfiniteDepth(nn.Module):
         """The seed of sub-layer initialisation, read from the ``sublayer_seed`` buffer."""
         return int(self.sublayer_seed)
 
+    def fix_depth(self, threshold: float = 0.25) -> int:
+        """Stop learning the depth: keep the active sub-layers with their gates frozen as constants.
+
+        The last active sub-layer is kept when its gate is at least ``threshold`` (else
+        dropped), so the depth is ``ceil(w)`` or ``ceil(w) - 1``; the kept sub-layers keep
+        the gate values they have now, so the layer computes what it computed (up to a
+        dropped last sub-layer) and trains on as a fixed-depth residual stack.  ``w`` stops
+        training (``requires_grad=False``) and leaves the penalty.  The frozen gates are a
+        buffer, so ``state_dict`` carries the fixed depth.  Returns the fixed depth.
+        """
+        check_float("threshold", threshold, low=0.0, high=1.0)
+        if self.frozen_gates is not None:
+            return len(self.frozen_gates)
+        n = self._active(self.depth)
+        gates = self.gates(n).detach() if n > 0 else self.w.detach().new_zeros(0)
+        if n > 0 and float(gates[-1]) < threshold:
+            gates = gates[:-1]
+        self.grow(len(gates))
+        self.register_buffer("fixed_gates", gates.clone())
+        self.w.requires_grad_(False)
+        return len(gates)
+
     def prune(self) -> int:
         """Drop the sub-layers beyond ``ceil(w)`` (for export); returns how many were removed."""
         keep = self.active_blocks
@@ -272,6 +308,10 @@ class InfiniteDepth(nn.Module):
         indices = [int(m.group(1)) for key in state_dict if (m := pattern.match(key))]
         if indices:
             self.grow(max(indices) + 1)
+        frozen = state_dict.get(prefix + "fixed_gates")
+        if isinstance(frozen, Tensor) and self.frozen_gates is None:  # a layer whose depth was fixed
+            self.register_buffer("fixed_gates", torch.empty_like(frozen, device=self.w.device))
+            self.w.requires_grad_(False)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -305,6 +345,9 @@ class InfiniteDepth(nn.Module):
         if not self._h_checked:
             check_idempotent(self.h, x.detach())
             self._h_checked = True
+        frozen = self.frozen_gates
+        if frozen is not None:
+            return self._forward_fixed(x, frozen)
         w = self.depth  # the one host read of w in a forward
         n = self._active(w)
         h = self.h
@@ -338,65 +381,24 @@ class InfiniteDepth(nn.Module):
                 x = h_fast(x)
         return x
 
+    def _forward_fixed(self, x: Tensor, gates: Tensor) -> Tensor:
+        """The fixed-depth stack of :meth:`fix_depth`: constant gates, no ``w``."""
+        h = self.h
+        for i, (block, delta) in enumerate(zip(self.blocks, gates.unbind())):
+            fx = block(x)
+            if fx.shape != x.shape:
+                self._check_shape(i, x, fx)
+            x = h(self.merge(x, fx, delta))
+        return h(x) if len(gates) == 0 else x
+
     # ------------------------------------------------------------------ regularisation
-    def penalised_tensors(self, i: int) -> list[tuple[Tensor, bool]]:
-        """The tensors the block penalty acts on for sub-layer ``i``, with "is BatchNorm gamma"."""
-        block = self.blocks[i]
-        if self.penalised is not None:
-            return [(t, False) for t in self.penalised(block)]
-        module = last_parameterised(block)  # walked on every call: the block may have changed
-        if isinstance(module, _BatchNorm):
-            return [] if module.weight is None else [(module.weight, True)]
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, Tensor):
-            return [(weight, False)]
-        return [(p, False) for p in module.parameters(recurse=False)]
-
-    def block_norms(self, n: int) -> Tensor:
-        """``l2`` of the penalised tensors of sub-layers ``0 .. n-1`` (shifted form for gamma)."""
-        terms = []
-        for i in range(n):
-            parts = []
-            for t, is_gamma in self.penalised_tensors(i):
-                flat = t.reshape(-1)
-                if is_gamma and self.gamma_shift != 0:
-                    parts.append(torch.relu(flat.square() - self.gamma_shift).sum())
-                else:  # relu(g^2 - 0) == g^2: one fused dot product
-                    parts.append(torch.dot(flat, flat))
-            if not parts:
-                terms.append(self.w.new_zeros(()))
-            else:
-                terms.append(parts[0] if len(parts) == 1 else torch.stack(parts).sum())
-        return torch.stack(terms)
-
     def penalty(self) -> Tensor:
         """``w`` penalty plus ``sum_i delta_w(i + eps) * l2(block i)`` over the used sub-layers.
 
-        Sub-layers with ``i >= w`` have a zero gate, so they add nothing and get no gradient.
+        Sub-layers with ``i >= w`` have a zero gate, so they add nothing and get no gradient
+        (:mod:`infdepth.depth.penalty`).
         """
-        scale = self.w_l2 * (self.params_per_block if self.w_penalty == "param_scaled" else 1.0)
-        w = self.depth
-        n = self._active(w)
-        if self.block_l2 > 0 and n > len(self.blocks):  # w moved past the built sub-layers
-            self._grow_unregistered()
-        alpha = self.gate.fixed_alpha
-        if self.block_l2 > 0 and n > 0 and alpha is not None and self.gamma_shift == 0:
-            tensors = [self.penalised_tensors(i) for i in range(n)]
-            if all(len(ts) == 1 for ts in tensors):
-                pairs = [host_gate(i + PENALTY_EPS, w, alpha) for i in range(n)]
-                return GatedPenalty.apply(
-                    self.w,
-                    [p[0] for p in pairs],
-                    [p[1] for p in pairs],
-                    scale,
-                    self.block_l2,
-                    *(ts[0][0] for ts in tensors),
-                )
-        total = self.w.square() * scale
-        if self.block_l2 > 0 and n > 0:
-            deltas = self.gate(self._index(n, PENALTY_EPS), self.w)
-            total = torch.add(total, torch.dot(deltas, self.block_norms(n)), alpha=self.block_l2)
-        return total
+        return penalty.layer_penalty(self)
 
 
 def depth_layers(model: nn.Module) -> list[tuple[str, InfiniteDepth]]:

@@ -278,7 +278,9 @@ def run_images(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -
                                "seconds": earlier + time.perf_counter() - started}
         if cfg.dw_probe:  # the parts of dL/dw on the first training images (changes nothing)
             probe = slice(0, cfg.dw_probe)
-            rec["dw"] = dw_parts(net, data.x_train[probe], data.y_train[probe], F.cross_entropy)
+            parts = dw_parts(net, data.x_train[probe], data.y_train[probe], F.cross_entropy)
+            if parts:  # none once learn-then-fix has fixed the depths
+                rec["dw"] = parts
         if ctx.progress and ctx.is_main:
             k = max(running["n"], 1)
             layers = " ".join(f"{name}: w={layer.depth:.3f} ({layer.active_blocks} active)"

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import shlex
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,20 +45,19 @@ from infdepth.experiments._common import (
     int_list,
     option,
     parallel_imap,
-    pyplot,
     run_from_args,
-    save_figure,
     str_list,
 )
-from infdepth.experiments.depth import images, study_speed
+from infdepth.experiments.depth import images, search, study_speed
 from infdepth.experiments.depth.recipes import RECIPES, recipe_settings
-from infdepth.io import write_json
+from infdepth.experiments.depth.study_report import accuracy, plot, plot_dw, table, verdict
+from infdepth.io import read_jsonl, write_json
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT
 
 #: the member set may grow on resume (each member checks its own settings); the budget and data may not
 RESUMABLE = ("seeds", "fixed_depths", "rounded", "ode", "device", "world_size", "speed_rounds", "jobs",
-             "recipes")
+             "recipes", "search", "storage")
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,10 @@ class Config:
     recipes: tuple[str, ...] = option((), "comma-separated learned-depth recipes trained beside the "
                                       f"paper's (`learned`): {', '.join(r for r in RECIPES if r != 'paper')}",
                                       type=str_list)
+    search: bool = option(False, "also run the successive-halving search over --fixed-depths (Optuna; "
+                          "one worker per --jobs)")
+    storage: str | None = option(None, "Optuna storage URL of the search, shared by workers on several "
+                                 "machines (default: an SQLite file in each search folder)", type=str)
     channels: int | None = option(None, "feature maps of the CNNs' first conv stage (default: the "
                                   "paper's 30; fewer for a cheaper proxy study)", type=int)
     dense_units: int | None = option(None, "units of the CNNs' dense stage (default: the paper's 256)",
@@ -100,7 +102,8 @@ class Config:
         check_items("--seeds", self.seeds, lambda n, v: check_int(n, v, low=0))
         check_items("--fixed-depths", self.fixed_depths, lambda n, v: check_int(n, v, low=0, high=1000))
         object.__setattr__(self, "recipes", tuple(self.recipes))
-        check_items("--recipes", self.recipes, lambda n, v: check_choice(n, v, tuple(RECIPES)))
+        for recipe in self.recipes:
+            check_choice("--recipes", recipe, tuple(RECIPES))
         if self.channels is not None:
             check_int("--channels", self.channels, low=1, high=4096)
         if self.dense_units is not None:
@@ -202,7 +205,47 @@ def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[st
     return row
 
 
-Task = tuple[int, str, dict[str, Any]]  # (seed, "images" or "ode", the member's settings)
+def _search_name(seed: int) -> str:
+    return f"search-sha-s{seed}"
+
+
+def _open_search(cfg: Config, ctx: RunContext, seed: int, *, resume: bool = False) -> Any:
+    folder = ctx.out / _search_name(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = cfg.storage or search.default_storage(folder)
+    return search.open_search(storage, cfg.fixed_depths, resume=resume, name=f"depth-search-s{seed}")
+
+
+def _search_worker(cfg: Config, ctx: RunContext, seed: int, data: ImageData, worker: int) -> dict[str, Any]:
+    """One worker of the seed's search: trains queued depths until none is left."""
+    name = _search_name(seed)
+    done = _finished(ctx, name)
+    if done is not None:
+        return done
+    member = _images_member(cfg, seed, fixed_depth=0)[0]
+    ran = search.work(_open_search(cfg, ctx, seed), member, ctx.out / name, data)
+    return {"member": name, "search_worker": worker, "ran": ran}
+
+
+def _search_row(cfg: Config, ctx: RunContext, seed: int) -> dict[str, Any]:
+    """The seed's search row, once every worker has finished (written as its ``study_row.json``)."""
+    name = _search_name(seed)
+    done = _finished(ctx, name)
+    if done is not None:
+        return done
+    result = search.summary_row(_open_search(cfg, ctx, seed), ctx.out / name)
+    best = json.loads((Path(result["best_folder"]) / "summary.json").read_text())["result"]
+    argv = ["study", "--dataset", cfg.dataset, "--epochs", str(cfg.epochs), "--seeds", str(seed),
+            "--fixed-depths", ",".join(map(str, cfg.fixed_depths)), "--search"]
+    row = {"member": name, "contender": "search-sha", "seed": seed, "kind": "search", "epochs": cfg.epochs,
+           **result, "final_test_acc": best["final_test_acc"], "used_parameters": best["used_parameters"],
+           "seconds": best["seconds"], "command": _command(argv)}
+    if ctx.is_main:
+        write_json(ctx.out / name / "study_row.json", row)
+    return row
+
+
+Task = tuple[int, str, dict[str, Any]]  # (seed, "images", "ode" or "search", the member's settings)
 
 
 def _task_key(task: Task) -> str:
@@ -213,6 +256,8 @@ def _row(cfg: Config, ctx: RunContext, task: Task, data: ImageData) -> dict[str,
     seed, kind, settings = task
     if kind == "ode":
         return _ode_row(cfg, ctx, seed, **settings)
+    if kind == "search":
+        return _search_worker(cfg, ctx, seed, data, **settings)
     return _images_row(cfg, ctx, seed, data, **settings)
 
 
@@ -236,7 +281,10 @@ def _train(cfg: Config, ctx: RunContext, tasks: list[Task], data: ImageData) -> 
             rows[i] = row
             bar.update(1)
             # one line per member as it finishes (the workers print nothing)
-            bar.write(f"{row['member']} finished: test accuracy {accuracy(row):.4f}")
+            if "search_worker" in row:
+                bar.write(f"{row['member']} worker {row['search_worker']} finished: trials {row['ran']}")
+            else:
+                bar.write(f"{row['member']} finished: test accuracy {accuracy(row):.4f}")
     return [rows[i] for i in range(len(tasks))]
 
 
@@ -273,6 +321,12 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
             tasks += [(seed, "ode", {"learn_t1": True}), (seed, "ode", {"learn_t1": False})]
     # the recipes last: the fixed depths they are judged against come first
     tasks += [(seed, "images", {"recipe": r}) for r in cfg.recipes for seed in cfg.seeds if r != "paper"]
+    if cfg.search:  # created (and a killed worker's trial queued again) here, before any worker starts
+        for seed in cfg.seeds:
+            if _finished(ctx, _search_name(seed)) is None and ctx.is_main:
+                _open_search(cfg, ctx, seed, resume=ctx.resume)
+        workers = 1 if ctx.dist.enabled else cfg.jobs
+        tasks += [(seed, "search", {"worker": k}) for seed in cfg.seeds for k in range(workers)]
     done.update(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
     later = [t for seed in cfg.seeds for t in rounded(seed) if _task_key(t) not in done]
     done.update(zip(map(_task_key, later), _train(cfg, ctx, later, data)))
@@ -284,6 +338,8 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
         order += rounded(seed)
         order += [t for t in tasks if t[0] == seed and t[1] == "ode"]
     rows = [done[_task_key(t)] for t in order]
+    if cfg.search:
+        rows += [_search_row(cfg, ctx, seed) for seed in cfg.seeds]
     speed = None
     if cfg.speed_rounds and ctx.is_main:
         speed = study_speed.measure(
@@ -294,131 +350,9 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
         write_json(ctx.out / "summary.json", summary)
         (ctx.out / "table.md").write_text(table(rows))
         plot(ctx.out / "study.png", rows)
+        gated = [r["member"] for r in rows if r.get("recipe")]
+        plot_dw(ctx.out / "dw.png", {m: read_jsonl(ctx.out / m / "metrics.jsonl") for m in gated})
     return summary
-
-
-def accuracy(row: dict[str, Any]) -> float:
-    """The accuracy a member is judged by: precise-BN test accuracy where measured, else plain eval."""
-    precise = row.get("final_test_acc_precise_bn")
-    return float(row["final_test_acc"] if precise is None else precise)
-
-
-def compute(row: dict[str, Any]) -> float:
-    """A member's compute: seconds from the side-by-side step timing, else its wall time."""
-    return float(row.get("compute_seconds", row["seconds"]))
-
-
-def _mean(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], Any]) -> float:
-    values = [float(v) for r in rows if (v := value(r)) is not None]
-    return sum(values) / len(values) if values else math.nan
-
-
-def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Learned against the best fixed depth (means over seeds): accuracy gaps and compute fraction.
-
-    Accuracy is :func:`accuracy` (``gap_points``) and plain eval (``gap_points_plain_eval``);
-    compute is :func:`compute`, summed over the fixed depths of ``--fixed-depths`` (the sweep a
-    user would run instead of learning the depth).
-    """
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault(r["contender"], []).append(r)
-    fixed = {c: rs for c, rs in by.items() if c.startswith("fixed") and "-" not in c}
-    timed = all("compute_seconds" in r for r in rows)
-    out: dict[str, Any] = {
-        "accuracy": "precise-BN test accuracy where measured, else plain eval",
-        "compute": "training steps timed side by side x images trained" if timed else "training wall time",
-    }
-    if "learned" in by and fixed:
-        best = max(fixed, key=lambda c: _mean(fixed[c], accuracy))
-        learned = by["learned"]
-        sweep = sum(_mean(rs, compute) for rs in fixed.values())
-
-        def plain(r: dict[str, Any]) -> Any:
-            return r["final_test_acc"]
-
-        out.update(
-            learned_test_acc=_mean(learned, accuracy),
-            best_fixed=best,
-            best_fixed_test_acc=_mean(fixed[best], accuracy),
-            gap_points=100 * (_mean(fixed[best], accuracy) - _mean(learned, accuracy)),
-            gap_points_plain_eval=100 * (_mean(fixed[best], plain) - _mean(learned, plain)),
-            learned_compute_seconds=_mean(learned, compute),
-            best_fixed_compute_seconds=_mean(fixed[best], compute),
-            sweep_compute_seconds=sweep,
-            compute_fraction=_mean(learned, compute) / sweep if sweep else math.nan,
-        )
-        # issue 13's bar: within 0.3 points of the best fixed depth at <= 1/3 of the sweep's compute
-        out["goal_met"] = bool(out["gap_points"] <= 0.3 and out["compute_fraction"] <= 1 / 3)
-    rounded = [r for c, rs in by.items() if c.startswith("fixed") and "-" in c for r in rs]
-    if rounded and "learned" in by:  # the learned depths, trained again without gates
-        out["rounded_minus_learned_points"] = 100 * (_mean(rounded, accuracy)
-                                                     - _mean(by["learned"], accuracy))
-    # the ODE-Net normalises with GroupNorm (no running statistics): its plain eval is its accuracy
-    if "odenet-t1" in by and "learned" in by:
-        out["continuous_minus_discrete_points"] = 100 * (_mean(by["odenet-t1"], accuracy)
-                                                         - _mean(by["learned"], accuracy))
-    if "odenet-t1" in by and "odenet" in by:
-        out["learned_t1_minus_fixed_t1_points"] = 100 * (_mean(by["odenet-t1"], accuracy)
-                                                         - _mean(by["odenet"], accuracy))
-    return out
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per member."""
-    def pct(v: Any) -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * float(v):.2f}"
-
-    def num(v: Any) -> str:
-        return "-" if v is None or math.isnan(float(v)) else f"{float(v):,.0f}"
-
-    lines = ["| contender | seed | test acc % | precise-BN acc % | depth (w, blocks or t1) | parameters used "
-             "| compute s | step images/s | wall s |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.get("final_w"):
-            depth = " / ".join(f"{w:.2f}" for w in r["final_w"].values())
-        elif r.get("t1") is not None:
-            depth = f"t1 = {float(r['t1']):.3f}"
-        else:  # fixedK or fixedA-B-C
-            depth = r["contender"].removeprefix("fixed").replace("-", " / ")
-        lines.append(f"| {r['contender']} | {r['seed']} | {pct(r['final_test_acc'])} | "
-                     f"{pct(r.get('final_test_acc_precise_bn'))} | {depth} | {r['used_parameters']:,} | "
-                     f"{num(r.get('compute_seconds'))} | {num(r.get('step_images_per_second'))} | "
-                     f"{num(r['seconds'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(path: Any, rows: list[dict[str, Any]]) -> None:
-    """Test accuracy (:func:`accuracy`) against compute (:func:`compute`), one point per member.
-
-    When some member is far below the rest (``fixed0`` trains nothing), a second panel
-    zooms on the members within 5 points of the best; the first then names only the others
-    (the zoomed members crowd each other there).
-    """
-    plt = pyplot()
-    style: dict[str, Callable[[str], tuple[str, str]]] = {
-        "g-inf CNN": lambda c: ("*", "C3") if c == "learned" else ("o", "C0"),
-        "ODE-Net": lambda c: ("D", "C2") if c == "odenet-t1" else ("s", "C2"),
-    }
-    points = [(r, compute(r), 100 * accuracy(r)) for r in rows]
-    zoom_floor = max(acc for _, _, acc in points) - 5
-    top = [p for p in points if p[2] >= zoom_floor]
-    panels = [points, top] if len(top) < len(points) else [points]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    timed = all("compute_seconds" in r for r in rows)
-    xlabel = "compute (s): steps timed side by side x images trained" if timed else "training wall time (s)"
-    for i, (ax, panel) in enumerate(zip(axes[0], panels)):
-        for r, x, y in panel:
-            marker, color = style[r["kind"]](r["contender"])
-            ax.plot([x], [y], marker, color=color, ms=14 if marker == "*" else 7)
-            if i == len(panels) - 1 or y < zoom_floor:  # the zoom names the close ones
-                ax.annotate(r["contender"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel)
-        ax.grid(True, alpha=0.3, which="both")
-    axes[0][0].set_title("learned (star), fixed (circles), ODE-Net (diamond: t1 learned)", fontsize=10)
-    if len(panels) == 2:
-        axes[0][1].set_title("within 5 points of the best", fontsize=10)
-    save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

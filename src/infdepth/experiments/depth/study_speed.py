@@ -164,7 +164,9 @@ def measure(
             plan[r["member"]] = {key: int(r["epochs"])}
             continue
         learned = r["contender"] == "learned" or r.get("recipe") is not None  # a gated CNN
-        if learned:
+        if r["kind"] == "search":  # every epoch it trained, pruned depths included
+            counts = {(int(k),) * len(LAYERS): int(e) for k, e in r["search_epochs"].items()}
+        elif learned:
             counts = epochs_at_depth(out / r["member"] / "metrics.jsonl")
         else:
             counts = {fixed_depths(out / r["member"] / "config.json"): int(r["epochs"])}
