@@ -22,7 +22,8 @@ def test_recipes_search_and_proxy_flags_through_the_cli(tmp_path, capsys) -> Non
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     members = {r["member"]: r for r in summary["rows"]}
-    assert {"zero-init-s1", "learn-then-fix-s0", "search-sha-s0", "search-sha-s1", "fixed2-s0"} <= set(members)
+    expected = {"zero-init-s1", "learn-then-fix-s0", "search-sha-s0", "search-sha-s1", "fixed2-s0"}
+    assert expected <= set(members)
     # each recipe member ran with its settings and the proxy's network, and its command says so
     zero = json.loads((out / "zero-init-s0" / "config.json").read_text())
     assert zero["zero_init"] is True and zero["channels"] == 4 and zero["batch_size"] == 128
@@ -52,5 +53,5 @@ def test_an_unknown_recipe_is_refused(tmp_path, capsys) -> None:
 def test_every_recipe_is_a_valid_images_configuration() -> None:
     from infdepth.experiments.depth.images import Config
 
-    for name, settings in RECIPES.items():
+    for settings in RECIPES.values():
         Config(dataset="digits", **settings)  # raises on a misspelt or out-of-range setting
