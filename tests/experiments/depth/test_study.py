@@ -9,6 +9,7 @@ import pytest
 
 from infdepth.cli import main as cli_main
 from infdepth.experiments.depth import study as study_module
+from infdepth.experiments.depth import study_report
 from infdepth.experiments.depth.study import verdict
 from infdepth.experiments.depth.study_speed import epochs_at_depth, fixed_depths
 
@@ -185,7 +186,7 @@ def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:
 
 def test_the_figure_zooms_on_the_close_members_and_names_each_once(monkeypatch) -> None:
     figures = []
-    monkeypatch.setattr(study_module, "save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr(study_report, "save_figure", lambda fig, path: figures.append(fig))
     members = [("learned", "g-inf CNN", 0.90, 10.0), ("fixed0", "g-inf CNN", 0.14, 1.0),
                ("fixed1", "g-inf CNN", 0.91, 9.0), ("odenet", "ODE-Net", 0.92, 50.0)]
     rows = [{"contender": c, "kind": k, "final_test_acc": a, "final_test_acc_precise_bn": None, "seconds": s}

@@ -32,7 +32,7 @@ def test_writes_outputs(run_ok) -> None:
     (["--samples", "-5"], "--samples=-5"),
     (["--steps", "0"], "--steps=0"),
     (["--steps", "ten"], "--steps"),
-    (["--seed", "-1"], "--seed=-1"),
+    (["--seed", "-1"], "--seed: -1 is not accepted"),
     (["--threads", "-1"], "--threads=-1"),
     (["--samples", "100000000000"], "--samples"),
     (["--width", "100000000000"], "--width"),
