@@ -55,3 +55,19 @@ def test_every_recipe_is_a_valid_images_configuration() -> None:
 
     for settings in RECIPES.values():
         Config(dataset="digits", **settings)  # raises on a misspelt or out-of-range setting
+
+
+def test_the_committed_proxy_study_verdict_follows_from_its_rows() -> None:
+    """docs/depth-recipes.md quotes docs/results/proxy-study/summary.json: its verdict is what
+    :func:`verdict` makes of its rows today, and the doc's headline numbers are those."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    summary = json.loads((root / "docs/results/proxy-study/summary.json").read_text())
+    assert json.loads(json.dumps(verdict(summary["rows"]))) == summary["verdict"]
+    v = summary["verdict"]["recipes"]
+    doc = " ".join((root / "docs/depth-recipes.md").read_text().split())
+    for name, entry in v["recipes"].items():
+        assert f"| {name} | {100 * entry['test_acc']:.2f} +- {100 * entry['test_acc_sd']:.2f} |" in doc, name
+    assert f"best fixed depth on the proxy is **{v['best_fixed']}**" in doc
+    assert ("**not met**" if not v["goal_met"] else "**met**") in doc
