@@ -138,7 +138,9 @@ def str_list(text: str) -> tuple[str, ...]:
 
 
 def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 # ---------------------------------------------------------------- Config -> flags
