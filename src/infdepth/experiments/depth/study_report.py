@@ -196,13 +196,15 @@ def plot(path: Any, rows: list[dict[str, Any]]) -> None:
     xlabel = "compute (s): steps timed side by side x images trained" if timed else "training wall time (s)"
     for i, (ax, panel) in enumerate(zip(axes[0], panels)):
         for r, x, y in panel:
-            marker, color = style[r["kind"]](r["contender"])
+            recipe = r.get("recipe") not in (None, "paper")  # a learned-depth recipe: triangles
+            marker, color = ("^", "C4") if recipe else style[r["kind"]](r["contender"])
             ax.plot([x], [y], marker, color=color, ms=14 if marker == "*" else 7)
             if i == len(panels) - 1 or y < zoom_floor:  # the zoom names the close ones
                 ax.annotate(r["contender"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set(xscale="log", ylabel="test accuracy (%; precise BN for the CNNs)", xlabel=xlabel)
         ax.grid(True, alpha=0.3, which="both")
-    axes[0][0].set_title("learned (star), fixed (circles), ODE-Net (diamond: t1 learned)", fontsize=10)
+    axes[0][0].set_title("learned (star), recipes (triangles), fixed (circles), ODE-Net (diamond: t1 "
+                         "learned), search (plus)", fontsize=8)
     if len(panels) == 2:
         axes[0][1].set_title("within 5 points of the best", fontsize=10)
     save_figure(fig, path)
