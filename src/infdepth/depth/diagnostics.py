@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from infdepth.depth.layer import depth_layers
+from infdepth.depth.penalty import w_scale
 
 #: the parts of dL/dw, in the order they are reported
 PARTS = ("data", "w_l2", "block_l2")
@@ -43,8 +44,7 @@ def dw_parts(
                                        allow_unused=True)
             parts: dict[str, dict[str, float]] = {}
             for (name, layer), g_data in zip(layers, data):
-                scale = layer.w_l2 * (layer.params_per_block if layer.w_penalty == "param_scaled" else 1.0)
-                w_part = 2 * scale * layer.depth
+                w_part = 2 * w_scale(layer) * layer.depth
                 (g_pen,) = torch.autograd.grad(layer.penalty(), [layer.w], allow_unused=True)
                 total = 0.0 if g_pen is None else float(g_pen)
                 parts[name] = {"data": 0.0 if g_data is None else float(g_data), "w_l2": w_part,

@@ -65,6 +65,11 @@ def block_norms(layer: InfiniteDepth, n: int) -> Tensor:
             terms.append(parts[0] if len(parts) == 1 else torch.stack(parts).sum())
     return torch.stack(terms)
 
+def w_scale(layer: InfiniteDepth) -> float:
+    """The factor of ``w**2`` in the penalty: ``w_l2``, times the parameters per sub-layer if scaled."""
+    return layer.w_l2 * (layer.params_per_block if layer.w_penalty == "param_scaled" else 1.0)
+
+
 def layer_penalty(layer: InfiniteDepth) -> Tensor:
     """``w`` penalty plus ``sum_i delta_w(i + eps) * l2(block i)`` over the used sub-layers.
 
@@ -75,7 +80,7 @@ def layer_penalty(layer: InfiniteDepth) -> Tensor:
         if layer.block_l2 == 0 or len(frozen) == 0:
             return layer.w.new_zeros(())
         return layer.block_l2 * torch.dot(frozen, block_norms(layer, len(frozen)))
-    scale = layer.w_l2 * (layer.params_per_block if layer.w_penalty == "param_scaled" else 1.0)
+    scale = w_scale(layer)
     detached = layer.penalty_gate == "detached"
     w = layer.depth
     n = layer._active(w)
