@@ -37,6 +37,7 @@ from infdepth.checkpoint import (
     window_state,
 )
 from infdepth.depth.attach import attach
+from infdepth.depth.collect import collect_penalties
 from infdepth.depth.growth import grow
 from infdepth.depth.layer import depth_layers
 from infdepth.errors import DivergenceError, InputError, brief
@@ -144,8 +145,13 @@ def model_penalty(model: nn.Module) -> Tensor:
     return torch.zeros(()) if like is None else like.new_zeros(())
 
 
-def _penalty_sum(model: nn.Module) -> Tensor | None:
-    terms = [t for _, m in penalty_modules(model) if (t := m.penalty()) is not None]
+def _penalty_sum(model: nn.Module, produced: dict[nn.Module, Tensor | None] | None = None) -> Tensor | None:
+    """The penalty terms summed; a module's term is taken from ``produced`` (its forward's) when there."""
+    produced = {} if produced is None else produced
+    terms = [
+        t for _, m in penalty_modules(model)
+        if (t := produced[m] if m in produced else m.penalty()) is not None  # type: ignore[index]
+    ]
     if not terms:
         return None
     return terms[0] if len(terms) == 1 else torch.stack([t.reshape(()) for t in terms]).sum()
@@ -157,7 +163,10 @@ class WithPenalty(nn.Module):
     DistributedDataParallel only sees parameters used in its ``forward``; a ``w`` whose
     layer runs no sub-layer (``w <= 0``) is used by the penalty alone, so the penalty
     must be part of the wrapped forward or DDP reports it as used twice.  The modules
-    that add a penalty are looked up on every call.
+    that add a penalty are looked up on every call.  A g-infinity layer produces its
+    penalty in its own ``forward``, at the ``w`` it read there
+    (:func:`infdepth.depth.collect.collect_penalties`): one host read of ``w`` per layer
+    and step; any other module is asked for ``penalty()``.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -165,7 +174,9 @@ class WithPenalty(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        return self.model(x), _penalty_sum(self.model)
+        with collect_penalties() as produced:
+            out = self.model(x)
+        return out, _penalty_sum(self.model, produced)
 
 
 def train_step(
@@ -291,6 +302,7 @@ def fit(
         dynamic_ncols=True,
         leave=False,
     )
+    after: list[tuple[str, Tensor]] | None = None  # each w after the last update (see below)
     try:
         for step in range(start, config.steps):
             x, y = batch(step)
@@ -300,18 +312,33 @@ def fit(
             try:
                 out, loss, penalty = train_step(wrapped, optimizer, loss_fn, x, y)
             except DivergenceError as exc:
+                _raise_if_diverged(after, step)  # the update before made w non-finite: name that step
                 raise DivergenceError(f"at step {step + 1}: {exc}") from exc
             if scheduler is not None:
                 scheduler.step()
-            if ctx.enabled:
-                _sync_depths(raw)
+            done = step + 1
+            is_eval = evaluate is not None and (done % config.eval_every == 0 or done == config.steps)
+            is_log = done % config.log_every == 0 or done == config.steps or is_eval
+            is_checkpoint = out_dir is not None and (
+                done == config.steps or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
+            )
             layers = depth_layers(raw)
-            ws = {name or "layer": layer.depth for name, layer in layers}
-            bad = {k: v for k, v in ws.items() if not math.isfinite(v)}
-            if bad:
-                raise DivergenceError(f"at step {step + 1}, w became non-finite: {bad}")
-            if grow(raw, optimizer) and ctx.enabled:
-                wrapped = ctx.rewrap(wrapped, net)
+            after = None
+            if ctx.enabled or is_log or is_checkpoint:
+                if ctx.enabled:
+                    _sync_depths(raw)
+                ws = {name or "layer": layer.depth for name, layer in layers}
+                bad = {k: v for k, v in ws.items() if not math.isfinite(v)}
+                if bad:
+                    raise DivergenceError(f"at step {done}, w became non-finite: {bad}")
+                if grow(raw, optimizer) and ctx.enabled:
+                    wrapped = ctx.rewrap(wrapped, net)
+            elif layers:
+                # No host read here: the next forward reads w (one read per layer and step),
+                # builds the sub-layers it needs, and the attached optimizer takes them before
+                # its step.  w's value after this update stays on the device, read only if
+                # that forward finds w non-finite, to name this step as the one that made it so.
+                after = [(name or "layer", layer.w.detach().clone()) for name, layer in layers]
 
             with torch.no_grad():
                 window["loss"] = window.get("loss", 0) + loss.detach()
@@ -321,9 +348,6 @@ def fit(
                     for k, v in step_metrics(out.detach(), y).items():
                         window[k] = window.get(k, 0) + v.detach()
             window_steps += 1
-            done = step + 1
-            is_eval = evaluate is not None and (done % config.eval_every == 0 or done == config.steps)
-            is_log = done % config.log_every == 0 or done == config.steps or is_eval
             if is_log:
                 record: dict[str, Any] = {"step": done}
                 record.update(distributed.mean_over_ranks({k: v / window_steps for k, v in window.items()}))
@@ -344,9 +368,8 @@ def fit(
                     shown["w"] = " ".join(f"{v:.2f}" for v in ws.values())
                 bar.set_postfix(shown)
             bar.update(1)
-            if out_dir is not None and (
-                done == config.steps or (config.checkpoint_every and done % config.checkpoint_every == 0)
-            ):
+            if is_checkpoint:
+                assert out_dir is not None
                 bad_params = [n for n, p in raw.named_parameters() if not bool(torch.isfinite(p).all())]
                 if bad_params:  # never replace the last good checkpoint by a broken one
                     raise DivergenceError(f"at step {done}, non-finite values in {bad_params[:5]}")
@@ -362,6 +385,13 @@ def fit(
     result.seconds = earlier_seconds + time.perf_counter() - started
     result.steps = config.steps
     return result
+
+
+def _raise_if_diverged(after: list[tuple[str, Tensor]] | None, step: int) -> None:
+    """Raise "w became non-finite at step ``step``" if ``after`` (each ``w`` after that update) says so."""
+    bad = {name: float(w) for name, w in after or [] if not bool(torch.isfinite(w))}
+    if bad:
+        raise DivergenceError(f"at step {step}, w became non-finite: {bad}")
 
 
 def _json_line(record: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Callable
@@ -17,9 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from infdepth.depth import penalty
+from infdepth.depth import forward, penalty
 from infdepth.depth.events import record_growth
-from infdepth.depth.fused import GatedResidual, host_gate
 from infdepth.depth.gates import Gate, make_gate
 from infdepth.depth.idempotent import check_idempotent, make_h
 from infdepth.depth.merges import make_merge
@@ -336,60 +334,14 @@ class InfiniteDepth(nn.Module):
         index = torch.arange(n, dtype=self.w.dtype, device=self.w.device)
         return index + shift if shift else index
 
-    # How many sub-layers run is decided on the host from w, and the fused path passes gate
-    # values as Python floats: torch.compile would break the graph here and specialise on
-    # every value of w.  So the layer runs eagerly inside a compiled model (the modules
-    # around it are compiled), and growing it never triggers a recompile.
-    @torch.compiler.disable
     def forward(self, x: Tensor) -> Tensor:
-        if not self._h_checked:
-            check_idempotent(self.h, x.detach())
-            self._h_checked = True
-        frozen = self.frozen_gates
-        if frozen is not None:
-            return self._forward_fixed(x, frozen)
-        w = self.depth  # the one host read of w in a forward
-        n = self._active(w)
-        h = self.h
-        if n == 0:
-            return h(x)
-        if n > len(self.blocks):
-            # w was set from outside (or a step jumped past the built blocks): build now.
-            # infdepth.depth.growth.grow registers the new parameters with the optimizer.
-            self._grow_unregistered()
-        # skip the module-call overhead for the two common h (a hot loop for narrow layers)
-        h_fast = None if isinstance(h, nn.Identity) else torch.relu if type(h) is nn.ReLU else h
-        alpha = self.gate.fixed_alpha
-        if alpha is not None and self.merge_name == "residual":
-            for i, block in enumerate(itertools.islice(self.blocks, n)):
-                fx = block(x)
-                if fx.shape != x.shape:
-                    self._check_shape(i, x, fx)
-                delta, ddelta = host_gate(float(i), w, alpha)
-                x = GatedResidual.apply(x, fx, self.w, delta, ddelta)
-                if h_fast is not None:
-                    x = h_fast(x)
-            return x
-        deltas = self.gate(self._index(n), self.w).unbind()
-        merge = self.merge
-        for i, (block, delta) in enumerate(zip(self.blocks, deltas)):
-            fx = block(x)
-            if fx.shape != x.shape:
-                self._check_shape(i, x, fx)
-            x = merge(x, fx, delta)
-            if h_fast is not None:
-                x = h_fast(x)
-        return x
-
-    def _forward_fixed(self, x: Tensor, gates: Tensor) -> Tensor:
-        """The fixed-depth stack of :meth:`fix_depth`: constant gates, no ``w``."""
-        h = self.h
-        for i, (block, delta) in enumerate(zip(self.blocks, gates.unbind())):
-            fx = block(x)
-            if fx.shape != x.shape:
-                self._check_shape(i, x, fx)
-            x = h(self.merge(x, fx, delta))
-        return h(x) if len(gates) == 0 else x
+        # one host read of w (with the penalty, when collected): infdepth.depth.forward
+        if torch.compiler.is_compiling():
+            return forward.run_graph(self, x, forward.enter_compiled(self, x))
+        w = forward.enter(self, x)
+        out = forward.run_fixed(self, x, self.frozen_gates) if w is None else forward.run_eager(self, x, w)
+        forward.record_penalty(self, w)  # after the sub-layers: the autograd order of before
+        return out
 
     # ------------------------------------------------------------------ regularisation
     def penalty(self) -> Tensor:

@@ -70,10 +70,12 @@ def w_scale(layer: InfiniteDepth) -> float:
     return layer.w_l2 * (layer.params_per_block if layer.w_penalty == "param_scaled" else 1.0)
 
 
-def layer_penalty(layer: InfiniteDepth) -> Tensor:
+def layer_penalty(layer: InfiniteDepth, w: float | None = None) -> Tensor:
     """``w`` penalty plus ``sum_i delta_w(i + eps) * l2(block i)`` over the used sub-layers.
 
     Sub-layers with ``i >= w`` have a zero gate, so they add nothing and get no gradient.
+    ``w``: the value of the parameter the caller has just read to the host (the layer's
+    ``forward`` does, :mod:`infdepth.depth.forward`); None reads it here.
     """
     frozen = layer.frozen_gates
     if frozen is not None:  # fixed depth: the gamma penalty with constant gates, nothing on w
@@ -82,7 +84,7 @@ def layer_penalty(layer: InfiniteDepth) -> Tensor:
         return layer.block_l2 * torch.dot(frozen, block_norms(layer, len(frozen)))
     scale = w_scale(layer)
     detached = layer.penalty_gate == "detached"
-    w = layer.depth
+    w = layer.depth if w is None else w
     n = layer._active(w)
     if layer.block_l2 > 0 and n > len(layer.blocks):  # w moved past the built sub-layers
         layer._grow_unregistered()
