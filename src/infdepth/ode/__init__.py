@@ -9,10 +9,13 @@ from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMetho
 from infdepth.ode._block import ODEBlock
 from infdepth.ode._controller import ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
+from infdepth.ode._events import Event, SteadyState
 from infdepth.ode._esdirk import ESDIRK, TRBDF2, KenCarp4
 from infdepth.ode._newton import NewtonFailure
 from infdepth.ode._odeint import odeint
+from infdepth.ode._per_sample import Status
 from infdepth.ode._regularisers import JacobianFrobenius, KineticEnergy, Regulariser
+from infdepth.ode._solution import SampleStats, Solution, solve
 from infdepth.ode._solvers import (
     RK4,
     Bosh3,
@@ -37,6 +40,7 @@ __all__ = [
     "Dopri5",
     "Dopri8",
     "ESDIRK",
+    "Event",
     "Euler",
     "GradientMethod",
     "Heun",
@@ -50,8 +54,13 @@ __all__ = [
     "PIController",
     "Regulariser",
     "RungeKutta",
+    "SampleStats",
+    "Solution",
     "SolverError",
+    "Status",
+    "SteadyState",
     "TRBDF2",
     "Tsit5",
     "odeint",
+    "solve",
 ]

@@ -71,6 +71,9 @@ class PIController:
             (Hairer, Norsett & Wanner, Solving ODEs I, II.4).
         dtmin: a step size below this (in magnitude) raises an error naming ``t`` and ``h``.
         dtmax: steps never exceed this magnitude.
+        shrink_after_accept: clip the factor after an accepted step to
+            ``[factor_min, factor_max]`` (as torchode and diffrax do) instead of
+            ``[1, factor_max]``.
     """
 
     rtol: float = DEFAULT_RTOL
@@ -83,6 +86,7 @@ class PIController:
     dt0: float | None = None
     dtmin: float = 0.0
     dtmax: float = math.inf
+    shrink_after_accept: bool = False
 
     def __post_init__(self) -> None:
         check_float("rtol", self.rtol, low=0.0)
@@ -196,7 +200,8 @@ class AdaptiveSteps:
         else:
             factor = ctrl.safety * r**self._exponent * self._prev_r**self._p_exponent
         if accepted:
-            factor = min(max(factor, 1.0), ctrl.factor_max)
+            low = ctrl.factor_min if ctrl.shrink_after_accept else 1.0
+            factor = min(max(factor, low), ctrl.factor_max)
             self._prev_r = max(r, 1e-10)
         else:
             factor = min(max(factor, ctrl.factor_min), 1.0)

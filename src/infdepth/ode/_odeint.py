@@ -10,6 +10,7 @@ from infdepth.errors import InputError
 from infdepth.ode._adjoint import Backprop, GradientMethod, Problem, check_params_visible, find_params
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._outputs import OutputGrid
+from infdepth.ode._solution import solve as solve_per_sample
 from infdepth.ode._solvers import Dopri5, RungeKutta
 from infdepth.ode._stepping import VectorField
 
@@ -72,6 +73,7 @@ def odeint(
     controller: PIController | ConstantStepSize | None = None,
     adjoint: GradientMethod | None = None,
     max_steps: int = 10_000,
+    per_sample_steps: bool = False,
 ) -> torch.Tensor:
     """Solve ``dy/dt = f(t, y)``, ``y(t[0]) = y0``, and return ``y`` at the times ``t``.
 
@@ -98,6 +100,11 @@ def odeint(
             (``Adjoint(params=net.parameters())``): a function that uses tensors requiring
             grad that the method cannot see is refused, never given a silent ``None`` gradient.
         max_steps: attempted steps before :class:`SolverError` is raised.
+        per_sample_steps: give every sample of ``y0`` ``(batch, ...)`` its own time, step
+            size and accept/reject decision (:func:`~infdepth.ode.solve`, which also returns
+            statistics, a status per sample and events); ``f`` then receives ``t`` of shape
+            ``(n,)``, one time per row, and only the rows still running. Explicit adaptive
+            solvers and ``Backprop()`` only.
 
     Returns:
         ``(T, *y0.shape)`` tensor: ``out[i]`` is the state at ``t[i]`` (for per-sample
@@ -109,6 +116,16 @@ def odeint(
         SolverError: ``max_steps`` exceeded or the step size fell below its minimum.
         NonFiniteStateError: the state became NaN or infinite.
     """
+    if per_sample_steps is not False:
+        if per_sample_steps is not True:
+            raise InputError(f"per_sample_steps={per_sample_steps!r} is not accepted; expected "
+                             "True or False")
+        if step_size is not None:
+            raise InputError(f"step_size={step_size!r} is not accepted with per_sample_steps=True "
+                             "(fixed steps are shared by the batch); use an adaptive solver")
+        return solve_per_sample(f, y0, t, solver=solver, rtol=rtol, atol=atol,
+                                controller=controller, adjoint=adjoint,  # type: ignore[arg-type]
+                                max_steps=max_steps, dense=False).ys
     return solve(f, y0, t, solver=solver, rtol=rtol, atol=atol, step_size=step_size,
                  controller=controller, adjoint=adjoint, max_steps=max_steps)
 

@@ -1,0 +1,220 @@
+"""``solve``: the per-sample solve, returning a :class:`Solution` with statistics and a status.
+
+``odeint(..., per_sample_steps=True)`` is ``solve(...).ys`` (with ``throw=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from infdepth.errors import InputError
+from infdepth.ode._adjoint import Backprop, GradientMethod
+from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
+from infdepth.ode._errors import NonFiniteStateError, SolverError
+from infdepth.ode._events import Event, SteadyState
+from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
+from infdepth.ode._per_sample_step import dense_per_sample
+from infdepth.ode._solvers import Dopri5, RungeKutta
+from infdepth.ode._stepping import VectorField
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """Counters per sample, ``(batch,)`` long tensors.
+
+    ``nfe`` counts the evaluations of ``f`` each sample needed (a batched call counts once
+    per sample in it; with ``compact=False`` finished samples ride along uncounted).
+    """
+
+    nfe: torch.Tensor
+    n_accepted: torch.Tensor
+    n_rejected: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The result of :func:`solve`.
+
+    Attributes:
+        ts: the output times, ``(T, batch)``.
+        ys: ``(T, *y0.shape)``; ``ys[i, b]`` is sample ``b`` at ``ts[i, b]``. After a
+            sample's terminal event its outputs hold the event state; after a failure
+            (``throw=False``) its outputs not reached are NaN.
+        status: ``(batch,)`` long tensor of :class:`Status` values.
+        event_t: ``(batch,)`` event times (NaN where none), differentiable.
+        event_y: ``(batch, ...)`` the state where each sample stopped (its event state,
+            its last state otherwise), differentiable.
+        stats: per-sample :class:`SampleStats`.
+    """
+
+    ts: torch.Tensor
+    ys: torch.Tensor
+    status: torch.Tensor
+    event_t: torch.Tensor
+    event_y: torch.Tensor
+    stats: SampleStats
+    _records: tuple[Record, ...]
+    _dense: torch.Tensor
+    _direction: float
+
+    def evaluate(self, t: torch.Tensor | float) -> torch.Tensor:
+        """The dense interpolant: every sample at time ``t`` (a number or ``(batch,)`` times).
+
+        Times outside a sample's accepted steps (before its start, after it stopped) give NaN.
+        Raises :class:`InputError` when the solve ran with ``dense=False``.
+        """
+        if not self._records:
+            raise InputError("Solution.evaluate needs solve(..., dense=True) (the default)")
+        batch = self.status.shape[0]
+        tq = torch.as_tensor(t, dtype=self.ts.dtype, device=self.ts.device)
+        tq = tq.expand(batch) if tq.ndim == 0 else tq
+        if tq.shape != (batch,):
+            raise InputError(f"t of shape {tuple(tq.shape)} is not accepted; expected a number "
+                             f"or ({batch},) times")
+        y_like = self.event_y
+        out = torch.full_like(y_like, float("nan"))
+        d = self._direction
+        for rec in self._records:  # later steps overwrite a shared boundary: same value
+            q = tq[rec.rows]
+            inside = (d * (q - rec.t) >= 0) & (d * (rec.t + rec.h - q) >= 0)
+            if not bool(inside.any()):
+                continue
+            sel = inside.nonzero().squeeze(1)
+            theta = (q[sel] - rec.t[sel]) / rec.h[sel]
+            val = dense_per_sample(theta, rec.y[sel], rec.h[sel], rec.k[:, sel], self._dense)
+            out = out.index_copy(0, rec.rows[sel], val)
+        return out
+
+
+def _problem_checks(solver: object, controller: object, rtol: float, atol: float,
+                    adjoint: object, event: object, max_steps: object, y0: object) -> None:
+    if not isinstance(solver, RungeKutta):
+        raise InputError(f"solver={solver!r} is not accepted; pass an instance such as Dopri5()")
+    if not solver.adaptive or solver.tensors(torch.float64, torch.device("cpu")).workspace:
+        raise InputError(
+            f"per_sample_steps=True is not accepted with solver={type(solver).__name__}(): it "
+            "needs an explicit adaptive solver (Bosh3, Dopri5, Tsit5, Dopri8)")
+    if isinstance(controller, ConstantStepSize):
+        raise InputError("per_sample_steps=True is not accepted with controller="
+                         "ConstantStepSize(): fixed steps are the same for every sample; "
+                         "use a PIController")
+    if controller is not None and not isinstance(controller, PIController):
+        raise InputError(f"controller={controller!r} is not accepted; expected a PIController")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v >= 0):
+            raise InputError(f"{name}={v!r} is not accepted; expected a finite number >= 0")
+    if adjoint is not None and not isinstance(adjoint, Backprop):
+        raise InputError(
+            f"adjoint={adjoint!r} is not accepted with per-sample steps (or events); only "
+            "Backprop() is implemented there: use the shared-step odeint for Adjoint() and "
+            "Checkpointed()")
+    if event is not None and not isinstance(event, (Event, SteadyState)):
+        raise InputError(f"event={event!r} is not accepted; expected Event(fn, ...) or "
+                         "SteadyState(...)")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise InputError(f"max_steps={max_steps!r} is not accepted; expected an integer >= 1")
+    if not isinstance(y0, torch.Tensor) or not y0.is_floating_point() or y0.ndim < 1:
+        raise InputError("y0 must be a floating-point tensor of shape (batch, ...)")
+
+
+def _times(t: torch.Tensor, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(T, batch)`` output times in float64 and the direction of integration."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise InputError("t must be a floating-point tensor of times, shape (T,) or (T, batch)")
+    if t.requires_grad:
+        raise InputError("t requires grad: per-sample steps do not differentiate output times "
+                         "(event times are differentiable); pass t.detach() or shared steps")
+    batch = y0.shape[0]
+    if t.ndim not in (1, 2) or t.shape[0] < 2 or (t.ndim == 2 and t.shape[1] != batch):
+        raise InputError(f"t has shape {tuple(t.shape)}; expected (T,) or (T, batch={batch}) "
+                         "with T >= 2")
+    if not bool(torch.isfinite(t).all()):
+        raise InputError("t contains NaN or infinite times; expected finite times")
+    tt = t.to(device=y0.device, dtype=torch.float64)
+    tt = tt.unsqueeze(1).expand(-1, batch) if tt.ndim == 1 else tt
+    diff = tt[1:] - tt[:-1]
+    if bool((diff > 0).all()):
+        return tt.contiguous(), 1.0
+    if bool((diff < 0).all()):
+        return tt.contiguous(), -1.0
+    raise InputError("t must be strictly increasing or strictly decreasing along its first "
+                     "axis, every sample in the same direction")
+
+
+def solve(
+    f: VectorField,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    solver: RungeKutta | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    controller: PIController | None = None,
+    event: Event | SteadyState | None = None,
+    adjoint: GradientMethod | None = None,
+    max_steps: int = 10_000,
+    compact: bool = True,
+    dense: bool = True,
+    throw: bool = True,
+) -> Solution:
+    """Solve ``dy/dt = f(t, y)`` with a step size per sample; optionally stop at events.
+
+    Every sample ``y0[b]`` has its own time, step size, error norm, accept/reject decision
+    and step count, so its solution does not depend on the batch it is solved in.
+
+    Args:
+        f: ``f(t, y)`` with ``t`` of shape ``(n,)``, one time per sample of ``y`` ``(n, ...)``:
+            ``n`` is the number of samples still running when ``compact`` (then ``f`` must
+            treat rows independently), the whole batch otherwise.
+        y0: ``(batch, ...)`` initial states.
+        t: output times ``(T,)`` for all samples or ``(T, batch)``, one grid per sample
+            (samples may start at different times), strictly monotone in one direction.
+        solver: an explicit adaptive solver (default ``Dopri5()``).
+        rtol, atol: tolerances when no ``controller`` is given.
+        controller: a :class:`PIController`, applied to each sample separately.
+        event: an :class:`Event` (a sample stops where its function changes sign) or a
+            :class:`SteadyState`; ``None`` runs every sample to its last output time.
+        adjoint: only ``Backprop()`` (the default) is implemented for per-sample steps.
+        max_steps: attempted steps per sample before it stops with ``Status.MAX_STEPS``.
+        compact: evaluate ``f`` on the running samples only (finished ones cost nothing).
+        dense: keep the steps for :meth:`Solution.evaluate` (memory grows with the steps).
+        throw: raise :class:`SolverError` / :class:`NonFiniteStateError` when a sample
+            fails; ``False`` returns the status per sample instead.
+
+    Raises:
+        InputError: bad arguments (named), ``f`` or the event function returning a wrong shape.
+    """
+    solver = Dopri5() if solver is None else solver
+    _problem_checks(solver, controller, rtol, atol, adjoint, event, max_steps, y0)
+    if not bool(torch.isfinite(y0.detach()).all()):
+        raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
+    ctrl = controller if controller is not None else PIController(rtol=rtol, atol=atol)
+    tgrid, direction = _times(t, y0)
+    raw = integrate_per_sample(f, y0, tgrid, direction, solver, ctrl, max_steps=max_steps,
+                               event=event, compact=compact, keep_dense=dense)
+    if throw:
+        _raise_failures(raw)
+    return Solution(
+        ts=tgrid, ys=raw.ys, status=raw.status, event_t=raw.event_t, event_y=raw.y_stop,
+        stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), _records=tuple(raw.records),
+        _dense=solver.tensors(y0.dtype, y0.device).dense, _direction=direction)
+
+
+def _raise_failures(raw: Raw) -> None:
+    failed = (raw.status != Status.OK) & (raw.status != Status.EVENT)
+    if not bool(failed.any()):
+        return
+    b = int(failed.nonzero()[0, 0])
+    code = Status(int(raw.status[b]))
+    where = f"sample {b} at t={float(raw.t_stop[b]):.6g}"
+    if code == Status.NONFINITE:
+        raise NonFiniteStateError(f"non-finite state or error estimate for {where}; pass "
+                                  "throw=False to keep the other samples")
+    reason = ("max_steps reached" if code == Status.MAX_STEPS else
+              "step size below the minimum (dtmin, or too small to change t)")
+    raise SolverError(f"{reason} for {where} ({int(failed.sum())} samples failed); loosen "
+                      "rtol/atol, raise max_steps, or pass throw=False for a status per sample")
