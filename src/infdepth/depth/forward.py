@@ -48,7 +48,7 @@ def enter(layer: InfiniteDepth, x: Tensor) -> float | None:
     if layer._active(w) > len(layer.blocks):
         # w was set from outside (or a step jumped past the built blocks): build now; an
         # attached optimizer (infdepth.attach) takes the new parameters before its next step
-        layer._grow_unregistered()
+        layer._grow_unregistered(w)
     return w
 
 

@@ -234,13 +234,17 @@ class InfiniteDepth(nn.Module):
 
         Returns the new sub-layers; already built ones are never touched or dropped.
         """
-        need = self.active_blocks if target is None else target
+        if target is None:
+            return self._grow_to(self.active_blocks, chunked=True)
+        return self._grow_to(target, chunked=False)
+
+    def _grow_to(self, need: int, chunked: bool) -> list[nn.Module]:
         if need <= len(self.blocks):
             return []
         limit = self.max_blocks
         if limit is not None and need > limit:
             raise InputError(too_many_blocks(self, self.depth, need, limit))
-        total = math.ceil(need / self.grow_step) * self.grow_step if target is None else need
+        total = math.ceil(need / self.grow_step) * self.grow_step if chunked else need
         total = min(total, limit or total)
         new = [self._build(i) for i in range(len(self.blocks), total)]
         for module in new:
@@ -248,11 +252,14 @@ class InfiniteDepth(nn.Module):
         record_growth()
         return new
 
-    def _grow_unregistered(self) -> None:
-        """Grow from ``forward``/``penalty``; warns once if no attached optimizer will step them."""
+    def _grow_unregistered(self, w: float) -> None:
+        """Grow from ``forward``/``penalty`` to ``ceil(w)`` at the ``w`` they read (no second read).
+
+        Warns once if no attached optimizer will step the new sub-layers.
+        """
         from infdepth.depth.attach import warn_if_unattached  # attach imports this module
 
-        warn_if_unattached(self, len(self.blocks), self.grow())
+        warn_if_unattached(self, len(self.blocks), self._grow_to(self._active(w), chunked=True))
 
     @property
     def seed(self) -> int:

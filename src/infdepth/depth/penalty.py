@@ -87,7 +87,7 @@ def layer_penalty(layer: InfiniteDepth, w: float | None = None) -> Tensor:
     w = layer.depth if w is None else w
     n = layer._active(w)
     if layer.block_l2 > 0 and n > len(layer.blocks):  # w moved past the built sub-layers
-        layer._grow_unregistered()
+        layer._grow_unregistered(w)
     alpha = layer.gate.fixed_alpha
     if layer.block_l2 > 0 and n > 0 and alpha is not None and layer.gamma_shift == 0:
         tensors = [penalised_tensors(layer, i) for i in range(n)]
