@@ -175,7 +175,7 @@ def test_throw_false_keeps_the_other_samples() -> None:
     ("kwargs", "match"),
     [
         ({"solver": RK4()}, "RK4"),
-        ({"controller": ConstantStepSize(0.1)}, "ConstantStepSize"),
+        ({"controller": ConstantStepSize(0.1)}, "ConstantStepSize.*fixed steps"),
         ({"adjoint": Adjoint()}, "adjoint="),
         ({"adjoint": Checkpointed()}, "adjoint="),
         ({"rtol": float("nan")}, "rtol=nan"),
