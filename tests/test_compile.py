@@ -1,19 +1,23 @@
 """torch.compile of models holding InfiniteDepth layers and ODEBlocks: same numbers as eager.
 
-The g-infinity layer reads ``w`` on the host to decide how many sub-layers run, so dynamo
-breaks the graph there and runs that control flow in Python; everything around it is
-compiled.  AOTAutograd's ``aot_eager`` backend traces forward and backward like inductor
-does, without a C++ build, so these tests stay fast.
+The g-infinity layer reads ``w`` on the host to decide how many sub-layers run: that read
+is the one graph break (it runs eagerly and hands the graph the active depth, an integer
+dynamo guards on); the sub-layers and the gates, computed from the ``w`` tensor, are
+compiled, and a graph is compiled once per depth.  AOTAutograd's ``aot_eager`` backend
+traces forward and backward like inductor does, without a C++ build, so these tests stay
+fast.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch._dynamo as dynamo
 from torch import nn
 from torch._dynamo.utils import counters
 
-from infdepth import InfiniteDepth, ODEBlock, grow, model_penalty
+from infdepth import InfiniteDepth, ODEBlock, attach, model_penalty
 from infdepth.ode import RK4
 
 BACKEND = "aot_eager"
@@ -32,20 +36,29 @@ def _step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.detach()
 
 
-def test_compiled_infinite_depth_matches_eager_across_growth() -> None:
+def _read_breaks_only() -> bool:
+    """Whether every graph break dynamo recorded is the layer's one host read of ``w``."""
+    return all("enter_compiled" in reason for reason in counters["graph_break"])
+
+
+def test_compiled_infinite_depth_recompiles_only_when_the_depth_changes() -> None:
     torch.manual_seed(0)
     layer = InfiniteDepth(lambda i: nn.Sequential(nn.Linear(8, 8), nn.Tanh()), h="relu", w0=1.5,
-                          w_l2=1e-3, grow_step=2, seed=0)
+                          w_l2=1e-3, block_l2=1e-3, grow_step=2, seed=0)
     model = nn.Sequential(nn.Linear(4, 8), layer, nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    attach(model, optimizer)  # sub-layers built in a forward join it (and it warns of none)
     x = torch.randn(16, 4)
     dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend=BACKEND)
+    # depths 2, 2, 3, 3, 4, 2, 5, 3: the forward grows 2 -> 4 -> 6 built sub-layers; depths
+    # 2 and 3 come back after growths and must reuse their graphs
+    ws = (1.5, 1.8, 2.5, 2.7, 3.5, 1.2, 4.2, 2.2)
     graphs = []
-    for w in (1.5, 1.8, 2.5, 2.7, 3.5, 4.2):  # 1.5 -> 2.5 -> 3.5 -> 4.2: growth to 4, then 6 sub-layers
+    for w in ws:
         with torch.no_grad():
             layer.w.fill_(w)
-        grow(model)
         ours = _step(compiled, x)
         ours_grads = _grads(model)
         eager = _step(model, x)
@@ -55,8 +68,12 @@ def test_compiled_infinite_depth_matches_eager_across_growth() -> None:
         for name in eager_grads:
             torch.testing.assert_close(ours_grads[name], eager_grads[name], rtol=1e-5, atol=1e-6)
         graphs.append(counters["stats"]["unique_graphs"])
-    growths = 2  # built sub-layers went 2 -> 4 -> 6
-    assert graphs[-1] == graphs[0], f"growth ({growths} events) recompiled: graphs {graphs}"
+    new_depths = len({math.ceil(w) for w in ws}) - 1  # depths never seen before, after the first
+    recompiles = graphs[-1] - graphs[0]
+    assert layer.built_blocks == 6
+    assert recompiles <= new_depths, f"graphs {graphs} for depths {[math.ceil(w) for w in ws]}"
+    assert graphs[1] == graphs[0] and graphs[3] == graphs[2], "a change of w within a depth recompiled"
+    assert _read_breaks_only(), dict(counters["graph_break"])
 
 
 def test_compiled_ode_block_matches_eager() -> None:

@@ -123,7 +123,11 @@ def run_graph(layer: InfiniteDepth, x: Tensor, n: int) -> Tensor:
 
 def _loop(layer: InfiniteDepth, x: Tensor, deltas: tuple[Tensor, ...], h_fast: nn.Module | None) -> Tensor:
     merge = layer.merge
-    for i, (block, delta) in enumerate(zip(layer.blocks, deltas)):
+    blocks = layer.blocks
+    # indexed, not iterated: a traced graph then depends on the n sub-layers it runs, not on
+    # how many are built, so a depth seen before reuses its graph after a growth
+    for i, delta in enumerate(deltas):
+        block = blocks._modules[str(i)]  # not blocks[i]: that guards on len(blocks)
         fx = block(x)
         if fx.shape != x.shape:
             layer._check_shape(i, x, fx)
