@@ -361,8 +361,26 @@ class InfiniteDepth(nn.Module):
 
 
 def depth_layers(model: nn.Module) -> list[tuple[str, InfiniteDepth]]:
-    """Every :class:`InfiniteDepth` inside ``model`` with its qualified name, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, InfiniteDepth)]
+    """Every :class:`InfiniteDepth` inside ``model`` with its qualified name, in module order.
+
+    As ``model.named_modules()`` would find them (a module held twice is listed once), by a
+    plain walk of the children: ``fit`` calls this on every step.
+    """
+    found: list[tuple[str, InfiniteDepth]] = []
+    seen: set[int] = set()  # this walk's own memo, as named_modules keeps
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        if isinstance(module, InfiniteDepth):
+            found.append((prefix, module))
+        for name, child in module._modules.items():
+            if child is not None:
+                visit(f"{prefix}.{name}" if prefix else name, child)
+
+    visit("", model)
+    return found
 
 
 def total_penalty(model: nn.Module, layers: list[tuple[str, InfiniteDepth]] | None = None) -> Tensor | None:

@@ -27,9 +27,20 @@ PENALTY_EPS = 1e-8
 def last_parameterised(block: nn.Module) -> nn.Module:
     """The last submodule of ``block`` (in registration order) that owns parameters itself."""
     last: nn.Module | None = None
-    for module in block.modules():
+    seen: set[int] = set()
+
+    def visit(module: nn.Module) -> None:  # block.modules() without its prefixes: a hot path
+        nonlocal last
+        if id(module) in seen:
+            return
+        seen.add(id(module))
         if any(p is not None for p in module._parameters.values()):
             last = module
+        for child in module._modules.values():
+            if child is not None:
+                visit(child)
+
+    visit(block)
     if last is None:
         raise InputError(f"block {block!r} has no parameters to penalise")
     return last
