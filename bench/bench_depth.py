@@ -9,7 +9,7 @@ sub-layers registered with the running optimizer) in training steps.
 
 Both networks train with :func:`infdepth.train.train_step` on :class:`~infdepth.train.WithPenalty`
 plus the bookkeeping :func:`infdepth.fit` does on a step that neither logs nor checkpoints
-(looking up the g-infinity layers and keeping each ``w`` on the device), the g-infinity
+(keeping each layer's ``w`` on the device, for its divergence message), the g-infinity
 model attached to its optimizer (:func:`infdepth.attach`), as ``fit`` does.
 
 Also the cost of reading ``w`` on the host (``layer.depth``, no cache: the layer reads it
@@ -32,9 +32,8 @@ import torch
 from _harness import Harness, add_arguments
 from torch import nn
 
-from infdepth.depth import InfiniteDepth, attach, depth_layers, grow
-from infdepth.train import WithPenalty, train_step
-
+from infdepth.depth import InfiniteDepth, attach, grow
+from infdepth.train import WithPenalty, penalty_modules, train_step
 
 GOALS = {24: 1.10, 256: 1.03}  # g-infinity step / static step (issue 29)
 
@@ -68,7 +67,7 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 
     def step() -> None:
         train_step(net, opt, loss_fn, x, y)
-        [layer.w.detach().clone() for _, layer in depth_layers(model)]  # fit's divergence record
+        [m.w.detach().clone() for _, m in penalty_modules(model) if isinstance(m, InfiniteDepth)]  # fit's
 
     return step, opt
 

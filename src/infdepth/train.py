@@ -39,7 +39,7 @@ from infdepth.checkpoint import (
 from infdepth.depth.attach import attach
 from infdepth.depth.collect import collect_penalties
 from infdepth.depth.growth import grow
-from infdepth.depth.layer import depth_layers
+from infdepth.depth.layer import InfiniteDepth, depth_layers
 from infdepth.errors import DivergenceError, InputError, brief
 from infdepth.io import append_jsonl, atomic_write_bytes
 
@@ -322,23 +322,26 @@ def fit(
             is_checkpoint = out_dir is not None and (
                 done == config.steps or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
             )
-            layers = depth_layers(raw)
             after = None
             if ctx.enabled or is_log or is_checkpoint:
                 if ctx.enabled:
                     _sync_depths(raw)
+                layers = depth_layers(raw)
                 ws = {name or "layer": layer.depth for name, layer in layers}
                 bad = {k: v for k, v in ws.items() if not math.isfinite(v)}
                 if bad:
                     raise DivergenceError(f"at step {done}, w became non-finite: {bad}")
                 if grow(raw, optimizer) and ctx.enabled:
                     wrapped = ctx.rewrap(wrapped, net)
-            elif layers:
+            else:
                 # No host read here: the next forward reads w (one read per layer and step),
                 # builds the sub-layers it needs, and the attached optimizer takes them before
                 # its step.  w's value after this update stays on the device, read only if
-                # that forward finds w non-finite, to name this step as the one that made it so.
-                after = [(name or "layer", layer.w.detach().clone()) for name, layer in layers]
+                # that forward finds w non-finite, to name this step as the one that made it
+                # so.  The layers are those penalty_modules finds (no walk into sub-layers);
+                # for a layer nested deeper the forward's own error names the next step.
+                after = [(name or "layer", m.w.detach().clone())
+                         for name, m in penalty_modules(raw) if isinstance(m, InfiniteDepth)]
 
             with torch.no_grad():
                 window["loss"] = window.get("loss", 0) + loss.detach()
