@@ -2,12 +2,14 @@
 
 Both networks have the same active depth (``ceil(w)`` blocks per layer against
 that many always-on blocks) and the same training step: forward, cross-entropy
-plus the block/w penalty, backward, Adadelta step (and, for g-infinity, the
-growth check).  Steps of the two networks are interleaved so that load from
+plus the block/w penalty, backward, Adadelta step, as :func:`infdepth.fit` takes it
+on a step that neither logs nor checkpoints (the g-infinity layers read ``w`` once each,
+in their forward, and produce their penalty there; growth is an event the attached
+optimizer follows).  Steps of the two networks are interleaved so that load from
 other processes hits both alike; the median step time is used.
 
 Prints ``name: ratio`` lines, ratio = g-infinity step time / fixed-depth step time
-(goal <= 1.03, issue 12), with the step time and images per second of each beside it
+(goal <= 1.03, issues 12 and 29), with the step time and images per second of each beside it
 and the load average before and after (bench/_harness.py).
 
     python bench/bench_images.py [--repeats 15] [--quick] [--threads 1]
@@ -22,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from _harness import Harness, add_arguments
 
-from infdepth.depth.growth import grow
+from infdepth.depth import InfiniteDepth, attach
 from infdepth.depth.layer import depth_layers
 from infdepth.experiments.depth.images import Config as ImagesConfig
 from infdepth.experiments.depth.images import build_model, make_optimizer
 from infdepth.models.going_deeper import GoingDeeperCNN
-from infdepth.train import model_penalty
+from infdepth.train import WithPenalty, penalty_modules, train_step
 
 CASES = (
     # name, image shape, batch, active depth per layer
@@ -39,19 +41,15 @@ CASES = (
 
 
 def _step_fn(model: GoingDeeperCNN, x: torch.Tensor, y: torch.Tensor):
+    """One step of :func:`infdepth.fit` that neither logs nor checkpoints."""
     optimizer = make_optimizer(ImagesConfig(), model)
-    learned = bool(depth_layers(model))
+    attach(model, optimizer)  # as fit: sub-layers a forward builds join the optimizer
+    net = WithPenalty(model)  # as fit: every penalty, a g-inf layer's from its forward
 
     def step() -> None:
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        penalty = model_penalty(model)  # as fit: every submodule's penalty()
-        objective = loss if penalty is None else loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        if learned:
-            grow(model, optimizer)
+        train_step(net, optimizer, F.cross_entropy, x, y)
+        # as fit: each w after the update stays on the device (for a divergence message)
+        [m.w.detach().clone() for _, m in penalty_modules(model) if isinstance(m, InfiniteDepth)]
 
     return step
 
