@@ -7,10 +7,11 @@
 
 from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMethod
 from infdepth.ode._block import ODEBlock
+from infdepth.ode._compiled import CompiledSolver
 from infdepth.ode._controller import ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
+from infdepth.ode._esdirk import ESDIRK, TRBDF2, KenCarp4, Kvaerno5
 from infdepth.ode._events import Event, SteadyState
-from infdepth.ode._esdirk import ESDIRK, TRBDF2, KenCarp4
 from infdepth.ode._newton import NewtonFailure
 from infdepth.ode._odeint import odeint
 from infdepth.ode._per_sample import Status
@@ -36,6 +37,7 @@ __all__ = [
     "Bosh3",
     "ButcherTableau",
     "Checkpointed",
+    "CompiledSolver",
     "ConstantStepSize",
     "Dopri5",
     "Dopri8",
@@ -47,6 +49,7 @@ __all__ = [
     "JacobianFrobenius",
     "KenCarp4",
     "KineticEnergy",
+    "Kvaerno5",
     "Midpoint",
     "NewtonFailure",
     "NonFiniteStateError",

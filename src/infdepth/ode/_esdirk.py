@@ -257,3 +257,12 @@ class TRBDF2(ESDIRK):
 
     tableau: ClassVar[itab.ESDIRKTableau] = itab.TRBDF2
     order: ClassVar[int] = 2
+
+
+@dataclass(frozen=True)
+class Kvaerno5(ESDIRK):
+    """Kvaerno's ESDIRK 5(4), 7 stages: L-stable, stiffly accurate, adaptive; for tight
+    tolerances on stiff problems (order 5 against KenCarp4's 4)."""
+
+    tableau: ClassVar[itab.ESDIRKTableau] = itab.KVAERNO5
+    order: ClassVar[int] = 5

@@ -86,3 +86,27 @@ TRBDF2 = ESDIRKTableau(
     b_error=_with_error(_TR_B, ((1 - _TR_W) / 3, (3 * _TR_W + 1) / 3, _TR_D / 3)),
     gamma=_TR_D,
 )
+
+# Kvaerno (2004), "Singly diagonally implicit Runge-Kutta methods with an explicit first
+# stage", the ESDIRK 5(4) of 7 stages (constants as in diffrax's Kvaerno5): order 5, embedded
+# order 4 (stage 6, itself stiffly accurate), L-stable, gamma = 0.26. Stage 3 lies past the
+# step (c = 1.23): f is evaluated slightly beyond the end time.
+_KV_G = 0.26
+_KV_A = (
+    (_KV_G,),
+    (0.13, 0.84033320996790809),
+    (0.22371961478320505, 0.47675532319799699, -0.06470895363112615),
+    (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998),
+    (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141,
+     0.61943039072480676),
+    (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046,
+     0.62993304899016403, 0.06962479448202728),
+)
+_KV_B = (*_KV_A[-1], _KV_G)
+KVAERNO5 = ESDIRKTableau(
+    c=(0.0, *(sum(row) + _KV_G for row in _KV_A)),
+    a=_KV_A,
+    b=_KV_B,
+    b_error=_with_error(_KV_B, (*_KV_A[-2], _KV_G, 0.0)),
+    gamma=_KV_G,
+)
