@@ -2,7 +2,9 @@
 
 An :class:`Event` is checked after each accepted step of each sample; where its sign
 changed (in the requested direction), the crossing is found on the step's dense output by
-the Illinois method (regula falsi that halves a stale end's value), to ``tol`` in time.
+the Illinois method (regula falsi that halves a stale end's value), to ``tol`` in time:
+until the bracket is narrower than ``tol`` or two successive guesses differ by less than
+``tol / 10``.
 The event time and state are then made differentiable by the implicit function theorem:
 with ``g(t*, y(t*; p); p) = 0``, ``dt*/dp = -(dg/dp) / (dg/dt + dg/dy . f(t*, y*))``, so
 gradients reach the solution's inputs and any parameters ``fn`` holds (a module's
@@ -99,37 +101,46 @@ class SteadyState:
             return rms_rows(slope) < self.atol + self.rtol * rms_rows(y)
 
 
-def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
+def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
            dense: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
     """Fractions ``theta`` ``(m,)`` of the steps where ``event`` crosses zero (no grad).
 
-    ``g0, g1`` are its values at the steps' two ends, of opposite sign (or zero at the end).
+    ``hk`` are the steps' scaled stages; ``g0, g1`` the event's values at their two ends,
+    of opposite sign (or zero at the end).
     """
     with torch.no_grad():
         lo, hi = torch.zeros_like(t), torch.ones_like(t)
         glo, ghi = g0.to(t.dtype), g1.to(t.dtype)
         side = torch.zeros_like(t)  # -1: last move was lo, +1: hi
         width = event.tol / h.abs()
-        theta = hi.clone()
+        theta = torch.full_like(t, float("nan"))
+        open_ = ghi != 0
         for _ in range(MAX_ROOT_ITERATIONS):
-            open_ = (hi - lo > width) & (ghi != 0)
+            open_ = open_ & (hi - lo > width)
             if not bool(open_.any()):
                 break
             denom = ghi - glo
             guess = torch.where(denom != 0, (lo * ghi - hi * glo) / denom, 0.5 * (lo + hi))
             guess = torch.where((guess > lo) & (guess < hi), guess, 0.5 * (lo + hi))
-            yq = dense_per_sample(guess, y, h, k, dense)
+            yq = dense_per_sample(guess, y, hk, dense)
             g = event.value(t + guess * h, yq).detach().to(t.dtype)
-            same_as_lo = torch.sign(g) == torch.sign(glo)
-            move_lo = open_ & same_as_lo & (g != 0)
+            move_lo = open_ & (torch.sign(g) == torch.sign(glo)) & (g != 0)
             move_hi = open_ & ~move_lo
-            ghi = torch.where(move_lo & (side < 0), ghi / 2, ghi)
-            glo = torch.where(move_hi & (side > 0), glo / 2, glo)
+            # Anderson-Bjorck: a retained end's value is scaled by 1 - g / g(replaced end)
+            # (or halved, Illinois, where that is not positive)
+            m_lo = 1 - g / glo
+            m_hi = 1 - g / ghi
+            ghi = torch.where(move_lo & (side < 0), ghi * torch.where(m_lo > 0, m_lo, 0.5), ghi)
+            glo = torch.where(move_hi & (side > 0), glo * torch.where(m_hi > 0, m_hi, 0.5), glo)
             lo, glo = torch.where(move_lo, guess, lo), torch.where(move_lo, g, glo)
             hi, ghi = torch.where(move_hi, guess, hi), torch.where(move_hi, g, ghi)
             side = torch.where(move_lo, -1.0, torch.where(move_hi, 1.0, side))
+            # settled: the guesses moved by less than a tenth of the tolerance (superlinear
+            # convergence: the root is then within it), or the guess is a root
+            settled = ((guess - theta).abs() < 0.1 * width) | (g == 0)
             theta = torch.where(open_, guess, theta)
-        theta = torch.where(ghi == 0, hi, theta)
+            open_ = open_ & ~settled
+        theta = torch.where(torch.isnan(theta) | (ghi == 0), hi, theta)
         return theta.clamp(0.0, 1.0)
 
 

@@ -12,6 +12,7 @@ per output time or event inside a step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -21,6 +22,7 @@ from infdepth.ode._controller import PIController
 from infdepth.ode._events import Event, SteadyState, differentiable_event, locate
 from infdepth.ode._per_sample_step import (
     PerSampleSteps,
+    StagePlan,
     _rows,
     dense_per_sample,
     dense_stages_per_sample,
@@ -47,13 +49,14 @@ class Status(IntEnum):
 
 @dataclass
 class Record:
-    """Accepted steps of one pass, for the dense interpolant: rows, starts, sizes, states, stages."""
+    """Accepted steps of one pass, for the dense interpolant: rows, starts, sizes, states and
+    stages scaled by the step."""
 
     rows: torch.Tensor
     t: torch.Tensor
     h: torch.Tensor
     y: torch.Tensor
-    k: torch.Tensor
+    hk: torch.Tensor
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Raw:
     nfe: torch.Tensor
     accepted: torch.Tensor
     rejected: torch.Tensor
+    dense: torch.Tensor
     records: list[Record] = field(default_factory=list)
 
 
@@ -88,150 +92,213 @@ def integrate_per_sample(
     n_out, batch = tgrid.shape
     dev, long = y0.device, torch.long
     tabs = solver.tensors(y0.dtype, y0.device)
-    c = torch.tensor(solver.tableau.c, dtype=tgrid.dtype, device=dev)
-    dense = tabs.dense
+    plan, dense = StagePlan.of(solver, tabs), tabs.dense
     control = PerSampleSteps(ctrl, solver.order)
+    grad = torch.is_grad_enabled()
     t, t_end = tgrid[0].clone(), tgrid[-1]
     k1 = first_eval(f, t, y0, Stats())
     h = PerSampleSteps.initial(ctrl, f, t, y0, k1, solver.order, direction)
     prev_r = torch.ones_like(h)
+    if not grad:  # without autograd the loop's tensors are updated in place
+        y0, k1 = y0.clone(), k1.clone()
     y = y0
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
     status = torch.zeros(batch, dtype=long, device=dev)
     steps = torch.zeros(batch, dtype=long, device=dev)
-    nfe = torch.full((batch,), 2 if ctrl.dt0 is None else 1, dtype=long, device=dev)
     accepted = torch.zeros(batch, dtype=long, device=dev)
+    extra_nfe = torch.zeros(batch, dtype=long, device=dev)  # dense stages, events
     next_out = torch.ones(batch, dtype=long, device=dev)
+    next_t = tgrid[1].clone()  # each sample's next output time (+-inf once all are stored)
     event_t = torch.full((batch,), float("nan"), dtype=tgrid.dtype, device=dev)
     g_prev = event.value(t, y0).detach() if isinstance(event, Event) else None
-    out_idx: list[torch.Tensor] = [torch.arange(batch, device=dev)]
-    out_val: list[torch.Tensor] = [y0]
-    records: list[Record] = []
     all_rows = torch.arange(batch, device=dev)
+    ys = y0.new_zeros(n_out * batch + 1, *y0.shape[1:])  # the last row is a discarded slot
+    ys = ys.index_copy(0, all_rows, y0)
+    records: list[Record] = []
+    n_dense = len(solver.tableau.dense_c)
+    passes = 0
     while True:
-        running = ~done
-        if not bool(running.any()):
+        n_running = batch - int(done.sum())
+        if n_running == 0:
             break
-        rows = running.nonzero().squeeze(1) if compact else all_rows
-        live = running[rows]
+        rows = (~done).nonzero().squeeze(1) if compact and n_running < batch else None
+        everyone = rows is not None or n_running == batch  # no finished row in the working set
 
-        def take(x: torch.Tensor) -> torch.Tensor:
-            return x if not compact else x[rows]
+        def take(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
+            return x if rows is None else x.index_select(0, rows)
 
+        def put(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor | None = rows
+                ) -> torch.Tensor:
+            if rows is None:
+                return vals
+            if grad and (full.requires_grad or vals.requires_grad):
+                return full.index_copy(0, rows, vals)
+            return full.index_copy_(0, rows, vals)
+
+        live = take(~done)
         tw, hw, yw, kw, endw = take(t), take(h), take(y), take(k1), take(t_end)
         signed, last, under = control.next_step(tw, endw, hw, direction)
-        stop_max = live & (take(steps) >= max_steps)
-        stop_under = live & ~stop_max & under
-        live = live & ~stop_max & ~stop_under
-        signed = torch.where(live, signed, torch.zeros_like(signed))
-        y1, k, err = step_per_sample(f, tw, signed, yw, kw, solver, tabs, c)
+        passes += 1
+        if passes > max_steps:  # only then can a sample have taken max_steps steps
+            under = under | (take(steps) >= max_steps)
+        halted = live & under
+        if not everyone and rows is None:  # masked: finished rows take empty steps
+            signed = torch.where(live, signed, torch.zeros_like(signed))
+        y1, hk, err, k_last = step_per_sample(f, tw, signed, yw, kw, plan)
         r = control.ratio(err, yw, y1)
-        bad = live & ~torch.isfinite(r)
-        live = live & ~bad
-        ok, h_next, prev_next = control.judge(torch.where(live, r, 0.0), signed, take(prev_r))
-        acc = live & ok
+        ok, h_next, prev_next = control.judge(r, signed, take(prev_r))
+        trouble = halted | (live & ~torch.isfinite(r))
+        if bool(trouble.any()):  # such a row stops; its state stays at its last value
+            code = torch.where(take(steps) >= max_steps, int(Status.MAX_STEPS), torch.where(
+                under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE)))
+            status = put(status, torch.where(trouble, code, take(status)))
+            done = put(done, take(done) | trouble)
+            live = live & ~trouble
+            everyone = False
+        acc = ok if everyone else ok & live
         t_new = torch.where(last, endw, tw + signed)
         stop_t = torch.where(acc, t_new, tw)
-        finish = acc & last
-        event_here = torch.zeros_like(acc)
-        y_new = torch.where(_rows(acc, y1), y1, yw)
+        acc_rows = _rows(acc, y1)
+        y_new = torch.where(acc_rows, y1, yw)
+        j, tq = take(next_out), take(next_t)
+        event_here = gw = g1 = None
         if isinstance(event, Event):
             g1 = event.value(t_new, y1).detach()
-            event_here = acc & event.crossed(take(g_prev), g1)
-        j = take(next_out)
-        need_dense = torch.zeros_like(acc)
-        if solver.tableau.dense_c:  # DOP853's extra stages, only for steps that use them
-            tq = tgrid[j.clamp(max=n_out - 1), rows]
-            need_dense = acc & (keep_dense | event_here | (
-                (j < n_out) & (direction * (t_new - tq) > 0)))
-        k_full = _with_dense_stages(f, tw, signed, yw, k, solver, need_dense, compact)
-        if isinstance(event, Event):
-            if bool(event_here.any()):
-                sel = event_here.nonzero().squeeze(1)
-                theta = locate(event, tw[sel], signed[sel], yw[sel], k_full[:, sel], dense,
-                               take(g_prev)[sel], g1[sel])
-                t_star = tw[sel] + theta * signed[sel]
-                y_star = dense_per_sample(theta, yw[sel], signed[sel], k_full[:, sel], dense)
-                t_ev, y_ev, _ = differentiable_event(event, f, t_star, y_star)
-                stop_t = stop_t.index_put((sel,), t_star)
-                y_new = y_new.index_put((sel,), y_ev)
-                ev_rows = rows[sel] if compact else sel
-                event_t = event_t.index_put((ev_rows,), t_ev)
-                nfe = nfe.index_add(0, ev_rows, torch.ones_like(ev_rows))
-            g_prev = _put(g_prev, rows, torch.where(acc, g1, take(g_prev)), compact)
+            gw = take(g_prev)
+            event_here = acc & event.crossed(gw, g1)
+            g_prev = put(g_prev, torch.where(acc, g1, gw))
         elif isinstance(event, SteadyState):
-            event_here = acc & ~last & event.reached(k[-1].view(y1.shape), y1)
-            event_t = _put(event_t, rows, torch.where(event_here, t_new, take(event_t)), compact)
-        # outputs inside (or at the end of) the accepted steps, up to where each stopped
-        while True:
-            tq = tgrid[j.clamp(max=n_out - 1), rows]
-            inside = acc & (j < n_out) & (direction * (stop_t - tq) >= 0)
-            if not bool(inside.any()):
-                break
-            sel = inside.nonzero().squeeze(1)
-            at_end = (tq[sel] == t_new[sel]) & ~event_here[sel]
-            theta = (tq[sel] - tw[sel]) / signed[sel]
-            if k_full.shape[0] < dense.shape[0]:  # only step ends: no dense stages computed
-                val = y1[sel]
-            else:
-                val = dense_per_sample(theta, yw[sel], signed[sel], k_full[:, sel], dense)
-                val = torch.where(_rows(at_end, val), y1[sel], val)
-            rsel = rows[sel] if compact else sel
-            out_idx.append(j[sel] * batch + rsel)
-            out_val.append(val)
-            j = j + inside.long()
+            event_here = acc & ~last & event.reached(k_last, y1)
+        need = None
+        if n_dense:  # DOP853's extra stages, only for steps whose inside is used
+            need = acc & (direction * (t_new - tq) > 0)
+            if event_here is not None:
+                need = need | event_here
+            if keep_dense:
+                need = acc
+            hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
+        if event_here is not None and bool(event_here.any()):
+            stop_t, y_new, ev_w, extra = _stop_at_event(
+                event, f, event_here, tw, signed, yw, hk, dense, gw, g1, t_new, stop_t, y_new,
+                take(event_t))
+            event_t = put(event_t, ev_w)
+            extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
+            status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
+        ys, j, tq = _store_outputs(ys, tgrid, rows, all_rows, j, tq, acc, stop_t, t_new, tw,
+                                   signed, yw, y1, hk, dense, event_here, direction)
         if keep_dense and bool(acc.any()):
             sel = acc.nonzero().squeeze(1)
-            records.append(Record(rows[sel], tw[sel], signed[sel], yw[sel], k_full[:, sel]))
-        stat = torch.where(stop_max, int(Status.MAX_STEPS), torch.where(
-            stop_under, int(Status.DT_UNDERFLOW), torch.where(
-                bad, int(Status.NONFINITE), torch.where(event_here, int(Status.EVENT), 0))))
-        ended = finish | event_here | stop_max | stop_under | bad
-        attempted = live | bad
-        t = _put(t, rows, stop_t, compact)
-        y = _put(y, rows, y_new, compact)
-        k1 = _put(k1, rows, torch.where(_rows(acc, y1), k[-1].view(y1.shape), kw), compact)
-        h = _put(h, rows, torch.where(live, h_next, hw), compact)
-        prev_r = _put(prev_r, rows, torch.where(live, prev_next, take(prev_r)), compact)
-        next_out = _put(next_out, rows, j, compact)
-        status = _put(status, rows, torch.where(ended, stat, take(status)), compact)
-        done = _put(done, rows, take(done) | ended, compact)
-        steps = _put(steps, rows, take(steps) + attempted.long(), compact)
-        accepted = _put(accepted, rows, take(accepted) + acc.long(), compact)
-        extra = len(solver.tableau.dense_c) * need_dense.long()
-        nfe = _put(nfe, rows, take(nfe) + attempted.long() * (solver.stages - 1) + extra, compact)
-    ys = _assemble(y, status, out_idx, out_val, n_out, batch)
+            records.append(Record(sel if rows is None else rows[sel], tw[sel], signed[sel],
+                                  yw[sel], hk[:, sel]))
+        ended = acc & last if event_here is None else (acc & last) | event_here
+        t = put(t, stop_t)
+        y = put(y, y_new)
+        k1 = put(k1, torch.where(acc_rows, k_last, kw))
+        h = put(h, h_next if everyone else torch.where(live, h_next, hw))
+        prev_r = put(prev_r, prev_next)
+        next_out, next_t = put(next_out, j), put(next_t, tq)
+        done = put(done, take(done) | ended)
+        steps = _count(steps, rows, live)
+        accepted = _count(accepted, rows, acc)
+        if need is not None:
+            extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
+    ys = _assemble(ys, y, status, next_out, n_out, batch)
+    nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=event_t, nfe=nfe,
-               accepted=accepted, rejected=steps - accepted, records=records)
+               accepted=accepted, rejected=steps - accepted, dense=dense, records=records)
+
+
+def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
+    """``counter`` (never differentiated) plus ``add`` at ``rows``, in place."""
+    return counter.add_(add) if rows is None else counter.index_add_(0, rows, add.long())
+
+
+def _store_outputs(
+    ys: torch.Tensor, tgrid: torch.Tensor, rows: torch.Tensor | None, all_rows: torch.Tensor,
+    j: torch.Tensor, tq: torch.Tensor, acc: torch.Tensor, stop_t: torch.Tensor,
+    t_new: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, y1: torch.Tensor,
+    hk: torch.Tensor, dense: torch.Tensor, event_here: torch.Tensor | None, direction: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Store the outputs inside (or at the end of) the accepted steps, up to where each
+    stopped: output ``j[b]`` at time ``tq[b]`` is the next of sample ``b``. Returns the
+    outputs and the next index and time of each row.
+
+    Every row is interpolated; rows without an output write to the discarded last slot.
+    """
+    n_out, batch = tgrid.shape
+    ids = all_rows if rows is None else rows
+    while True:
+        inside = acc & (direction * (stop_t - tq) >= 0)
+        if not bool(inside.any()):
+            return ys, j, tq
+        if hk.shape[0] < dense.shape[0]:  # only step ends: no dense stages computed
+            val = y1
+        else:
+            at_end = tq == t_new if event_here is None else (tq == t_new) & ~event_here
+            safe_h = torch.where(h == 0, torch.ones_like(h), h)
+            theta = ((tq - t) / safe_h).clamp(0.0, 1.0)
+            val = torch.where(_rows(at_end, y1), y1, dense_per_sample(theta, y, hk, dense))
+        slot = torch.where(inside, j * batch + ids, n_out * batch)
+        ys = ys.index_copy(0, slot, val) if ys.requires_grad or val.requires_grad else (
+            ys.index_copy_(0, slot, val))
+        j = j + inside.long()
+        tq = torch.where(j < n_out, _next_times(tgrid, j, rows, n_out), direction * math.inf)
+
+
+def _next_times(tgrid: torch.Tensor, j: torch.Tensor, rows: torch.Tensor | None,
+                n_out: int) -> torch.Tensor:
+    """Each sample's next output time ``tgrid[j[b], b]`` (the last one past the end)."""
+    jc = j.clamp(max=n_out - 1)
+    if rows is None:
+        return tgrid.gather(0, jc.unsqueeze(0)).squeeze(0)
+    return tgrid[jc, rows]
 
 
 def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
-                       k: torch.Tensor, solver: RungeKutta, need: torch.Tensor, compact: bool
-                       ) -> torch.Tensor:
-    """The stages plus those only the dense output needs, for the rows in ``need`` (the other
-    rows' extra stages are zero, never read); the whole batch when not ``compact``."""
-    if not solver.tableau.dense_c or not bool(need.any()):
-        return k
+                       hk: torch.Tensor, solver: RungeKutta, need: torch.Tensor | None,
+                       compact: bool) -> torch.Tensor:
+    """The scaled stages plus those only the dense output needs, for the rows in ``need`` (the
+    other rows' extra stages are zero, never read); all rows when not ``compact``."""
+    if need is None or not bool(need.any()):
+        return hk
     if not compact:
-        return dense_stages_per_sample(f, t, h, y, k, solver)
+        return dense_stages_per_sample(f, t, h, y, hk, solver)
     sel = need.nonzero().squeeze(1)
-    part = dense_stages_per_sample(f, t[sel], h[sel], y[sel], k[:, sel], solver)
-    extra = k.new_zeros(part.shape[0] - k.shape[0], *k.shape[1:])
-    return torch.cat([k, extra.index_copy(1, sel, part[k.shape[0]:])])
+    part = dense_stages_per_sample(f, t[sel], h[sel], y[sel], hk[:, sel], solver)
+    extra = hk.new_zeros(part.shape[0] - hk.shape[0], *hk.shape[1:])
+    return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])
 
 
-def _put(full: torch.Tensor, rows: torch.Tensor, vals: torch.Tensor, compact: bool) -> torch.Tensor:
-    """``full`` with ``vals`` at ``rows`` (out of place, so autograd sees it)."""
-    return full.index_copy(0, rows, vals) if compact else vals
+def _stop_at_event(
+    event: Event | SteadyState, f: VectorField, here: torch.Tensor, t: torch.Tensor,
+    h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor,
+    g0: torch.Tensor | None, g1: torch.Tensor | None, t_new: torch.Tensor, stop_t: torch.Tensor,
+    y_new: torch.Tensor, event_t: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the rows ``here`` stop: ``(stop_t, y_new, event_t, extra evaluations of f)``.
+
+    A steady state stops at the step's end; an event at its root on the dense output, with
+    the implicit-function-theorem gradients (one more evaluation of ``f`` per sample).
+    """
+    extra = torch.zeros(here.shape, dtype=torch.long, device=here.device)
+    if isinstance(event, SteadyState) or g0 is None or g1 is None:
+        return stop_t, y_new, torch.where(here, t_new, event_t), extra
+    sel = here.nonzero().squeeze(1)
+    theta = locate(event, t[sel], h[sel], y[sel], hk[:, sel], dense, g0[sel], g1[sel])
+    t_star = t[sel] + theta * h[sel]
+    y_star = dense_per_sample(theta, y[sel], hk[:, sel], dense)
+    t_ev, y_ev, _ = differentiable_event(event, f, t_star, y_star)
+    return (stop_t.index_put((sel,), t_star), y_new.index_put((sel,), y_ev),
+            event_t.index_put((sel,), t_ev), extra.index_fill(0, sel, 1))
 
 
-def _assemble(y_stop: torch.Tensor, status: torch.Tensor, idx: list[torch.Tensor],
-              vals: list[torch.Tensor], n_out: int, batch: int) -> torch.Tensor:
-    """``(T, B, ...)`` outputs: those reached, then a stopped sample's last state (its event
-    state), NaN for a sample that failed."""
+def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor,
+              reached: torch.Tensor, n_out: int, batch: int) -> torch.Tensor:
+    """``(T, B, ...)`` outputs: those reached (``ys[:reached[b], b]``), then a stopped sample's
+    last state (its event state), NaN for a sample that failed."""
     failed = (status != Status.OK) & (status != Status.EVENT)
     held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
-    base = held.unsqueeze(0).expand(n_out, *y_stop.shape).reshape(n_out * batch,
-                                                                  *y_stop.shape[1:])
-    ys = base.index_copy(0, torch.cat(idx), torch.cat(vals))
-    return ys.view(n_out, *y_stop.shape)
+    out = ys[: n_out * batch].view(n_out, *y_stop.shape)
+    index = torch.arange(n_out, device=ys.device).unsqueeze(1)
+    missing = (index >= reached.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))
+    return torch.where(missing, held.unsqueeze(0), out)

@@ -9,6 +9,9 @@ whichever batch it is solved in (up to the batch-size dependence of ``f`` itself
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import torch
 
 from infdepth.ode._controller import SLACK, PIController
@@ -24,7 +27,21 @@ def _rows(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def rms_rows(x: torch.Tensor) -> torch.Tensor:
     """Root-mean-square of each row of ``x`` (``(n, ...)`` -> ``(n,)``)."""
     flat = x.reshape(x.shape[0], -1)
-    return flat.square().mean(1).sqrt()
+    return torch.linalg.vector_norm(flat, dim=1) * (1.0 / math.sqrt(max(flat.shape[1], 1)))
+
+
+class StagePlan(NamedTuple):
+    """A tableau's rows as the per-sample step reads them, sliced once per solve."""
+
+    a: tuple[torch.Tensor, ...]  # a[i - 1] = weights (1, i) of stage i on stages 0..i-1
+    error: torch.Tensor  # (1 or 2, S) error weights
+    c: tuple[float, ...]
+
+    @staticmethod
+    def of(solver: RungeKutta, tabs: StepTensors) -> StagePlan:
+        s, w = solver.stages, tabs.weights
+        return StagePlan(tuple(w[i - 1 : i, :i] for i in range(1, s)), w[s:],
+                         tuple(solver.tableau.c))
 
 
 def step_per_sample(
@@ -33,30 +50,39 @@ def step_per_sample(
     h: torch.Tensor,
     y: torch.Tensor,
     k1: torch.Tensor,
-    solver: RungeKutta,
-    tabs: StepTensors,
-    c: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of signed sizes ``h`` ``(n,)`` from times ``t`` ``(n,)``: ``(y1, stages, error)``.
+    plan: StagePlan,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of signed sizes ``h`` ``(n,)`` from times ``t`` ``(n,)``.
 
-    ``stages`` has shape ``(S, n, F)`` (``F`` features per sample, flattened); ``f`` is
-    called ``S - 1`` times with ``t`` of shape ``(n,)``.
+    The solver is FSAL (its last stage is ``f(t1, y1)``). Returns ``(y1, hk, error,
+    f(t1, y1))``: ``hk`` ``(S, n, F)`` are the stages times each sample's step (``F``
+    features, flattened), so that a state inside the step is ``y + sum_i w_i hk_i`` (one
+    matrix product for all samples); ``f`` is called ``S - 1`` times with ``t`` of shape
+    ``(n,)``. Without autograd the stages go into one buffer and each stage is a single
+    ``addmm`` over the rows written so far.
     """
-    n, s = y.shape[0], solver.stages
-    yf = y.reshape(n, -1)
+    n, s = y.shape[0], len(plan.a) + 1
+    yf = y.reshape(1, -1)
     hy = h.to(y.dtype).unsqueeze(1)
-    w = tabs.weights
-    ks = [k1.reshape(n, -1)]
-    yi = y
-    for i in range(1, s):
-        incr = torch.tensordot(w[i - 1, :i], torch.stack(ks), dims=1)
-        yi = torch.addcmul(yf, hy, incr).view(y.shape)
-        ks.append(f(t + c[i] * h, yi).reshape(n, -1))
-    k = torch.stack(ks)
-    y1 = yi if solver.fsal else torch.addcmul(yf, hy, torch.tensordot(w[s - 1], k, dims=1)).view(
-        y.shape)
+    yi, ki = y, k1
+    if not torch.is_grad_enabled():
+        hk = y.new_empty(s, yf.shape[1])
+        rows = hk.view(s, n, -1).unbind()
+        torch.mul(k1.reshape(n, -1), hy, out=rows[0])
+        for i in range(1, s):
+            yi = torch.addmm(yf, plan.a[i - 1], hk[:i]).view(y.shape)
+            ki = f(torch.add(t, h, alpha=plan.c[i]), yi)
+            torch.mul(ki.reshape(n, -1), hy, out=rows[i])
+    else:
+        parts = [(k1.reshape(n, -1) * hy).reshape(1, -1)]
+        for i in range(1, s):
+            stacked = parts[0] if i == 1 else torch.cat(parts)
+            yi = torch.addmm(yf, plan.a[i - 1], stacked).view(y.shape)
+            ki = f(torch.add(t, h, alpha=plan.c[i]), yi)
+            parts.append((ki.reshape(n, -1) * hy).reshape(1, -1))
+        hk = torch.cat(parts)
     with torch.no_grad():
-        e = hy * torch.tensordot(w[s:], k, dims=1)  # (1 or 2, n, F)
+        e = torch.mm(plan.error, hk)  # (1 or 2, n * F)
         if e.shape[0] == 1:
             err = e[0]
         else:  # DOP853's two estimates, combined as in _stepping.error_estimate
@@ -64,33 +90,31 @@ def step_per_sample(
             size = torch.sqrt(high * high + 0.01 * (low * low))
             safe = torch.where(size > 0, size, torch.ones_like(size))
             err = torch.where(size > 0, high * high.abs() / safe, torch.zeros_like(high))
-    return y1, k, err.view(y.shape)
+    return yi, hk.view(s, n, -1), err.view(y.shape), ki
 
 
 def dense_stages_per_sample(
-    f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
+    f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
     solver: RungeKutta,
 ) -> torch.Tensor:
-    """The stages followed by those only the dense output needs (DOP853's three)."""
+    """The scaled stages followed by those only the dense output needs (DOP853's three)."""
     tab = solver.tableau
     n = y.shape[0]
-    yf = y.reshape(n, -1)
     hy = h.to(y.dtype).unsqueeze(1)
     for c_j, row in zip(tab.dense_c, tab.dense_a, strict=True):
         wr = torch.tensor(row, dtype=y.dtype, device=y.device)
-        y_j = torch.addcmul(yf, hy, torch.tensordot(wr, k, dims=1)).view(y.shape)
-        k = torch.cat([k, f(t + c_j * h, y_j).reshape(1, n, -1)])
-    return k
+        y_j = (y.reshape(n, -1) + torch.tensordot(wr, hk, dims=1)).view(y.shape)
+        k_j = f(torch.add(t, h, alpha=c_j), y_j).reshape(n, -1) * hy
+        hk = torch.cat([hk, k_j.unsqueeze(0)])
+    return hk
 
 
-def dense_per_sample(theta: torch.Tensor, y: torch.Tensor, h: torch.Tensor, k: torch.Tensor,
+def dense_per_sample(theta: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
                      dense: torch.Tensor) -> torch.Tensor:
-    """``y + h * sum_i b_i(theta) k_i`` row by row: ``theta, h`` ``(m,)``, ``k`` ``(R, m, F)``."""
+    """``y + sum_i b_i(theta) hk_i`` row by row: ``theta`` ``(m,)``, ``hk`` ``(R, m, F)``."""
     powers = theta.to(dense.dtype).unsqueeze(1).expand(-1, dense.shape[1]).cumprod(1)
-    weights = powers @ dense.T  # (m, R)
-    mixed = torch.einsum("mr,rmf->mf", weights, k)
-    m = y.shape[0]
-    return torch.addcmul(y.reshape(m, -1), h.to(y.dtype).unsqueeze(1), mixed).view(y.shape)
+    weights = (dense @ powers.T).unsqueeze(2)  # (R, m, 1)
+    return (y.reshape(y.shape[0], -1) + (weights * hk).sum(0)).view(y.shape)
 
 
 class PerSampleSteps:
@@ -127,28 +151,37 @@ class PerSampleSteps:
     def next_step(self, t: torch.Tensor, t_end: torch.Tensor, h: torch.Tensor,
                   direction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Signed steps from ``t``, whether each ends on ``t_end``, and which underflowed."""
-        last = direction * (t_end - t) <= h * (1 + SLACK)
-        signed = torch.where(last, t_end - t, direction * h)
-        under = (h < self.ctrl.dtmin) | (t + direction * h == t)
+        left = t_end - t
+        last = direction * left <= h * (1 + SLACK)
+        forward = direction * h
+        signed = torch.where(last, left, forward)
+        under = (t + forward) == t
+        if self.ctrl.dtmin > 0:
+            under = under | (h < self.ctrl.dtmin)
         return signed, last, under
 
     def ratio(self, err: torch.Tensor, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
         """Each sample's RMS of ``err / (atol + rtol * max(|y0|, |y1|))``, in float64."""
         with torch.no_grad():
             scale = torch.maximum(y.abs(), y1.abs()).mul_(self.ctrl.rtol).add_(self.ctrl.atol)
-            return rms_rows(err / scale).to(torch.float64)
+            return rms_rows(err.div_(scale)).to(torch.float64)
 
     def judge(self, r: torch.Tensor, h: torch.Tensor, prev_r: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(accepted, next |h|, prev_r)`` for ratios ``r`` of steps of signed sizes ``h``."""
+        """``(accepted, next |h|, prev_r)`` for ratios ``r`` of steps of signed sizes ``h``.
+
+        ``r = 0`` gives ``factor_max`` (the power of the clipped ratio is huge).
+        """
         c = self.ctrl
         accepted = r <= 1.0
-        raw = c.safety * r.clamp(min=1e-300) ** self._exponent * prev_r ** self._p_exponent
-        factor = torch.where(r == 0, torch.full_like(r, c.factor_max), raw)
+        factor = r.clamp(min=1e-300).pow_(self._exponent).mul_(c.safety)
+        if self._p_exponent:
+            factor.mul_(prev_r**self._p_exponent)
         low = c.factor_min if c.shrink_after_accept else 1.0
         factor = torch.where(accepted, factor.clamp(low, c.factor_max),
                              factor.clamp(c.factor_min, 1.0))
-        h_next = (h.abs() * factor).clamp(max=c.dtmax)
-        prev = torch.where(accepted, r.clamp(min=1e-10), prev_r)
+        h_next = h.abs().mul_(factor)
+        if math.isfinite(c.dtmax):
+            h_next = h_next.clamp_(max=c.dtmax)
+        prev = torch.where(accepted, r.clamp(min=1e-10), prev_r) if self._p_exponent else prev_r
         return accepted, h_next, prev
-

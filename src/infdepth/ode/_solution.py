@@ -84,7 +84,7 @@ class Solution:
                 continue
             sel = inside.nonzero().squeeze(1)
             theta = (q[sel] - rec.t[sel]) / rec.h[sel]
-            val = dense_per_sample(theta, rec.y[sel], rec.h[sel], rec.k[:, sel], self._dense)
+            val = dense_per_sample(theta, rec.y[sel], rec.hk[:, sel], self._dense)
             out = out.index_copy(0, rec.rows[sel], val)
         return out
 
@@ -93,7 +93,8 @@ def _problem_checks(solver: object, controller: object, rtol: float, atol: float
                     adjoint: object, event: object, max_steps: object, y0: object) -> None:
     if not isinstance(solver, RungeKutta):
         raise InputError(f"solver={solver!r} is not accepted; pass an instance such as Dopri5()")
-    if not solver.adaptive or solver.tensors(torch.float64, torch.device("cpu")).workspace:
+    implicit = type(solver).tensors is not RungeKutta.tensors  # a Newton workspace
+    if not solver.adaptive or not solver.fsal or implicit:
         raise InputError(
             f"per_sample_steps=True is not accepted with solver={type(solver).__name__}(): it "
             "needs an explicit adaptive solver (Bosh3, Dopri5, Tsit5, Dopri8)")
@@ -201,7 +202,7 @@ def solve(
     return Solution(
         ts=tgrid, ys=raw.ys, status=raw.status, event_t=raw.event_t, event_y=raw.y_stop,
         stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), _records=tuple(raw.records),
-        _dense=solver.tensors(y0.dtype, y0.device).dense, _direction=direction)
+        _dense=raw.dense, _direction=direction)
 
 
 def _raise_failures(raw: Raw) -> None:
