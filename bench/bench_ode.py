@@ -15,9 +15,22 @@ Cases (issue 12; ``--case NAME`` picks some, default all):
   rtol = atol = 1e-13 (chaotic flow: the error at t = 100 says nothing).
 - ``vdp``: 1024 Van der Pol oscillators, mu drawn uniformly in [0.5, 5], from (2, 0),
   outputs at 11 times on [0, 10], float64, rtol = atol = 1e-6, dopri5, forward only.
-  torchode steps each sample with its own step size; infdepth and torchdiffeq take
-  steps shared by the batch (infdepth has no per-sample step sizes). Accuracy:
-  max error against scipy DOP853 at rtol = atol = 1e-10.
+  torchode steps each sample with its own step size; infdepth (``odeint``) and torchdiffeq
+  take steps shared by the batch. Accuracy: max error against scipy DOP853 at
+  rtol = atol = 1e-10.
+- ``vdp_ps`` (issue 26): the same oscillators with a step size per sample, mu over
+  [0.5, 5] and [0.5, 50]: ``solve(compact=False)`` (f always on the whole batch, the
+  same field as torchode), ``solve`` compacting finished samples out (mu carried in the
+  state, so any subset of rows can be evaluated), shared steps, torchode; the controller
+  clips as torchode does (``shrink_after_accept=True``), so ours and torchode take the
+  same steps per sample.
+  Then a neural field (MLP 2-256-256-2, float32, batch 1024) whose speed differs 25-fold
+  across samples: compaction against masking and shared steps.
+- ``bounce`` (issue 26): the bouncing ball (h = 2, g = 9.81, restitution 0.8, 5
+  bounces, float64, rtol 1e-8, atol 1e-10) through terminal events, against torchdiffeq's
+  ``odeint_event``; one ball, then 64 balls of different heights (one call per bounce for
+  us, one call per ball and bounce for torchdiffeq, whose solve stops at the batch's
+  first event).
 - ``image``: the ODE-Net block of ``infdepth ode params`` (``ODEFunc``: GroupNorm, ReLU,
   3x3 conv seeing t, twice, GroupNorm; 32 channels on 7x7 maps as for 28x28 images,
   batch 128), ``ODEBlock`` on [0, 1], dopri5, rtol = atol = 1e-3, forward + backward
@@ -51,6 +64,7 @@ solutions (and gradients), so a reader sees that they solved the same problem.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import warnings
@@ -63,7 +77,7 @@ from _harness import Harness, add_arguments, fmt_seconds
 from scipy.integrate import solve_ivp
 from torch import nn
 
-from infdepth.ode import Adjoint, Backprop, Dopri5, ODEBlock, Tsit5, odeint
+from infdepth.ode import Adjoint, Backprop, Dopri5, Event, ODEBlock, PIController, Tsit5, odeint, solve
 
 try:
     import torchdiffeq
@@ -76,11 +90,13 @@ try:
 except ImportError:  # pragma: no cover
     torchode = None
 
-CASES = ("spiral", "lorenz", "vdp", "image", "mlp")
+CASES = ("spiral", "lorenz", "vdp", "vdp_ps", "bounce", "image", "mlp", "compiled")
 
 # the issue's goals
 SPEEDUP_TORCHDIFFEQ = 3.0
 SPEEDUP_TORCHODE = 1.0
+SPEEDUP_PER_SAMPLE_VS_TORCHODE = 1.5  # issue 26
+SPEEDUP_EVENT_VS_TORCHDIFFEQ = 2.0  # issue 26
 OVERHEAD_GOAL = 1.5
 
 
@@ -519,8 +535,8 @@ def case_vdp(h: Harness) -> None:
             return sol.ys.transpose(0, 1)
 
         contenders["torchode"] = cost.contender(torch_run(tode), "forward")
-    h.note("vdp: ours and torchdiffeq step the whole batch with shared step sizes (infdepth has "
-           "no per-sample step sizes); torchode steps each sample on its own")
+    h.note("vdp: ours and torchdiffeq step the whole batch with shared step sizes (per-sample "
+           "steps: case vdp_ps); torchode steps each sample on its own")
     run_case(h, "vdp", contenders, cost.probes, overhead_goal=False,
              reference=lambda o: float((o.ys - ref_t).abs().max()),
              ref_label="max over samples and times vs DOP853 rtol=atol=1e-10")
@@ -528,6 +544,223 @@ def case_vdp(h: Harness) -> None:
         n = per_sample[0].double()
         h.note(f"vdp: torchode steps per sample: mean {float(n.mean()):.0f}, min "
                f"{int(n.min())}, max {int(n.max())} (its NFE above counts batched calls of f)")
+
+
+# ---------------------------------------------------------------------------- per-sample steps
+
+
+class VanDerPolInState(nn.Module):
+    """Van der Pol with mu carried as a constant third component: rows never mix, so a
+    compacting per-sample solve may hand it any subset of the batch."""
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v, mu = y.unbind(-1)
+        return torch.stack([v, mu * (1 - x * x) * v - x, torch.zeros_like(mu)], -1)
+
+
+def case_vdp_per_sample(h: Harness, quick: bool) -> None:
+    """1024 Van der Pol oscillators, per-sample steps (issue 26), mu over two spreads."""
+    for mu_max in ((5.0,) if quick else (5.0, 50.0)):
+        _vdp_spread(h, mu_max)
+
+
+def _vdp_spread(h: Harness, mu_max: float) -> None:
+    batch, tol = 1024, 1e-6
+    t = torch.linspace(0.0, 10.0, 11, dtype=torch.float64)
+    ctrl = PIController(rtol=tol, atol=tol, shrink_after_accept=True)  # torchode's clipping
+    key = f"vdp_ps_mu{mu_max:g}"
+    gen = torch.Generator().manual_seed(0)
+    mu = 0.5 + (mu_max - 0.5) * torch.rand(batch, generator=gen, dtype=torch.float64)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64).expand(batch, 2).contiguous()
+    y0_in = torch.cat([y0, mu[:, None]], 1)
+    field = Counted(VanDerPol(mu))
+    field_in = Counted(VanDerPolInState())
+    cost = FieldProbes(VanDerPol(mu), t[0], y0)
+    per_sample_nfe: dict[str, torch.Tensor] = {}
+
+    def ours(compact: bool) -> Callable[[], Outcome]:
+        f = field_in if compact else field
+        start = y0_in if compact else y0
+
+        def run() -> Outcome:
+            f.nfe = 0
+            with torch.no_grad():
+                sol = solve(f, start, t, controller=ctrl, max_steps=1_000_000, dense=False,
+                            compact=compact)
+            per_sample_nfe["ours_compact" if compact else "ours"] = sol.stats.nfe
+            return Outcome(sol.ys[..., :2].double(), None, f.nfe, 0)
+
+        return run
+
+    contenders = {
+        "ours": cost.contender(ours(False), "forward"),
+        "ours_compact": cost.contender(ours(True), "forward"),
+        "ours_shared": cost.contender(forward_run(field, lambda: odeint(
+            field, y0, t, controller=ctrl, max_steps=1_000_000)), "forward"),
+    }
+    if torchode is not None:
+        solver = _torchode_solver(field, "dopri5", tol, tol, adjoint=False)
+        t_eval = t[None, :].expand(batch, -1)
+
+        def tode() -> torch.Tensor:
+            sol = solver.solve(torchode.InitialValueProblem(y0=y0, t_eval=t_eval))
+            _torchode_check(sol)
+            per_sample_nfe["torchode"] = 6 * sol.stats["n_steps"] + 2
+            return sol.ys.transpose(0, 1)
+
+        contenders["torchode"] = cost.contender(forward_run(field, tode), "forward")
+    h.note(f"{key}: batch {batch}, mu in [{float(mu.min()):.2f}, {float(mu.max()):.2f}]; "
+           "ours = per-sample steps, f on the whole batch (the same field and steps as "
+           "torchode); ours_compact = finished samples compacted out (mu carried in the state, "
+           "which also enters the error norm); ours_shared = one step size for the batch")
+    goals = {"torchode": SPEEDUP_PER_SAMPLE_VS_TORCHODE, "ours_shared": 1.0}
+    run_case(h, key, contenders, cost.probes, overhead_goal=False, peer_goals=False,
+             speedup_goals=goals)
+    h.note(f"{key} NFE per sample (mean, max): " + ", ".join(
+        f"{n} {float(v.double().mean()):.0f} {int(v.max())}"
+        for n, v in per_sample_nfe.items()))
+
+
+class SpeedField(nn.Module):
+    """An MLP field ``s * net(x)`` with the speed ``s`` carried as a constant last component."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(2, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(),
+                                 nn.Linear(256, 2))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, s = y[:, :2], y[:, 2:]
+        return torch.cat([s * self.net(x), torch.zeros_like(s)], 1)
+
+
+def case_neural_per_sample(h: Harness) -> None:
+    """Compaction pays where f is expensive and the samples' difficulty differs."""
+    batch = 1024
+    field = Counted(SpeedField())
+    gen = torch.Generator().manual_seed(0)
+    y0 = torch.cat([torch.randn(batch, 2, generator=gen),
+                    torch.linspace(0.2, 5.0, batch).unsqueeze(1)], 1)
+    t = torch.tensor([0.0, 3.0])
+    per_sample: dict[str, torch.Tensor] = {}
+
+    def ours(compact: bool) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            field.nfe = 0
+            with torch.no_grad():
+                sol = solve(field, y0, t, rtol=1e-5, atol=1e-6, compact=compact, dense=False)
+            per_sample["ours" if compact else "ours_masked"] = sol.stats.nfe
+            return Outcome(sol.ys.double(), None, field.nfe, 0)
+
+        return run
+
+    cost = FieldProbes(field, t[0], y0)
+    contenders = {"ours": cost.contender(ours(True), "forward"),
+                  "ours_masked": cost.contender(ours(False), "forward"),
+                  "ours_shared": cost.contender(forward_run(field, lambda: odeint(
+                      field, y0, t, rtol=1e-5, atol=1e-6)), "forward")}
+    run_case(h, "neural_ps", contenders, cost.probes, overhead_goal=False, peer_goals=False)
+    n = per_sample["ours"].double()
+    h.note(f"neural_ps NFE per sample: mean {float(n.mean()):.0f}, min {int(n.min())}, "
+           f"max {int(n.max())}")
+
+
+def _bounce_field(g: float):  # noqa: ANN202
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[..., 1], torch.full_like(y[..., 1], -g)], -1)
+
+    return f
+
+
+def case_bounce(h: Harness, bounces: int = 5) -> None:
+    """The bouncing ball (torchdiffeq's example): terminal event at the ground, restitution
+    0.8, ``bounces`` events in a loop; float64, rtol 1e-8, atol 1e-10, dopri5."""
+    g, e, tol = 9.81, 0.8, (1e-8, 1e-10)
+    f = _bounce_field(g)
+    y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    flip = torch.tensor([0.0, -e], dtype=torch.float64)
+    lift = torch.tensor([1e-12, 0.0], dtype=torch.float64)  # torchdiffeq stops at once on 0
+
+    def ours() -> torch.Tensor:
+        y, t0, times = y0, torch.zeros(1, dtype=torch.float64), []
+        for _ in range(bounces):
+            sol = solve(f, y, torch.stack([t0, t0 + 10.0]), event=Event(
+                lambda t, y: y[:, 0], direction=-1, tol=1e-10), rtol=tol[0], atol=tol[1],
+                dense=False)
+            t0, y = sol.event_t, sol.event_y * flip + lift
+            times.append(t0)
+        return torch.cat(times)
+
+    def theirs() -> torch.Tensor:
+        y, t0, times = y0[0], torch.tensor(0.0, dtype=torch.float64), []
+        for _ in range(bounces):
+            t0, ys = torchdiffeq.odeint_event(f, y, t0, event_fn=lambda t, y: y[0],
+                                              method="dopri5", rtol=tol[0], atol=tol[1])
+            y = ys[-1] * flip + lift
+            times.append(t0.reshape(1))
+        return torch.cat(times)
+
+    t1 = math.sqrt(2 * 2.0 / g)
+    exact, v = [t1], g * t1
+    for _ in range(bounces - 1):
+        v *= e
+        exact.append(exact[-1] + 2 * v / g)
+    exact_t = torch.tensor(exact, dtype=torch.float64)
+    runs = {"ours": ours}
+    if torchdiffeq is not None:
+        runs["torchdiffeq"] = theirs
+    for name, fn in runs.items():
+        with torch.no_grad():
+            err = float((fn() - exact_t).abs().max())
+        h.note(f"bounce: {name} max |event time - analytic| over {bounces} bounces: {err:.2g}")
+    with torch.no_grad():
+        seconds = h.time(runs)
+    h.times("bounce", seconds)
+    if "torchdiffeq" in seconds:
+        REPORT.count(h.ratio("bounce_speedup_vs_torchdiffeq", seconds["torchdiffeq"] /
+                             seconds["ours"], goal=(">=", SPEEDUP_EVENT_VS_TORCHDIFFEQ)))
+    _bounce_batch(h, f, bounces)
+
+
+def _bounce_batch(h: Harness, f: Callable, bounces: int, batch: int = 64) -> None:
+    """64 balls from heights in [1, 3]: one call per bounce against one per ball and bounce."""
+    heights = torch.linspace(1.0, 3.0, batch, dtype=torch.float64)
+    y0 = torch.stack([heights, torch.zeros_like(heights)], 1)
+    flip = torch.tensor([0.0, -0.8], dtype=torch.float64)
+    lift = torch.tensor([1e-12, 0.0], dtype=torch.float64)
+    event = Event(lambda t, y: y[:, 0], direction=-1, tol=1e-10)
+
+    def ours() -> torch.Tensor:
+        y, t0 = y0, torch.zeros(batch, dtype=torch.float64)
+        for _ in range(bounces):
+            sol = solve(f, y, torch.stack([t0, t0 + 10.0]), event=event, rtol=1e-8,
+                        atol=1e-10, dense=False)
+            t0, y = sol.event_t, sol.event_y * flip + lift
+        return t0
+
+    def theirs() -> torch.Tensor:
+        out = []
+        for b in range(batch):
+            y, t0 = y0[b], torch.tensor(0.0, dtype=torch.float64)
+            for _ in range(bounces):
+                t0, ys = torchdiffeq.odeint_event(f, y, t0, event_fn=lambda t, y: y[0],
+                                                  method="dopri5", rtol=1e-8, atol=1e-10)
+                y = ys[-1] * flip + lift
+            out.append(t0.reshape(1))
+        return torch.cat(out)
+
+    with torch.no_grad():
+        runs = {"ours": ours, **({"torchdiffeq": theirs} if torchdiffeq is not None else {})}
+        last = {name: fn() for name, fn in runs.items()}
+        if "torchdiffeq" in last:
+            h.note(f"bounce_batch{batch}: max |t_ours - t_torchdiffeq| after {bounces} bounces "
+                   f"{float((last['ours'] - last['torchdiffeq']).abs().max()):.2g}")
+        seconds = h.time(runs, warmup=0, repeats=max(1, min(h.repeats, 3)))
+    h.times(f"bounce_batch{batch}", seconds)
+    if "torchdiffeq" in seconds:
+        h.ratio(f"bounce_batch{batch}_speedup_vs_torchdiffeq",
+                seconds["torchdiffeq"] / seconds["ours"])
 
 
 # ---------------------------------------------------------------------------- image block
@@ -642,6 +875,111 @@ def case_mlp(h: Harness, t1: float) -> None:
     h.note("mlp: torchode steps each of the 64 samples on its own (per-sample error norm)")
 
 
+# ---------------------------------------------------------------------------- compiled (issue 29)
+
+
+def _compiled_note(h: Harness, key: str, solver: CompiledSolver,  # noqa: F821
+                   first: float, seconds: dict[str, float]) -> None:
+    st = solver.stats
+    h.note(f"{key} compiled: compile {st.compile_seconds:.1f} s (first call {first:.1f} s, "
+           f"{st.compiles} graph), {st.calls} compiled calls of {solver.attempts} attempts, "
+           f"{st.accepted} accepted + {st.rejected} rejected steps, {st.masked} masked attempts")
+    if "eager" in seconds and seconds["eager"] > seconds["ours"]:
+        solves = st.compile_seconds / (seconds["eager"] - seconds["ours"])
+        h.note(f"{key} compiled: the compile pays off after {math.ceil(solves)} solves "
+               f"({math.ceil(solves * (st.accepted + st.rejected))} steps)")
+
+
+def case_compiled(h: Harness) -> None:
+    """CompiledSolver (``ours``) against the eager loop and scipy: Lorenz on [0, 20] and the
+    spiral training step (dopri5, backprop)."""
+    tol, t1 = 1e-8, 20.0
+    t = torch.tensor([0.0, t1], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    ref = torch.tensor(solve_ivp(_lorenz_np, (0.0, t1), [1.0, 0.0, 0.0], method="DOP853",
+                                 rtol=1e-13, atol=1e-13).y[:, -1])
+    lorenz = Lorenz()
+    field = Counted(lorenz)
+    from infdepth.ode import CompiledSolver
+
+    compiled = CompiledSolver(lorenz, solver=Dopri5(), rtol=tol, atol=tol, max_steps=10_000_000)
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled(y0, t)
+    first = time.perf_counter() - start
+
+    def ours() -> Outcome:
+        with torch.no_grad():
+            ys = compiled(y0, t)
+        return Outcome(ys.double(), None, compiled.stats.nfe, 0)
+
+    def sp() -> Outcome:
+        sol = solve_ivp(_lorenz_np, (0.0, t1), [1.0, 0.0, 0.0], method="RK45", rtol=tol, atol=tol)
+        return Outcome(torch.tensor(sol.y[:, [0, -1]].T), None, int(sol.nfev), 0)
+
+    cost = FieldProbes(lorenz, t[0], y0)
+    u0 = np.array([1.0, 0.0, 0.0])
+    probes = {**cost.probes, "numpy f": _probe(lambda: _lorenz_np(0.0, u0))}
+    contenders = {
+        "ours": Contender(ours, "f"),
+        "eager": cost.contender(forward_run(field, lambda: odeint(
+            field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, max_steps=10_000_000)), "forward"),
+        "scipy_RK45": Contender(sp, "numpy f"),
+    }
+
+    def err(o: Outcome) -> float:
+        return float((o.ys[-1] - ref).abs().max())
+
+    seconds, outcomes = run_case(h, "lorenz20_compiled", contenders, probes, overhead_goal=False,
+                                 reference=err, ref_label="at t=20 vs DOP853 rtol=atol=1e-13",
+                                 speedup_goals={"scipy_RK45": 1.0}, peer_goals=False)
+    if "scipy_RK45" in outcomes:
+        REPORT.count(h.ratio("lorenz20_error_compiled_over_scipy_RK45",
+                             err(outcomes["ours"]) / max(err(outcomes["scipy_RK45"]), 1e-300),
+                             goal=("<=", 1.0), note="error at t=20"))
+    _compiled_note(h, "lorenz20", compiled, first, seconds)
+
+    # the spiral training step of case_spiral, dopri5 through backprop
+    rtol, atol = 1e-7, 1e-9
+    t_np = np.linspace(0.0, 1.5, 30)
+    ts = torch.tensor(t_np, dtype=torch.float32)
+    target = torch.tensor(_spiral_data(t_np), dtype=torch.float32)[:, None, :]
+    s0 = torch.tensor([[2.0, 0.0]])
+    torch.manual_seed(0)
+    model = SpiralModel()
+    counted = Counted(model)
+    params = list(model.parameters())
+    spiral = CompiledSolver(model, solver=Dopri5(), rtol=rtol, atol=atol)
+    start = time.perf_counter()
+    spiral(s0, ts).sum().backward()
+    first = time.perf_counter() - start
+
+    def step(solve: Callable[[], torch.Tensor], nfe: Callable[[], int]) -> Callable[[], Outcome]:
+        def run() -> Outcome:
+            _zero(params)
+            ys = solve()
+            (ys - target).square().sum().backward()
+            return Outcome(ys.detach().double(), _flat_grads(params), nfe(), 0)
+
+        return run
+
+    def eager_nfe() -> int:
+        n = counted.nfe
+        counted.nfe = 0
+        return n
+
+    scost = FieldProbes(model, ts[0], s0)
+    contenders = {
+        "ours": scost.contender(step(lambda: spiral(s0, ts), lambda: spiral.stats.nfe),
+                                "backprop"),
+        "eager": scost.contender(step(lambda: odeint(counted, s0, ts, solver=Dopri5(), rtol=rtol,
+                                                     atol=atol), eager_nfe), "backprop"),
+    }
+    seconds, _ = run_case(h, "spiral_dopri5_backprop_compiled", contenders, scost.probes,
+                          overhead_goal=True, peer_goals=False)
+    _compiled_note(h, "spiral_dopri5_backprop", spiral, first, seconds)
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -674,8 +1012,15 @@ def main(argv: list[str] | None = None) -> int:
             case_lorenz(h)
         elif name == "vdp":
             case_vdp(h)
+        elif name == "vdp_ps":
+            case_vdp_per_sample(h, args.quick)
+            case_neural_per_sample(h)
+        elif name == "bounce":
+            case_bounce(h)
         elif name == "image":
             case_image(h, args.image_size)
+        elif name == "compiled":
+            case_compiled(h)
         else:
             case_mlp(h, args.t1)
         h.note(f"case {name} took {time.perf_counter() - start:.0f} s")
