@@ -10,6 +10,7 @@ grown layer, ``w`` set by hand (the next ``forward`` builds), ``prune`` then reg
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -86,3 +87,26 @@ def test_sub_layers_built_by_grow_join_the_attached_optimizer() -> None:
         layer.w.fill_(3.5)  # and used from the next step on
     train_step(model, opt)
     assert_stepped(opt, list(layer.blocks))
+
+
+def test_grow_scans_the_optimizer_only_when_something_was_built(monkeypatch) -> None:
+    import infdepth.depth.growth as growth
+
+    torch.manual_seed(0)
+    layer = InfiniteDepth(lambda i: nn.Sequential(nn.Linear(5, 5), nn.Tanh()), w0=1.5, grow_step=2, seed=3)
+    model = nn.Sequential(nn.Linear(3, 5), layer)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scans = []
+    original = growth.register_built
+    monkeypatch.setattr(growth, "register_built", lambda m, o: scans.append(1) or original(m, o))
+    for _ in range(3):
+        growth.grow(model, opt)
+    assert len(scans) == 1  # the first look; then no growth anywhere: one comparison each
+    with torch.no_grad():
+        layer.w.fill_(3.5)
+    with pytest.warns(UserWarning):
+        model(torch.randn(4, 3))  # a forward builds sub-layers 2, 3 (no optimizer attached)
+    growth.grow(model, opt)  # grows nothing itself, but the event moved: it looks again
+    assert len(scans) == 2
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert all(id(p) in held for p in layer.blocks.parameters())

@@ -10,6 +10,7 @@ the same layout and loads the saved state into the right tensors.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel
 
+from infdepth.depth.events import growth_events
 from infdepth.depth.layer import InfiniteDepth, depth_layers
 from infdepth.errors import InputError
 
@@ -131,8 +133,11 @@ def grow(model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, int]
     ``grow_step``) and builds them.  Every sub-layer parameter that ``optimizer`` does not
     hold yet (built here, or earlier by a ``forward``/``penalty`` that met a larger ``w``)
     joins it, keeping the state of every old parameter.  Both are read from the model and
-    the optimizer on every call: nothing is remembered between calls.  Returns ``{layer
-    name: new sub-layer count}`` for the layers that grew (empty when nothing grew).
+    the optimizer whenever sub-layers were built (by anyone) since the last call for this
+    model and optimizer: between calls only the count of growth events is remembered
+    (:mod:`infdepth.depth.events`), so a call without growth reads each ``w`` and compares
+    one integer.  Returns ``{layer name: new sub-layer count}`` for the layers that grew
+    (empty when nothing grew).
     """
     grown: dict[str, int] = {}
     for name, layer in depth_layers(model):
@@ -140,5 +145,17 @@ def grow(model: nn.Module, optimizer: Optimizer | None = None) -> dict[str, int]
         if new:
             grown[name or "<root>"] = len(new)
     if optimizer is not None:
-        register_built(model, optimizer)
+        events = growth_events()
+        seen = _REGISTERED.setdefault(optimizer, weakref.WeakKeyDictionary())
+        if seen.get(model) != events:  # something was built since this pair's last look
+            register_built(model, optimizer)
+            seen[model] = events
     return grown
+
+
+# optimizer -> model -> growth_events() when grow last handed the model's sub-layers to it:
+# an event count (events.py), no copy of a parameter, so a step without growth skips the
+# scan of the optimizer's parameters
+_REGISTERED: weakref.WeakKeyDictionary[Optimizer, weakref.WeakKeyDictionary[nn.Module, int]] = (
+    weakref.WeakKeyDictionary()
+)
