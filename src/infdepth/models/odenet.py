@@ -16,11 +16,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from infdepth.ode import Adjoint, Backprop, Dopri5, Euler, GradientMethod, ODEBlock, odeint
+from infdepth.ode import (
+    Adjoint,
+    Backprop,
+    Dopri5,
+    Euler,
+    GradientMethod,
+    ODEBlock,
+    Regulariser,
+    odeint,
+)
 
 # ---------------------------------------------------------------- image classifiers
 
@@ -108,6 +119,7 @@ def odenet(
     t1_l2: float = 0.0,
     classes: int = 10,
     in_channels: int = 1,
+    regularisers: Sequence[Regulariser] = (),
 ) -> nn.Sequential:
     """Stem, one :class:`~infdepth.ode.ODEBlock` ``dh/dt = g(t, h)`` on ``[0, t1]``, head.
 
@@ -123,10 +135,13 @@ def odenet(
         t1_l2: weight of that penalty (added to the loss by :func:`infdepth.train.fit`).
         classes: number of output logits.
         in_channels: channels of the input images.
+        regularisers: ``KineticEnergy(w)`` / ``JacobianFrobenius(w)`` of the block, integrated
+            in training and added to its ``penalty()`` (which ``fit`` adds to the loss).
     """
     method: GradientMethod = Adjoint() if adjoint else Backprop()
     block = ODEBlock(ConvField(channels), t1=t1, learn_t1=learn_t1, t1_l2=t1_l2, solver=Dopri5(),
-                     rtol=rtol, atol=atol, step_size=step_size, adjoint=method)
+                     rtol=rtol, atol=atol, step_size=step_size, adjoint=method,
+                     regularisers=regularisers)
     return nn.Sequential(*stem(channels, image_size, in_channels), block, *head(channels, classes))
 
 

@@ -14,6 +14,7 @@ from infdepth.cli import main
 from infdepth.errors import InputError
 from infdepth.experiments.ode import params
 from infdepth.models.odenet import ode_block
+from infdepth.ode import JacobianFrobenius, KineticEnergy
 from infdepth.train import load_checkpoint
 
 Refused = Callable[[list[str], Path, str], str]  # the ``refused`` fixture of conftest.py
@@ -70,6 +71,22 @@ def test_learn_t1_trains_the_end_time_with_its_penalty(tmp_path: Path) -> None:
     assert records[-1]["penalty"] == pytest.approx(0.5 * row["t1"] ** 2, rel=0.1)
     block = ode_block(params.build_model("odenet", params.Config(learn_t1=True), (1, 8, 8), 10))
     assert block is not None and isinstance(block.t1, torch.nn.Parameter)
+
+
+def test_regularisers_are_integrated_and_reach_the_loss(tmp_path: Path) -> None:
+    out = tmp_path / "reg"
+    assert main([*ODENET, "--kinetic-energy", "0.5", "--jacobian-frobenius", "0.25", "--out", str(out),
+                 "--no-progress"]) == 0
+    records = [json.loads(x) for x in (out / "odenet" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["penalty"] > 0 for r in records)  # fit adds the integrals to the loss
+    row = _summary(out)["models"]["odenet"]
+    assert row["nfe_test"] == records[-1]["nfe_test"] > 0  # the plain solve of evaluation
+    config = params.Config(channels=4, kinetic_energy=0.5, jacobian_frobenius=0.25)
+    block = ode_block(params.build_model("odenet", config, (1, 8, 8), 10))
+    assert block is not None and block.regularisers == (KineticEnergy(0.5), JacobianFrobenius(0.25))
+    block.train()
+    block(torch.rand(2, 4, 4, 4))
+    assert float(block.penalty()) > 0
 
 
 def test_nfe_are_counted_per_training_step_of_each_epoch(tmp_path: Path) -> None:
@@ -149,6 +166,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
         (["--step-size", "1e-9"], "--step-size"),
         (["--t1-l2", "0.1"], "--t1-l2"),
         (["--t1-l2", "-1", "--learn-t1"], "--t1-l2"),
+        (["--kinetic-energy", "-1"], "--kinetic-energy"),
+        (["--jacobian-frobenius", "nan"], "--jacobian-frobenius"),
+        (["--models", "resnet", "--jacobian-frobenius", "0.1"], "--jacobian-frobenius"),
         (["--train-subset", "0"], "--train-subset"),
         (["--train-subset", "100000"], "--train-subset"),
         (["--train-subset", "1000000000000"], "--train-subset"),

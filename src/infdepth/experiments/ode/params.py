@@ -56,6 +56,7 @@ from infdepth.experiments._common import (
 )
 from infdepth.io import write_json
 from infdepth.models.odenet import ode_block, odenet, resnet
+from infdepth.ode import JacobianFrobenius, KineticEnergy, Regulariser
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT, FitConfig, fit
 
@@ -88,6 +89,10 @@ class Config:
     backprop: bool = option(False, "differentiate the ODE block by backprop instead of the adjoint")
     learn_t1: bool = option(False, "learn the ODE block's end time t1 (its depth; starts at 1)")
     t1_l2: float = option(0.0, "weight of the penalty t1_l2 * t1**2 (with --learn-t1)")
+    kinetic_energy: float = option(0.0, "weight of the ODE block's kinetic-energy regulariser "
+                                   "int |f|^2 dt (Finlay et al. 2020; 0: off)")
+    jacobian_frobenius: float = option(0.0, "weight of the ODE block's Jacobian-Frobenius "
+                                       "regulariser int |df/dh|_F^2 dt, Hutchinson-estimated (0: off)")
     train_subset: int | None = option(None, "train on this many random training images "
                                       "(None: all)", type=int)
     seed: int = option(0, "seed of weights and data")
@@ -112,6 +117,11 @@ class Config:
         if self.t1_l2 and not self.learn_t1:
             raise InputError(f"--t1-l2={self.t1_l2} is not accepted without --learn-t1 (a fixed t1 "
                              "makes its penalty a constant); add --learn-t1 or leave --t1-l2 at 0")
+        check_float("--kinetic-energy", self.kinetic_energy, low=0)
+        check_float("--jacobian-frobenius", self.jacobian_frobenius, low=0)
+        if (self.kinetic_energy or self.jacobian_frobenius) and "odenet" not in self.models:
+            raise InputError("--kinetic-energy / --jacobian-frobenius regularise the ODE block; "
+                             f"--models={','.join(self.models)} has none: add odenet")
         if self.train_subset is not None:
             check_int("--train-subset", self.train_subset, low=1)
         check_int("--seed", self.seed, low=0)
@@ -124,9 +134,11 @@ class ParamsRow:
     """Result of training one model.
 
     ``test_acc`` after the last epoch; ``nfe_forward``/``nfe_backward``: the ODE block's
-    function evaluations per training step over the last epoch (mean over the processes);
-    ``t1``: its end time at the end; ``seconds`` of training (summed over resumed parts) and
-    the training images per second of the whole run (all processes together).
+    function evaluations per training step over the last epoch (mean over the processes;
+    with a regulariser, of the solve that integrates it too); ``nfe_test``: per test batch of
+    the last evaluation (the learned dynamics alone, in eval mode); ``t1``: its end time at the
+    end; ``seconds`` of training (summed over resumed parts) and the training images per second
+    of the whole run (all processes together).
     """
 
     kind: str
@@ -135,6 +147,7 @@ class ParamsRow:
     test_error: float
     nfe_forward: float | None
     nfe_backward: float | None
+    nfe_test: float | None
     t1: float | None
     seconds: float
     images_per_second: float
@@ -168,13 +181,24 @@ def check_sizes(config: Config, n_train: int, image_shape: tuple[int, int, int],
                       max(config.batch, EVAL_BATCH) * (config.channels + 1) * h * w)
 
 
+def regularisers(config: Config) -> list[Regulariser]:
+    """The ODE block's regularisers of ``--kinetic-energy`` and ``--jacobian-frobenius``."""
+    regs: list[Regulariser] = []
+    if config.kinetic_energy:
+        regs.append(KineticEnergy(config.kinetic_energy))
+    if config.jacobian_frobenius:
+        regs.append(JacobianFrobenius(config.jacobian_frobenius))
+    return regs
+
+
 def build_model(kind: str, config: Config, image_shape: tuple[int, int, int], classes: int) -> nn.Module:
     """The model of the given kind, the config unpacked into plain arguments."""
     c, size, _ = image_shape
     if kind == "odenet":
         return odenet(config.channels, size, rtol=config.rtol, atol=config.atol,
                       adjoint=not config.backprop, step_size=config.step_size,
-                      learn_t1=config.learn_t1, t1_l2=config.t1_l2, classes=classes, in_channels=c)
+                      learn_t1=config.learn_t1, t1_l2=config.t1_l2, classes=classes, in_channels=c,
+                      regularisers=regularisers(config))
     blocks = config.res_blocks if kind == "resnet" else 1
     return resnet(config.channels, blocks, size, classes=classes, in_channels=c)
 
@@ -213,11 +237,13 @@ def train_model(
             record.update(distributed.mean_over_ranks(
                 {"nfe_forward": block.nfe_forward / k, "nfe_backward": block.nfe_backward / k}))
             record["t1"] = float(block.t1.detach())
+            block.reset_nfe()
         correct = 0
         for i in range(0, x_te.shape[0], EVAL_BATCH):
             correct += int((net(x_te[i : i + EVAL_BATCH]).argmax(1) == y_te[i : i + EVAL_BATCH]).sum())
         record["test_acc"] = correct / x_te.shape[0]
-        if block is not None:
+        if block is not None:  # the learned dynamics alone (eval mode: no regulariser channels)
+            record["nfe_test"] = block.nfe_forward / -(-x_te.shape[0] // EVAL_BATCH)
             block.reset_nfe()
         since_eval[0] = 0
         if ctx.progress and ctx.is_main:
@@ -239,7 +265,7 @@ def train_model(
     last = next(r for r in reversed(result.history) if "test_acc" in r)
     acc = float(last["test_acc"])
     row = ParamsRow(kind, count_params(model), acc, 1 - acc, last.get("nfe_forward"),
-                    last.get("nfe_backward"), last.get("t1"), result.seconds,
+                    last.get("nfe_backward"), last.get("nfe_test"), last.get("t1"), result.seconds,
                     steps * config.batch / result.seconds)
     return row, model
 
