@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch._dynamo as dynamo
 from torch import nn
@@ -19,6 +20,7 @@ from torch._dynamo.utils import counters
 
 from infdepth import InfiniteDepth, ODEBlock, attach, model_penalty
 from infdepth.ode import RK4
+from infdepth.train import WithPenalty
 
 BACKEND = "aot_eager"
 
@@ -74,6 +76,15 @@ def test_compiled_infinite_depth_recompiles_only_when_the_depth_changes() -> Non
     assert recompiles <= new_depths, f"graphs {graphs} for depths {[math.ceil(w) for w in ws]}"
     assert graphs[1] == graphs[0] and graphs[3] == graphs[2], "a change of w within a depth recompiled"
     assert _read_breaks_only(), dict(counters["graph_break"])
+
+    # fit's step on the compiled model: one read of w, the penalty produced with it
+    reads = []
+    read = InfiniteDepth.depth.fget
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(InfiniteDepth, "depth", property(lambda self: reads.append(1) or read(self)))
+        out, penalty = WithPenalty(compiled)(x)
+    assert len(reads) == 1
+    torch.testing.assert_close(penalty, layer.penalty(), rtol=0, atol=0)
 
 
 def test_compiled_ode_block_matches_eager() -> None:
