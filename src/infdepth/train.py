@@ -1,7 +1,8 @@
 """The training loop shared by every experiment.
 
-One optimizer step per batch; after each step every g-infinity layer may grow
-(new sub-layers join the *existing* optimizer); metrics stream to
+One optimizer step per batch; a g-infinity layer whose ``w`` passed its built sub-layers
+grows in its next ``forward`` (new sub-layers join the *existing* optimizer before its
+step), reading ``w`` once per step for that and its penalty; metrics stream to
 ``metrics.jsonl``; checkpoints are written atomically every ``checkpoint_every``
 steps; ``resume=True`` continues from the last checkpoint and ends bitwise equal
 (on CPU) to an uninterrupted run.  Data comes from ``batch(step)``, a pure
