@@ -72,3 +72,29 @@ def test_neural_field_alone_equals_in_a_batch_to_1e_12() -> None:
             alone = solve(lambda t, y: net(y), y0[b : b + 1], t, rtol=1e-8, atol=1e-10,
                           dense=False)
             torch.testing.assert_close(alone.ys[:, 0], batch.ys[:, b], rtol=0, atol=1e-12)
+
+
+def test_compaction_and_masking_give_the_same_gradients() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # speed s = y[:, 2] per sample
+        return torch.cat([y[:, 2:] * net(y), torch.zeros_like(y[:, 2:])], 1)
+
+    y0 = torch.cat([torch.randn(6, 2, dtype=F64), torch.linspace(0.2, 4, 6, dtype=F64)[:, None]], 1)
+    t = torch.linspace(0, 1, 4, dtype=F64)
+    grads = []
+    for compact in (True, False):
+        net.zero_grad()
+        sol = solve(f, y0, t, rtol=1e-8, atol=1e-10, compact=compact, dense=False)
+        sol.ys.square().sum().backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-14)
+
+
+def test_float32_states_keep_float64_times() -> None:
+    y0 = torch.tensor([[1.0], [2.0]])
+    sol = solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]))
+    assert sol.ys.dtype == torch.float32 and sol.ts.dtype == F64
+    torch.testing.assert_close(sol.ys[-1], y0 * math.exp(-1), rtol=1e-5, atol=0)
