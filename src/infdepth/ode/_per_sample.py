@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import torch
+import torch.utils.checkpoint
 
 from infdepth.ode._controller import PIController
 from infdepth.ode._events import Event, SteadyState, differentiable_event, locate
@@ -87,8 +88,14 @@ def integrate_per_sample(
     event: Event | SteadyState | None,
     compact: bool,
     keep_dense: bool,
+    checkpoint: bool = False,
 ) -> Raw:
-    """Solve each sample of ``y0`` ``(B, ...)`` over its own output times ``tgrid[:, b]``."""
+    """Solve each sample of ``y0`` ``(B, ...)`` over its own output times ``tgrid[:, b]``.
+
+    With ``checkpoint`` (and autograd) each pass's step keeps only its inputs and is
+    retaken during backward (``torch.utils.checkpoint``), so the activations inside ``f``
+    are not stored.
+    """
     n_out, batch = tgrid.shape
     dev, long = y0.device, torch.long
     tabs = solver.tensors(y0.dtype, y0.device)
@@ -144,7 +151,11 @@ def integrate_per_sample(
         halted = live & under
         if not everyone and rows is None:  # masked: finished rows take empty steps
             signed = torch.where(live, signed, torch.zeros_like(signed))
-        y1, hk, err, k_last = step_per_sample(f, tw, signed, yw, kw, plan)
+        if checkpoint and grad:  # keep the step's inputs, retake it in backward
+            y1, hk, err, k_last = torch.utils.checkpoint.checkpoint(
+                step_per_sample, f, tw, signed, yw, kw, plan, use_reentrant=False)
+        else:
+            y1, hk, err, k_last = step_per_sample(f, tw, signed, yw, kw, plan)
         r = control.ratio(err, yw, y1)
         ok, h_next, prev_next = control.judge(r, signed, take(prev_r))
         trouble = halted | (live & ~torch.isfinite(r))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from infdepth.errors import InputError
-from infdepth.ode._adjoint import Backprop, GradientMethod
+from infdepth.ode._adjoint import Backprop, Checkpointed, GradientMethod
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
 from infdepth.ode._events import Event, SteadyState
@@ -19,6 +19,20 @@ from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
 from infdepth.ode._per_sample_step import dense_per_sample
 from infdepth.ode._solvers import Dopri5, RungeKutta
 from infdepth.ode._stepping import VectorField
+
+
+class _Calls:
+    """``f``, counting the calls made after the forward solve returned (in backward)."""
+
+    def __init__(self, f: VectorField) -> None:
+        self.f = f
+        self.forward_done = False
+        self.backward = 0
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.forward_done:
+            self.backward += 1
+        return self.f(t, y)
 
 
 @dataclass(frozen=True)
@@ -56,9 +70,16 @@ class Solution:
     event_t: torch.Tensor
     event_y: torch.Tensor
     stats: SampleStats
+    _calls: _Calls
     _records: tuple[Record, ...]
     _dense: torch.Tensor
     _direction: float
+
+    @property
+    def backward_nfe(self) -> int:
+        """Calls of ``f`` made by backward passes so far (those of ``Checkpointed``, which
+        retakes every step; zero for ``Backprop``). Each call is one batched evaluation."""
+        return self._calls.backward
 
     def evaluate(self, t: torch.Tensor | float) -> torch.Tensor:
         """The dense interpolant: every sample at time ``t`` (a number or ``(batch,)`` times).
@@ -108,11 +129,11 @@ def _problem_checks(solver: object, controller: object, rtol: float, atol: float
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                 math.isfinite(v) and v >= 0):
             raise InputError(f"{name}={v!r} is not accepted; expected a finite number >= 0")
-    if adjoint is not None and not isinstance(adjoint, Backprop):
+    if adjoint is not None and not isinstance(adjoint, (Backprop, Checkpointed)):
         raise InputError(
-            f"adjoint={adjoint!r} is not accepted with per-sample steps (or events); only "
-            "Backprop() is implemented there: use the shared-step odeint for Adjoint() and "
-            "Checkpointed()")
+            f"adjoint={adjoint!r} is not accepted with per-sample steps (or events); "
+            "Backprop() and Checkpointed() are implemented there: use the shared-step odeint "
+            "for Adjoint()")
     if event is not None and not isinstance(event, (Event, SteadyState)):
         raise InputError(f"event={event!r} is not accepted; expected Event(fn, ...) or "
                          "SteadyState(...)")
@@ -179,7 +200,9 @@ def solve(
         controller: a :class:`PIController`, applied to each sample separately.
         event: an :class:`Event` (a sample stops where its function changes sign) or a
             :class:`SteadyState`; ``None`` runs every sample to its last output time.
-        adjoint: only ``Backprop()`` (the default) is implemented for per-sample steps.
+        adjoint: ``Backprop()`` (the default) or ``Checkpointed()`` (each step keeps only its
+            inputs and is retaken during backward: the same gradients, without the
+            activations inside ``f``); the continuous adjoint is not implemented here.
         max_steps: attempted steps per sample before it stops with ``Status.MAX_STEPS``.
         compact: evaluate ``f`` on the running samples only (finished ones cost nothing).
         dense: keep the steps for :meth:`Solution.evaluate` (memory grows with the steps).
@@ -195,13 +218,17 @@ def solve(
         raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
     ctrl = controller if controller is not None else PIController(rtol=rtol, atol=atol)
     tgrid, direction = _times(t, y0)
-    raw = integrate_per_sample(f, y0, tgrid, direction, solver, ctrl, max_steps=max_steps,
-                               event=event, compact=compact, keep_dense=dense)
+    calls = _Calls(f)
+    raw = integrate_per_sample(calls, y0, tgrid, direction, solver, ctrl, max_steps=max_steps,
+                               event=event, compact=compact, keep_dense=dense,
+                               checkpoint=isinstance(adjoint, Checkpointed))
+    calls.forward_done = True
     if throw:
         _raise_failures(raw)
     return Solution(
         ts=tgrid, ys=raw.ys, status=raw.status, event_t=raw.event_t, event_y=raw.y_stop,
-        stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), _records=tuple(raw.records),
+        stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), _calls=calls,
+        _records=tuple(raw.records),
         _dense=raw.dense, _direction=direction)
 
 
