@@ -186,3 +186,32 @@ def test_bad_event_input_names_the_argument() -> None:
         solve(lambda t, y: -y, y0, t, event=ground)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="atol=-1"):
         SteadyState(atol=-1)
+
+
+def test_non_terminal_event_records_every_crossing_with_gradients() -> None:
+    omega = torch.tensor([1.0, 1.7, 2.3], dtype=F64, requires_grad=True)
+
+    def osc(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # x = cos(omega t)
+        w = y[:, 2]
+        return torch.stack([y[:, 1], -w * w * y[:, 0], torch.zeros_like(w)], 1)
+
+    y0 = torch.stack([torch.ones(3, dtype=F64), torch.zeros(3, dtype=F64), omega], 1)
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    sol = solve(osc, y0, t, event=Event(ground, direction=-1, terminal=False), rtol=1e-10,
+                atol=1e-12)
+    assert sol.status.tolist() == [Status.OK] * 3 and torch.isnan(sol.event_t).all()
+    rows, times = sol.crossings
+    expected_rows, expected_t = [], []
+    for b, w in enumerate(omega.tolist()):  # downward zeros of cos: (pi/2 + 2 pi k) / w
+        k = 0
+        while (math.pi / 2 + 2 * math.pi * k) / w < 10:
+            expected_rows.append(b)
+            expected_t.append((math.pi / 2 + 2 * math.pi * k) / w)
+            k += 1
+    assert rows.tolist() == expected_rows
+    torch.testing.assert_close(times.detach(), torch.tensor(expected_t, dtype=F64), rtol=1e-9,
+                               atol=0)
+    times.sum().backward()  # dt/domega = -t / omega
+    exact = torch.zeros(3, dtype=F64).index_add(
+        0, rows, -times.detach() / omega.detach()[rows])
+    torch.testing.assert_close(omega.grad, exact, rtol=1e-6, atol=0)

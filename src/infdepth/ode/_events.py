@@ -33,7 +33,8 @@ shrinks superlinearly; 100 iterations are reached only for a tolerance below rou
 
 @dataclass(frozen=True)
 class Event:
-    """A terminal event: sample ``b`` stops where ``fn(t, y)[b]`` changes sign.
+    """An event: where ``fn(t, y)[b]`` changes sign, sample ``b`` stops (``terminal``) or the
+    crossing is recorded and the solve goes on.
 
     Args:
         fn: ``fn(t, y) -> (n,)`` for ``n`` samples with times ``t`` of shape ``(n,)``
@@ -44,11 +45,15 @@ class Event:
             positive to ``<= 0``, ``0`` either.
         tol: the crossing is located to this width in time (absolute, > 0); the event
             state is the dense output there, so it is accurate to the solver's tolerance.
+        terminal: stop the sample at its first crossing (``Solution.event_t``,
+            ``event_y``); ``False`` records every crossing (``Solution.crossings``; two
+            crossings inside one step, with no sign change between its ends, are missed).
     """
 
     fn: EventFn
     direction: int = 0
     tol: float = 1e-10
+    terminal: bool = True
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -59,6 +64,8 @@ class Event:
         if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not (
                 math.isfinite(self.tol) and self.tol > 0):
             raise InputError(f"tol={self.tol!r} is not accepted; expected a finite number > 0")
+        if not isinstance(self.terminal, bool):
+            raise InputError(f"terminal={self.terminal!r} is not accepted; expected True or False")
 
     def value(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``fn(t, y)``, checked to be ``(n,)`` and finite-typed."""
@@ -164,7 +171,9 @@ def differentiable_event(event: Event, f: VectorField, t_star: torch.Tensor, y_s
     g = event.value(t_star, y_star)
     if not g.requires_grad:
         return t_star, y_star, slope
-    dt = -(g - g.detach()) / denom.detach()
+    denom = denom.detach()
+    denom = torch.where(denom == 0, torch.ones_like(denom), denom)  # tangent: no gradient
+    dt = -(g - g.detach()) / denom
     t_out = t_star + dt.to(t_star.dtype)
     y_out = y_star + slope * dt.reshape(-1, *([1] * (y_star.ndim - 1)))
     return t_out, y_out, slope

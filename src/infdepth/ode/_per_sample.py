@@ -74,6 +74,7 @@ class Raw:
     rejected: torch.Tensor
     dense: torch.Tensor
     records: list[Record] = field(default_factory=list)
+    crossings: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def integrate_per_sample(
@@ -122,6 +123,7 @@ def integrate_per_sample(
     ys = y0.new_zeros(n_out * batch + 1, *y0.shape[1:])  # the last row is a discarded slot
     ys = ys.index_copy(0, all_rows, y0)
     records: list[Record] = []
+    found: list[tuple[torch.Tensor, torch.Tensor]] = []  # non-terminal crossings
     n_dense = len(solver.tableau.dense_c)
     passes = 0
     while True:
@@ -172,18 +174,21 @@ def integrate_per_sample(
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
         j, tq = take(next_out), take(next_t)
-        event_here = gw = g1 = None
+        event_here = crossing = gw = g1 = None
         if isinstance(event, Event):
             g1 = event.value(t_new, y1).detach()
             gw = take(g_prev)
-            event_here = acc & event.crossed(gw, g1)
+            crossing = acc & event.crossed(gw, g1)
             g_prev = put(g_prev, torch.where(acc, g1, gw))
+            event_here = crossing if event.terminal else None
         elif isinstance(event, SteadyState):
             event_here = acc & ~last & event.reached(k_last, y1)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
             need = acc & (direction * (t_new - tq) > 0)
-            if event_here is not None:
+            if crossing is not None:
+                need = need | crossing
+            elif event_here is not None:
                 need = need | event_here
             if keep_dense:
                 need = acc
@@ -195,6 +200,11 @@ def integrate_per_sample(
             event_t = put(event_t, ev_w)
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
+        if isinstance(event, Event) and not event.terminal and bool(crossing.any()):
+            sel = crossing.nonzero().squeeze(1)
+            t_star, _ = _root(event, f, sel, tw, signed, yw, hk, dense, gw, g1)
+            found.append(((sel if rows is None else rows[sel]), t_star))
+            extra_nfe = put(extra_nfe, take(extra_nfe) + crossing.long())
         ys, j, tq = _store_outputs(ys, tgrid, rows, all_rows, j, tq, acc, stop_t, t_new, tw,
                                    signed, yw, y1, hk, dense, event_here, direction)
         if keep_dense and bool(acc.any()):
@@ -216,7 +226,8 @@ def integrate_per_sample(
     ys = _assemble(ys, y, status, next_out, n_out, batch)
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=event_t, nfe=nfe,
-               accepted=accepted, rejected=steps - accepted, dense=dense, records=records)
+               accepted=accepted, rejected=steps - accepted, dense=dense, records=records,
+               crossings=_sorted_crossings(found, event_t))
 
 
 def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
@@ -295,12 +306,31 @@ def _stop_at_event(
     if isinstance(event, SteadyState) or g0 is None or g1 is None:
         return stop_t, y_new, torch.where(here, t_new, event_t), extra
     sel = here.nonzero().squeeze(1)
+    t_ev, y_ev = _root(event, f, sel, t, h, y, hk, dense, g0, g1)
+    return (stop_t.index_put((sel,), t_ev.detach()), y_new.index_put((sel,), y_ev),
+            event_t.index_put((sel,), t_ev), extra.index_fill(0, sel, 1))
+
+
+def _root(event: Event, f: VectorField, sel: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
+          y: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor, g0: torch.Tensor,
+          g1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The event's time and state in the steps of rows ``sel``, with their IFT gradients."""
     theta = locate(event, t[sel], h[sel], y[sel], hk[:, sel], dense, g0[sel], g1[sel])
     t_star = t[sel] + theta * h[sel]
     y_star = dense_per_sample(theta, y[sel], hk[:, sel], dense)
     t_ev, y_ev, _ = differentiable_event(event, f, t_star, y_star)
-    return (stop_t.index_put((sel,), t_star), y_new.index_put((sel,), y_ev),
-            event_t.index_put((sel,), t_ev), extra.index_fill(0, sel, 1))
+    return t_ev, y_ev
+
+
+def _sorted_crossings(found: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sample, time)`` of the non-terminal crossings, by sample and then in time order."""
+    if not found:
+        return (torch.zeros(0, dtype=torch.long, device=like.device), like.new_zeros(0))
+    rows = torch.cat([r for r, _ in found])
+    times = torch.cat([t for _, t in found])
+    order = torch.argsort(rows, stable=True)  # found pass by pass: in time order per sample
+    return rows[order], times[order]
 
 
 def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor,

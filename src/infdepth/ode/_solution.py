@@ -62,6 +62,9 @@ class Solution:
         event_y: ``(batch, ...)`` the state where each sample stopped (its event state,
             its last state otherwise), differentiable.
         stats: per-sample :class:`SampleStats`.
+        crossings: ``(sample, time)``, two ``(K,)`` tensors: the crossings of a
+            non-terminal :class:`Event`, grouped by sample and in time order within one
+            (empty otherwise); the times are differentiable.
     """
 
     ts: torch.Tensor
@@ -70,6 +73,7 @@ class Solution:
     event_t: torch.Tensor
     event_y: torch.Tensor
     stats: SampleStats
+    crossings: tuple[torch.Tensor, torch.Tensor]
     _calls: _Calls
     _records: tuple[Record, ...]
     _dense: torch.Tensor
@@ -227,7 +231,8 @@ def solve(
         _raise_failures(raw)
     return Solution(
         ts=tgrid, ys=raw.ys, status=raw.status, event_t=raw.event_t, event_y=raw.y_stop,
-        stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), _calls=calls,
+        stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), crossings=raw.crossings,
+        _calls=calls,
         _records=tuple(raw.records),
         _dense=raw.dense, _direction=direction)
 
