@@ -161,7 +161,9 @@ def integrate_per_sample(
         r = control.ratio(err, yw, y1)
         ok, h_next, prev_next = control.judge(r, signed, take(prev_r))
         trouble = halted | (live & ~torch.isfinite(r))
+        attempted = live
         if bool(trouble.any()):  # such a row stops; its state stays at its last value
+            attempted = live & ~halted
             code = torch.where(take(steps) >= max_steps, int(Status.MAX_STEPS), torch.where(
                 under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE)))
             status = put(status, torch.where(trouble, code, take(status)))
@@ -219,7 +221,7 @@ def integrate_per_sample(
         prev_r = put(prev_r, prev_next)
         next_out, next_t = put(next_out, j), put(next_t, tq)
         done = put(done, take(done) | ended)
-        steps = _count(steps, rows, live)
+        steps = _count(steps, rows, attempted)
         accepted = _count(accepted, rows, acc)
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
