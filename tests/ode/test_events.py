@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from infdepth.errors import InputError
-from infdepth.ode import Event, Status, SteadyState, solve
+from infdepth.ode import Bosh3, Dopri8, Event, Status, SteadyState, Tsit5, solve
 
 F64 = torch.float64
 T_SPAN = torch.tensor([0.0, 10.0], dtype=F64)
@@ -215,3 +215,16 @@ def test_non_terminal_event_records_every_crossing_with_gradients() -> None:
     exact = torch.zeros(3, dtype=F64).index_add(
         0, rows, -times.detach() / omega.detach()[rows])
     torch.testing.assert_close(omega.grad, exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("solver", [Bosh3(), Tsit5(), Dopri8()], ids=lambda s: type(s).__name__)
+def test_events_with_every_adaptive_solver_compact_or_masked(solver, compact: bool) -> None:  # noqa: ANN001
+    h = torch.tensor([0.5, 2.0, 8.0], dtype=F64)
+    y0 = torch.stack([h, torch.zeros_like(h)], 1)
+    t = torch.stack([torch.zeros(3, dtype=F64), torch.tensor([0.1, 5.0, 5.0], dtype=F64)])
+    sol = solve(falling(torch.tensor(9.81, dtype=F64)), y0, t, solver=solver, compact=compact,
+                event=Event(ground, direction=-1), rtol=1e-10, atol=1e-12)
+    assert sol.status.tolist() == [Status.OK, Status.EVENT, Status.EVENT]  # 0 ends before
+    torch.testing.assert_close(sol.event_t[1:], torch.sqrt(2 * h[1:] / 9.81), rtol=1e-9, atol=0)
+    assert abs(float(sol.ys[-1, 0, 0]) - (0.5 - 9.81 * 0.01 / 2)) < 1e-10
