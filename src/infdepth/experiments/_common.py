@@ -19,6 +19,7 @@ import dataclasses
 import math
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
 import threading
@@ -278,6 +279,10 @@ def context_from_args(args: argparse.Namespace) -> RunContext:
 R = TypeVar("R")
 
 
+#: seconds a terminated pool worker gets for its clean exit before it is ended hard
+TERM_GRACE = 5.0
+
+
 def _die_with_parent(parent: int) -> None:
     """Pool initializer: end this worker as soon as the process that started it is gone.
 
@@ -286,13 +291,26 @@ def _die_with_parent(parent: int) -> None:
     reaches the whole process group: the parent alone answers it (one line) and ends the
     pool, whose SIGTERM a worker turns into a clean exit (a checkpoint being written is
     dropped, the last one stays).
+
+    The clean exit is a ``SystemExit`` raised on the main thread, which can be lost:
+    Python ignores it inside a ``__del__``, a weakref callback or an atexit handler, and
+    a main thread blocked in C (the task queue's lock, which a terminating pool holds)
+    never runs the handler when another thread took the signal.  ``Pool.terminate``
+    waits for its workers, so a lost exit hung it forever.  The watch thread therefore
+    also hears SIGTERM (Python writes every handled signal's number to the wakeup fd,
+    whichever thread took it) and ends the worker hard ``TERM_GRACE`` seconds later.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    heard, tell = os.pipe()
+    os.set_blocking(tell, False)
+    signal.set_wakeup_fd(tell, warn_on_full_buffer=False)
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(0.5)
+            if select.select([heard], [], [], 0.5)[0] and signal.SIGTERM in os.read(heard, 64):
+                time.sleep(TERM_GRACE)
+                os._exit(128 + signal.SIGTERM)
         os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

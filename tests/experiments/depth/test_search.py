@@ -25,7 +25,6 @@ def small_digits() -> ImageData:
     return ImageData("digits", d.x_train[:192], d.y_train[:192], d.x_test[:96], d.y_test[:96], 10, "test")
 
 
-@pytest.mark.skip(reason="hangs intermittently under pytest-xdist (a spawned worker stalls); stop 23 note")
 def test_two_workers_share_one_sqlite_search_without_losing_or_duplicating_a_trial(tmp_path) -> None:
     storage = search.default_storage(tmp_path)
     search.open_search(storage, DEPTHS, resume=False)  # created once, before the workers
