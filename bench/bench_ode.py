@@ -616,9 +616,32 @@ def _vdp_spread(h: Harness, mu_max: float) -> None:
     goals = {"torchode": SPEEDUP_PER_SAMPLE_VS_TORCHODE, "ours_shared": 1.0}
     run_case(h, key, contenders, cost.probes, overhead_goal=False, peer_goals=False,
              speedup_goals=goals)
+    ops = {name: _count_ops(c.run) for name, c in contenders.items()}
+    h.note(f"{key} tensor operations per solve: "
+           + ", ".join(f"{n} {v}" for n, v in ops.items()))
+    for name in ops:
+        if name != "ours":
+            h.ratio(f"{key}_tensor_ops_{name}_over_ours", ops[name] / ops["ours"],
+                    note="exact on any machine")
     h.note(f"{key} NFE per sample (mean, max): " + ", ".join(
         f"{n} {float(v.double().mean()):.0f} {int(v.max())}"
         for n, v in per_sample_nfe.items()))
+
+
+def _count_ops(run: Callable[[], object]) -> int:
+    """The aten operations one run dispatches: a load-independent measure of loop overhead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.n
 
 
 class SpeedField(nn.Module):
