@@ -7,6 +7,9 @@
 * ``spiral`` (:mod:`.spiral`): irregularly sampled spirals, neural ODE against a GRU;
   data-parallel under torchrun.
 
+``nfe_figure`` (not a subcommand: ``python -m infdepth.experiments.ode.nfe_figure``) draws NFE
+per epoch of several ``params`` runs, grouped by setting (the regulariser reproduction).
+
 Each module holds a frozen ``Config`` (the only place its defaults are written),
 ``add_arguments(parser)`` derived from it, ``run(config, ctx) -> summary`` and ``main(args)``.
 """
