@@ -94,6 +94,45 @@ def bench_pair(h: Harness, width: int, depth: int, inner: int) -> dict[str, floa
     return seconds
 
 
+def count_step(step) -> tuple[int, float]:
+    """(aten operators, Python function calls) of one step: a measure no load disturbs."""
+    import cProfile
+    import pstats
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(10):
+        step()
+    profile.disable()
+    return Count.ops, pstats.Stats(profile).total_calls / 10  # type: ignore[attr-defined]
+
+
+def bench_counts(h: Harness, width: int, depth: int) -> None:
+    """Print the operators and Python calls of a g-infinity and a static step (warm)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(1000, width), torch.randn(1000, width)
+    layer = InfiniteDepth(lambda i: block(width), h="relu", w0=depth - 0.01, w_l2=1e-4, block_l2=1e-8, seed=0)
+    counts = {}
+    for name, model in (("ginf", layer), ("static", StaticResNet(width, depth))):
+        step, _ = make_step(model, x, y)
+        for _ in range(3):
+            step()
+        counts[name] = count_step(step)
+    h.note(f"per step, width {width}, depth {depth}: " + ", ".join(
+        f"{k} {ops} aten operators and {calls:.0f} Python calls" for k, (ops, calls) in counts.items()))
+
+
 def bench_w_read(layer: InfiniteDepth, n: int = 20_000) -> float:
     """Seconds of one host read of ``w`` (``layer.depth``)."""
     start = time.perf_counter()
@@ -142,6 +181,7 @@ def main() -> None:
                     f"; 1 host read of w {t_read / seconds['ginf']:.2%} of the g-inf step")
             h.ratio(name, seconds["ginf"] / seconds["static"], goal=("<=", GOALS[width]))
     h.note(f"one host read of w: {t_read * 1e6:.2f} us")
+    bench_counts(h, 24, 1)
     for width in (24, 256):
         ratio, t_grow, t_step = bench_growth(width, h.repeats)
         name = f"growth_event_in_steps_w{width}"
