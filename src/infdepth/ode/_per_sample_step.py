@@ -180,7 +180,7 @@ class PerSampleSteps:
         low = c.factor_min if c.shrink_after_accept else 1.0
         factor = torch.where(accepted, factor.clamp(low, c.factor_max),
                              factor.clamp(c.factor_min, 1.0))
-        h_next = h.abs().mul_(factor)
+        h_next = h.detach().abs().mul_(factor)  # the control is not differentiated
         if math.isfinite(c.dtmax):
             h_next = h_next.clamp_(max=c.dtmax)
         prev = torch.where(accepted, r.clamp(min=1e-10), prev_r) if self._p_exponent else prev_r

@@ -151,18 +151,15 @@ def _times(t: torch.Tensor, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(T, batch)`` output times in float64 and the direction of integration."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         raise InputError("t must be a floating-point tensor of times, shape (T,) or (T, batch)")
-    if t.requires_grad:
-        raise InputError("t requires grad: per-sample steps do not differentiate output times "
-                         "(event times are differentiable); pass t.detach() or shared steps")
     batch = y0.shape[0]
     if t.ndim not in (1, 2) or t.shape[0] < 2 or (t.ndim == 2 and t.shape[1] != batch):
         raise InputError(f"t has shape {tuple(t.shape)}; expected (T,) or (T, batch={batch}) "
                          "with T >= 2")
-    if not bool(torch.isfinite(t).all()):
+    if not bool(torch.isfinite(t.detach()).all()):
         raise InputError("t contains NaN or infinite times; expected finite times")
     tt = t.to(device=y0.device, dtype=torch.float64)
     tt = tt.unsqueeze(1).expand(-1, batch) if tt.ndim == 1 else tt
-    diff = tt[1:] - tt[:-1]
+    diff = tt[1:].detach() - tt[:-1].detach()
     if bool((diff > 0).all()):
         return tt.contiguous(), 1.0
     if bool((diff < 0).all()):
