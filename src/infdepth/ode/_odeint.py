@@ -104,7 +104,7 @@ def odeint(
             size and accept/reject decision (:func:`~infdepth.ode.solve`, which also returns
             statistics, a status per sample and events); ``f`` then receives ``t`` of shape
             ``(n,)``, one time per row, and only the rows still running. Explicit adaptive
-            solvers and ``Backprop()`` only.
+            solvers, with ``Backprop()`` or ``Checkpointed()``.
 
     Returns:
         ``(T, *y0.shape)`` tensor: ``out[i]`` is the state at ``t[i]`` (for per-sample
