@@ -19,6 +19,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from infdepth import InfiniteDepth, ODEBlock, attach, model_penalty
+from infdepth.depth import CompiledDepth
 from infdepth.ode import RK4
 from infdepth.train import WithPenalty
 
@@ -85,6 +86,42 @@ def test_compiled_infinite_depth_recompiles_only_when_the_depth_changes() -> Non
         out, penalty = WithPenalty(compiled)(x)
     assert len(reads) == 1
     torch.testing.assert_close(penalty, layer.penalty(), rtol=0, atol=0)
+
+
+def test_compiled_depth_makes_no_graph_break_and_one_graph_per_depth() -> None:
+    torch.manual_seed(0)
+    layer = InfiniteDepth(lambda i: nn.Sequential(nn.Linear(8, 8), nn.Tanh()), h="relu", w0=1.5,
+                          w_l2=1e-3, block_l2=1e-3, grow_step=2, seed=0)
+    model = nn.Sequential(nn.Linear(4, 8), layer, nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    attach(model, optimizer)
+    x = torch.randn(16, 4)
+    dynamo.reset()
+    counters.clear()
+    net = WithPenalty(CompiledDepth(model, backend=BACKEND, fullgraph=True))  # fullgraph: no break
+    ws = (1.5, 1.8, 2.5, 3.5, 1.2, 2.2)  # depths 2, 2, 3, 4, 2, 3: two growths, two returns
+    graphs, reads = [], []
+    read = InfiniteDepth.depth.fget
+    for w in ws:
+        with torch.no_grad():
+            layer.w.fill_(w)
+        model.zero_grad(set_to_none=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(InfiniteDepth, "depth", property(lambda self, w=w: reads.append(w) or read(self)))
+            out, penalty = net(x)
+        (out.square().mean() + penalty).backward()
+        ours_grads = _grads(model)
+        eager = _step(model, x)
+        torch.testing.assert_close(out.detach(), eager, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(penalty, layer.penalty(), rtol=0, atol=0)
+        eager_grads = _grads(model)
+        assert ours_grads.keys() == eager_grads.keys() and "1.w" in ours_grads
+        for name in eager_grads:
+            torch.testing.assert_close(ours_grads[name], eager_grads[name], rtol=1e-5, atol=1e-6)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert reads == list(ws), "one read of w per call"
+    assert graphs[-1] - graphs[0] <= 2 and graphs[1] == graphs[0], graphs  # new depths: 3 and 4
 
 
 def test_compiled_ode_block_matches_eager() -> None:

@@ -1,6 +1,7 @@
 """Learned depth: the g-infinity meta-layer of "Going Deeper: Infinite Deep Neural Networks"."""
 
 from infdepth.depth.attach import Attachment, UnregisteredGrowthWarning, attach
+from infdepth.depth.compiled import CompiledDepth
 from infdepth.depth.gates import ExpGate, Gate, StretchedGate, make_gate
 from infdepth.depth.growth import grow, register_parameters, update_average
 from infdepth.depth.idempotent import FixedBatchNorm
@@ -10,6 +11,7 @@ from infdepth.depth.merges import MERGES
 __all__ = [
     "MERGES",
     "Attachment",
+    "CompiledDepth",
     "ExpGate",
     "FixedBatchNorm",
     "Gate",

@@ -31,6 +31,11 @@ from infdepth.depth.penalty import layer_penalty
 if TYPE_CHECKING:
     from infdepth.depth.layer import InfiniteDepth
 
+#: layer -> active depth, read by :class:`infdepth.depth.compiled.CompiledDepth` just before it
+#: calls the compiled model and dropped when that call returns: inside the graph the depth
+#: is then a guarded integer and the layer makes no graph break
+GIVEN_DEPTHS: dict[nn.Module, int] = {}
+
 
 def enter(layer: InfiniteDepth, x: Tensor) -> float | None:
     """Check ``h`` once, read ``w`` (the one host read of the step), grow to ``ceil(w)``.

@@ -343,8 +343,9 @@ class InfiniteDepth(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # one host read of w (with the penalty, when collected): infdepth.depth.forward
-        if torch.compiler.is_compiling():
-            return forward.run_graph(self, x, forward.enter_compiled(self, x))
+        if torch.compiler.is_compiling():  # read before the call (CompiledDepth), else here
+            n = forward.GIVEN_DEPTHS.get(self)
+            return forward.run_graph(self, x, forward.enter_compiled(self, x) if n is None else n)
         w = forward.enter(self, x)
         out = forward.run_fixed(self, x, self.frozen_gates) if w is None else forward.run_eager(self, x, w)
         forward.record_penalty(self, w)  # after the sub-layers: the autograd order of before
