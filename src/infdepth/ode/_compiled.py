@@ -118,6 +118,8 @@ class CompiledSolver:
         self.f, self.solver, self.controller = f, solver, controller
         self.attempts, self.max_steps = attempts, max_steps
         self.stats = CompiledStats()
+        self._result: tuple[torch.Tensor, ...] = ()
+        self._skipping = False
         options: dict[str, Any] | None = dict(INDUCTOR_OPTIONS) if backend == "inductor" else None
         self._chunk = torch.compile(self._attempts, fullgraph=True, dynamic=False,
                                     backend=backend, options=options)
@@ -210,6 +212,7 @@ class CompiledSolver:
                direction: float) -> torch.Tensor:
         st = self.stats
         st.nfe = st.steps = st.accepted = st.rejected = st.masked = st.calls = 0
+        self._skipping = False
         ctrl, order = self.controller, self.solver.order
         t_val, t_end = times[0], times[-1]
         k1 = self.f(t_val, y0)
@@ -234,16 +237,14 @@ class CompiledSolver:
         outs: list[torch.Tensor] = [y0.unsqueeze(0)]
         n_out = 1
         with contextlib.ExitStack() as stance:
+            previous: tuple[object, ...] | None = None
             while n_out < len(keys):
-                if st.calls == 1:
-                    # from the second call of a solve on, nothing the guards check can change
-                    # (shapes, dtypes, grad mode, field, settings), only the tensors' values
-                    stance.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
                 if st.steps >= self.max_steps:
                     raise SolverError(
                         f"max_steps={self.max_steps} reached at t={float(state[0]):.6g} before "
                         f"t={keys[-1] * direction:.6g}; raise max_steps or loosen rtol/atol")
-                result = self._call(*state, *consts, scalar(keys[n_out]))
+                previous = self._call(stance, previous, *state, *consts, scalar(keys[n_out]))
+                result = self._result
                 state = result[:6]
                 log, hit_y0, hit_y1, hit_k = result[6:]
                 hit = self._read(log, direction)
@@ -289,18 +290,30 @@ class CompiledSolver:
                 st.rejected += 1
         return hit
 
-    def _call(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The compiled call; a call with a new signature (a compile) is timed."""
-        y = args[1]
-        sig = (tuple(y.shape), y.dtype, y.device, torch.is_grad_enabled())
+    def _call(self, stance: contextlib.ExitStack, previous: tuple[object, ...] | None,
+              *args: torch.Tensor) -> tuple[object, ...]:
+        """The compiled call (its result in ``self._result``); returns its signature.
+
+        A call with a signature not seen before compiles, and is timed. From the second call
+        in a row with one signature on, nothing that the guards check can change within the
+        solve (shapes, dtypes, ``requires_grad``, grad mode, the field, the settings), only
+        the tensors' values, so guard evaluation is skipped for the rest of the solve.
+        """
+        y, k1 = args[1], args[2]
+        sig = (tuple(y.shape), y.dtype, y.device, torch.is_grad_enabled(), y.requires_grad,
+               k1.requires_grad)
+        if sig == previous and not self._skipping:
+            stance.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+            self._skipping = True
         if sig in self.stats.signatures:
-            return self._chunk(*args)
+            self._result = self._chunk(*args)
+            return sig
         start = time.perf_counter()
-        out = self._chunk(*args)
+        self._result = self._chunk(*args)
         self.stats.compile_seconds += time.perf_counter() - start
         self.stats.compiles += 1
         self.stats.signatures.add(sig)
-        return out
+        return sig
 
     @staticmethod
     def _dense(theta: list[float], h: float, y0: torch.Tensor, k: torch.Tensor,
