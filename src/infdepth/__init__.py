@@ -6,54 +6,97 @@ Three routes to infinite depth:
 * continuous depth: :func:`odeint` and :class:`ODEBlock` (neural ODEs);
 * depth limits: random residual networks and their diffusion and kernel limits
   (:mod:`infdepth.limits`).
+
+The names below load on first use (PEP 562), each with only the modules it needs:
+``infdepth --help`` imports no torch, and ``from infdepth import odeint`` costs little more
+than ``import torch`` (issue 29).
 """
 
-from infdepth import (
-    _interrupt,  # noqa: F401  (first: Ctrl-C while the command starts)
-    limits,
-    ode,
-)
-from infdepth.depth import (
-    ExpGate,
-    FixedBatchNorm,
-    Gate,
-    InfiniteDepth,
-    StretchedGate,
-    UnregisteredGrowthWarning,
-    attach,
-    depth_layers,
-    grow,
-    total_penalty,
-    update_average,
-)
-from infdepth.errors import DivergenceError, InputError
-from infdepth.limits import (
-    InfiniteDepthKernel,
-    ResNetSDE,
-    gp_posterior,
-    infinite_kernels,
-    kernel_regression,
-    linear_norm_law,
-    relu_width1_law,
-    simulate,
-    simulate_resnet,
-)
-from infdepth.ode import (
-    RK4,
-    Adjoint,
-    Backprop,
-    Bosh3,
-    Checkpointed,
-    Dopri5,
-    Euler,
-    Heun,
-    Midpoint,
-    ODEBlock,
-    PIController,
-    Tsit5,
-    odeint,
-)
-from infdepth.train import FitConfig, FitResult, HasPenalty, fit, model_penalty
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from infdepth import _interrupt  # noqa: F401  (first: Ctrl-C while the command starts)
+
+# public name -> the module that defines it (modules themselves map to None)
+_EXPORTS: dict[str, str | None] = {
+    "limits": None,
+    "ode": None,
+    **dict.fromkeys(("ExpGate", "FixedBatchNorm", "Gate", "InfiniteDepth", "StretchedGate",
+                     "UnregisteredGrowthWarning", "attach", "depth_layers", "grow", "total_penalty",
+                     "update_average"), "infdepth.depth"),
+    **dict.fromkeys(("DivergenceError", "InputError"), "infdepth.errors"),
+    **dict.fromkeys(("InfiniteDepthKernel", "ResNetSDE", "gp_posterior", "infinite_kernels",
+                     "kernel_regression", "linear_norm_law", "relu_width1_law", "simulate",
+                     "simulate_resnet"), "infdepth.limits"),
+    **dict.fromkeys(("RK4", "Adjoint", "Backprop", "Bosh3", "Checkpointed", "Dopri5", "Euler", "Heun",
+                     "Midpoint", "ODEBlock", "PIController", "Tsit5", "odeint"), "infdepth.ode"),
+    **dict.fromkeys(("FitConfig", "FitResult", "HasPenalty", "fit", "model_penalty"), "infdepth.train"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name on first use; it is then an ordinary attribute of the package."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'infdepth' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    value = importlib.import_module(f"infdepth.{name}") if module is None \
+        else getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the names as eager imports
+    from infdepth import (
+        limits,
+        ode,
+    )
+    from infdepth.depth import (
+        ExpGate,
+        FixedBatchNorm,
+        Gate,
+        InfiniteDepth,
+        StretchedGate,
+        UnregisteredGrowthWarning,
+        attach,
+        depth_layers,
+        grow,
+        total_penalty,
+        update_average,
+    )
+    from infdepth.errors import DivergenceError, InputError
+    from infdepth.limits import (
+        InfiniteDepthKernel,
+        ResNetSDE,
+        gp_posterior,
+        infinite_kernels,
+        kernel_regression,
+        linear_norm_law,
+        relu_width1_law,
+        simulate,
+        simulate_resnet,
+    )
+    from infdepth.ode import (
+        RK4,
+        Adjoint,
+        Backprop,
+        Bosh3,
+        Checkpointed,
+        Dopri5,
+        Euler,
+        Heun,
+        Midpoint,
+        ODEBlock,
+        PIController,
+        Tsit5,
+        odeint,
+    )
+    from infdepth.train import FitConfig, FitResult, HasPenalty, fit, model_penalty
 
 __version__ = "0.1.0"
 

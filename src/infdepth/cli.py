@@ -25,17 +25,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from infdepth import distributed, runfolder
 from infdepth.errors import DivergenceError, InputError, brief, check_device
-from infdepth.ode import SolverError
 
-# name -> module exposing ``register(subparsers: argparse._SubParsersAction) -> None``
-SUBCOMMANDS: dict[str, str] = {
-    "xor": "infdepth.experiments.depth.xor",
-    "images": "infdepth.experiments.depth.images",
-    "study": "infdepth.experiments.depth.study",
-    "ode": "infdepth.experiments.ode",
-    "limits": "infdepth.experiments.limits",
+# name -> (module exposing ``register(subparsers: argparse._SubParsersAction) -> None``, its
+# one-line help).  Only the command being run is imported: ``infdepth --help`` lists the
+# others from here without torch (a test checks that the lines match the modules' own).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "xor": ("infdepth.experiments.depth.xor",
+            "reproduce the XOR experiment (learned depth against task difficulty)"),
+    "images": ("infdepth.experiments.depth.images",
+               "reproduce the MNIST experiment (all-g-infinity CNN) on digits, MNIST or Fashion-MNIST"),
+    "study": ("infdepth.experiments.depth.study",
+              "learned, fixed and continuous depth side by side on one data set (resumable)"),
+    "ode": ("infdepth.experiments.ode", "continuous depth: neural ODE reproductions"),
+    "limits": ("infdepth.experiments.limits", "depth limits of random ResNets: diffusions, laws, kernels"),
 }
 
 
@@ -76,8 +79,13 @@ def _os_error(exc: OSError) -> str:
     return f"{what}: {where}" if where else what
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with one subparser per experiment."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with one subparser per experiment.
+
+    ``only=None`` imports every experiment and registers all their flags; ``only="xor"``
+    imports that one alone and lists the others by name and help line, which is what
+    :func:`main` does (``only=""``: none imported, as for ``infdepth --help``).
+    """
     parser = _Parser(
         prog="infdepth",
         description="Infinitely deep neural networks: learned depth (g-infinity), "
@@ -85,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in SUBCOMMANDS.values():
+    for name, (module, help_line) in SUBCOMMANDS.items():
+        if only is not None and name != only:
+            sub.add_parser(name, help=help_line)  # listed, not imported: never the command parsed
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -94,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod.register(sub)
     return parser
+
+
+def _command(argv: Sequence[str]) -> str:
+    """The subcommand named in ``argv`` ("" if none or not one of ours: argparse will say so)."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0] if words and words[0] in SUBCOMMANDS else ""
 
 
 def data_parallel_commands(parser: argparse.ArgumentParser) -> list[str]:
@@ -114,21 +131,24 @@ def data_parallel_commands(parser: argparse.ArgumentParser) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``infdepth`` console script; returns the exit code (see the module's doc)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()  # imports every experiment: Ctrl-C may well come here
-    except KeyboardInterrupt:
+        parser = build_parser(_command(argv))  # imports the command's experiment (torch: seconds)
+        args = parser.parse_args(argv)  # --help and bad flags end here
+        from infdepth import distributed, runfolder  # what running any command needs
+        from infdepth.ode import SolverError
+    except KeyboardInterrupt:  # Ctrl-C may well come during those imports
         print("infdepth: interrupted", file=sys.stderr)
         return 130
     if threading_main():  # the imports are done: Ctrl-C unwinds as KeyboardInterrupt again
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = parser.parse_args(argv)
     name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and not getattr(args, "data_parallel", False):
         print(
             f"infdepth {name}: error: this command has nothing to train data-parallel and does not "
             f"run under torchrun (WORLD_SIZE={world}); run it in one process. Data-parallel "
-            "commands: " + ", ".join(data_parallel_commands(parser)),
+            "commands: " + ", ".join(data_parallel_commands(build_parser())),
             file=sys.stderr,
         )
         return 2

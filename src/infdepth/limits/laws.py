@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 from torch import Tensor
 
 from infdepth.errors import check_float, check_int, raise_input
 from infdepth.limits._activation import Activation
+
+if TYPE_CHECKING:  # scipy.stats costs ~0.8 s to import: loaded by the laws that return one
+    from scipy import stats
 
 
 def linear_norm_law(width: int, t: float, x0_norm: float = 1.0, *,
@@ -30,6 +33,8 @@ def linear_norm_law(width: int, t: float, x0_norm: float = 1.0, *,
     sigma_w = check_float("sigma_w", sigma_w, low=0.0, strict=True)
     var = sigma_w**2 * t / n
     mean = math.log(x0_norm) + (0.5 - 1.0 / n) * sigma_w**2 * t
+    from scipy import stats
+
     return stats.lognorm(s=math.sqrt(var), scale=math.exp(mean))
 
 
@@ -44,6 +49,8 @@ def relu_width1_law(t: float, x0: float = 1.0, *, sigma_w: float = 1.0) -> stats
     sigma_w = check_float("sigma_w", sigma_w, low=0.0, strict=True)
     if x0 <= 0:
         raise_input("x0", repr(x0), "x0 > 0 (from x0 <= 0 the ReLU diffusion stays at x0)")
+    from scipy import stats
+
     return stats.lognorm(s=sigma_w * math.sqrt(t), scale=x0 * math.exp(-0.5 * sigma_w**2 * t))
 
 
@@ -77,4 +84,6 @@ def infinite_width_law(activation: str | Callable[[Tensor], Tensor] | Activation
     from infdepth.limits.kernels import variance_ode
 
     q = variance_ode(activation, t, q0, steps=steps)
+    from scipy import stats
+
     return stats.norm(loc=0.0, scale=math.sqrt(q))

@@ -1,0 +1,68 @@
+"""Start-up cost (issue 29): ``infdepth --help`` imports no torch, and the library's imports
+pull in only what a name needs.  The times themselves are measured in bench/bench_startup.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+#: modules that cost a second or so to import and that no public name needs at import time
+HEAVY = ("torch._dynamo", "sympy", "scipy.stats", "sklearn", "matplotlib", "optuna", "lightning")
+
+
+def _modules_after(code: str) -> set[str]:
+    """The top-level-and-dotted module names loaded after running ``code`` in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys; print('\\n'.join(sys.modules))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def test_infdepth_help_imports_no_torch_and_lists_every_command() -> None:
+    code = ("from infdepth.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0, e.code")
+    loaded = _modules_after(code)
+    assert not {"torch", "numpy"} & loaded, sorted(m for m in loaded if m.split(".")[0] in ("torch", "numpy"))
+    out = subprocess.run([sys.executable, "-m", "infdepth", "--help"], capture_output=True, text=True).stdout
+    from infdepth.cli import SUBCOMMANDS
+
+    for name, (_, line) in SUBCOMMANDS.items():
+        assert name in out and line.split()[0] in out
+
+
+def test_the_help_lines_listed_without_importing_match_the_commands_own() -> None:
+    import argparse
+
+    from infdepth.cli import SUBCOMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    own = {c.dest: c.help for c in sub._choices_actions}
+    assert own == {name: line for name, (_, line) in SUBCOMMANDS.items()}
+
+
+def test_a_subcommand_builds_its_own_parser_alone() -> None:
+    loaded = _modules_after("from infdepth.cli import build_parser\nbuild_parser('limits').parse_args("
+                            "['limits', 'convergence'])")
+    assert "infdepth.experiments.limits" in loaded
+    assert not {"infdepth.experiments.depth.xor", "infdepth.experiments.ode"} & loaded
+
+
+@pytest.mark.parametrize("code", [
+    "import infdepth",
+    "from infdepth import InfiniteDepth, ODEBlock, odeint, fit, attach, limits",
+])
+def test_importing_the_library_pulls_in_no_heavy_module(code: str) -> None:
+    loaded = _modules_after(code)
+    assert not [m for m in HEAVY if m in loaded]
+
+
+def test_every_public_name_resolves_and_an_unknown_one_raises() -> None:
+    import infdepth
+
+    for name in infdepth.__all__:
+        assert getattr(infdepth, name) is not None, name
+    assert set(infdepth.__all__) <= set(dir(infdepth))
+    assert infdepth.InfiniteDepth.__module__.startswith("infdepth.depth")
+    with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
+        infdepth.Nonexistent  # noqa: B018
