@@ -73,8 +73,8 @@ class Raw:
     accepted: torch.Tensor
     rejected: torch.Tensor
     dense: torch.Tensor
+    crossings: tuple[torch.Tensor, torch.Tensor]
     records: list[Record] = field(default_factory=list)
-    crossings: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def integrate_per_sample(
@@ -178,6 +178,7 @@ def integrate_per_sample(
         j, tq = take(next_out), take(next_t)
         event_here = crossing = gw = g1 = None
         if isinstance(event, Event):
+            assert g_prev is not None
             g1 = event.value(t_new, y1).detach()
             gw = take(g_prev)
             crossing = acc & event.crossed(gw, g1)
@@ -195,14 +196,15 @@ def integrate_per_sample(
             if keep_dense:
                 need = acc
             hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
-        if event_here is not None and bool(event_here.any()):
+        if event is not None and event_here is not None and bool(event_here.any()):
             stop_t, y_new, ev_w, extra = _stop_at_event(
                 event, f, event_here, tw, signed, yw, hk, dense, gw, g1, t_new, stop_t, y_new,
                 take(event_t))
             event_t = put(event_t, ev_w)
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
-        if isinstance(event, Event) and not event.terminal and bool(crossing.any()):
+        if (isinstance(event, Event) and not event.terminal and crossing is not None
+                and gw is not None and g1 is not None and bool(crossing.any())):
             sel = crossing.nonzero().squeeze(1)
             t_star, _ = _root(event, f, sel, tw, signed, yw, hk, dense, gw, g1)
             found.append(((sel if rows is None else rows[sel]), t_star))
