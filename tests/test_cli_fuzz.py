@@ -48,6 +48,8 @@ ACCEPTED: dict[tuple[str, str], set[str]] = {
     ("ode params", "--atol"): {"1e30", str(2**64)},
     ("ode params", "--step-size"): {"1e30", str(2**64)},
     ("ode params", "--t1-l2"): {"0"},
+    ("ode params", "--kinetic-energy"): {"0", "1e30", str(2**64)},  # a weight: any finite value >= 0
+    ("ode params", "--jacobian-frobenius"): {"0", "1e30", str(2**64)},
     ("ode spiral", "--noise"): {"0", "1e30", str(2**64)},
     ("ode spiral", "--lr"): {"1e30", str(2**64)},
     ("ode spiral", "--rtol"): {"1e30", str(2**64)},
