@@ -227,6 +227,8 @@ def test_throw_false_keeps_the_other_samples() -> None:
         ({"rtol": float("nan")}, "rtol=nan"),
         ({"atol": float("inf")}, "atol=inf"),
         ({"max_steps": 0}, "max_steps=0"),
+        ({"compact": "yes"}, "compact='yes'"),
+        ({"throw": None}, "throw=None"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs: dict, match: str) -> None:

@@ -6,8 +6,9 @@ finished (reached their last output time, hit their event, or failed) cost nothi
 with ``compact=True``: ``f`` is called on the running rows only (it must then treat rows
 independently, as any batched network does). With ``compact=False`` ``f`` always sees the
 whole batch (finished rows are frozen): use it when ``f`` holds per-sample data indexed by
-row. Host synchronisation: one read per pass (whether any sample is still running) and one
-per output time or event inside a step.
+row. Host synchronisation: a few reads per pass (whether any sample still runs, whether
+one failed, whether an output or an event falls inside a step), one more per output time
+beyond the first inside a step, and the root finding's per iteration.
 """
 
 from __future__ import annotations

@@ -215,6 +215,9 @@ def solve(
     """
     solver = Dopri5() if solver is None else solver
     _problem_checks(solver, controller, rtol, atol, adjoint, event, max_steps, y0)
+    for name, flag in (("compact", compact), ("dense", dense), ("throw", throw)):
+        if not isinstance(flag, bool):
+            raise InputError(f"{name}={flag!r} is not accepted; expected True or False")
     if not bool(torch.isfinite(y0.detach()).all()):
         raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
     ctrl = controller if controller is not None else PIController(rtol=rtol, atol=atol)
@@ -229,9 +232,7 @@ def solve(
     return Solution(
         ts=tgrid, ys=raw.ys, status=raw.status, event_t=raw.event_t, event_y=raw.y_stop,
         stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), crossings=raw.crossings,
-        _calls=calls,
-        _records=tuple(raw.records),
-        _dense=raw.dense, _direction=direction)
+        _calls=calls, _records=tuple(raw.records), _dense=raw.dense, _direction=direction)
 
 
 def _raise_failures(raw: Raw) -> None:
