@@ -116,13 +116,15 @@ def integrate_per_sample(
     steps = torch.zeros(batch, dtype=long, device=dev)
     accepted = torch.zeros(batch, dtype=long, device=dev)
     extra_nfe = torch.zeros(batch, dtype=long, device=dev)  # dense stages, events
-    next_out = torch.ones(batch, dtype=long, device=dev)
-    next_t = tgrid[1].clone()  # each sample's next output time (+-inf once all are stored)
+    # outputs are addressed by slot j * B + b (sample b's output j); slots T * B + b, past the
+    # last output time (+-inf), are discarded. A row writes its interpolant to its next slot
+    # at every output pass, inside or not: a slot not reached yet is written again when it
+    # is, and one never reached is filled by _assemble.
+    times = torch.cat([tgrid, torch.full_like(tgrid[:1], direction * math.inf)]).reshape(-1)
+    next_slot = torch.arange(batch, 2 * batch, device=dev)
     event_t = torch.full((batch,), float("nan"), dtype=tgrid.dtype, device=dev)
     g_prev = event.value(t, y0).detach() if isinstance(event, Event) else None
-    all_rows = torch.arange(batch, device=dev)
-    ys = y0.new_zeros(n_out * batch + 1, *y0.shape[1:])  # the last row is a discarded slot
-    ys = ys.index_copy(0, all_rows, y0)
+    ys = torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])])
     records: list[Record] = []
     found: list[tuple[torch.Tensor, torch.Tensor]] = []  # non-terminal crossings
     n_dense = len(solver.tableau.dense_c)
@@ -176,7 +178,8 @@ def integrate_per_sample(
         stop_t = torch.where(acc, t_new, tw)
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
-        j, tq = take(next_out), take(next_t)
+        slot = take(next_slot)
+        tq = times.take(slot)
         event_here = crossing = gw = g1 = None
         if isinstance(event, Event):
             assert g_prev is not None
@@ -210,8 +213,9 @@ def integrate_per_sample(
             t_star, _ = _root(event, f, sel, tw, signed, yw, hk, dense, gw, g1)
             found.append(((sel if rows is None else rows[sel]), t_star))
             extra_nfe = put(extra_nfe, take(extra_nfe) + crossing.long())
-        ys, j, tq = _store_outputs(ys, tgrid, rows, all_rows, j, tq, acc, stop_t, t_new, tw,
-                                   signed, yw, y1, hk, dense, event_here, direction)
+        ys, slot = _store_outputs(ys, times, batch, slot, tq, acc, stop_t, t_new, tw, signed,
+                                  yw, y1, hk, dense, event_here, direction,
+                                  None if everyone else ~live)
         if keep_dense and bool(acc.any()):
             sel = acc.nonzero().squeeze(1)
             records.append(Record(sel if rows is None else rows[sel], tw[sel], signed[sel],
@@ -222,13 +226,13 @@ def integrate_per_sample(
         k1 = put(k1, torch.where(acc_rows, k_last, kw))
         h = put(h, h_next if everyone else torch.where(live, h_next, hw))
         prev_r = put(prev_r, prev_next)
-        next_out, next_t = put(next_out, j), put(next_t, tq)
+        next_slot = put(next_slot, slot)
         done = put(done, take(done) | ended)
         steps = _count(steps, rows, attempted)
         accepted = _count(accepted, rows, acc)
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
-    ys = _assemble(ys, y, status, next_out, n_out, batch)
+    ys = _assemble(ys, y, status, next_slot // batch, n_out, batch)
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=event_t, nfe=nfe,
                accepted=accepted, rejected=steps - accepted, dense=dense, records=records,
@@ -241,44 +245,32 @@ def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) 
 
 
 def _store_outputs(
-    ys: torch.Tensor, tgrid: torch.Tensor, rows: torch.Tensor | None, all_rows: torch.Tensor,
-    j: torch.Tensor, tq: torch.Tensor, acc: torch.Tensor, stop_t: torch.Tensor,
-    t_new: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, y1: torch.Tensor,
-    hk: torch.Tensor, dense: torch.Tensor, event_here: torch.Tensor | None, direction: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ys: torch.Tensor, times: torch.Tensor, batch: int, slot: torch.Tensor, tq: torch.Tensor,
+    acc: torch.Tensor, stop_t: torch.Tensor, t_new: torch.Tensor, t: torch.Tensor,
+    h: torch.Tensor, y: torch.Tensor, y1: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor,
+    event_here: torch.Tensor | None, direction: float, empty_steps: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Store the outputs inside (or at the end of) the accepted steps, up to where each
-    stopped: output ``j[b]`` at time ``tq[b]`` is the next of sample ``b``. Returns the
-    outputs and the next index and time of each row.
-
-    Every row is interpolated; rows without an output write to the discarded last slot.
-    """
-    n_out, batch = tgrid.shape
-    ids = all_rows if rows is None else rows
+    stopped; ``slot[b]`` is the next output slot of row ``b``, at time ``tq[b]`` (``times``
+    flattened by slot); ``empty_steps`` marks rows that took no step (``h = 0``). Returns the
+    outputs and each row's next slot."""
+    safe_h = None
     while True:
-        inside = acc & (direction * (stop_t - tq) >= 0)
+        inside = acc & ((stop_t >= tq) if direction > 0 else (stop_t <= tq))
         if not bool(inside.any()):
-            return ys, j, tq
+            return ys, slot
         if hk.shape[0] < dense.shape[0]:  # only step ends: no dense stages computed
             val = y1
         else:
             at_end = tq == t_new if event_here is None else (tq == t_new) & ~event_here
-            safe_h = torch.where(h == 0, torch.ones_like(h), h)
+            if safe_h is None:  # finished rows of a masked pass take empty steps
+                safe_h = h if empty_steps is None else torch.where(empty_steps, 1.0, h)
             theta = ((tq - t) / safe_h).clamp(0.0, 1.0)
             val = torch.where(_rows(at_end, y1), y1, dense_per_sample(theta, y, hk, dense))
-        slot = torch.where(inside, j * batch + ids, n_out * batch)
         ys = ys.index_copy(0, slot, val) if ys.requires_grad or val.requires_grad else (
             ys.index_copy_(0, slot, val))
-        j = j + inside.long()
-        tq = torch.where(j < n_out, _next_times(tgrid, j, rows, n_out), direction * math.inf)
-
-
-def _next_times(tgrid: torch.Tensor, j: torch.Tensor, rows: torch.Tensor | None,
-                n_out: int) -> torch.Tensor:
-    """Each sample's next output time ``tgrid[j[b], b]`` (the last one past the end)."""
-    jc = j.clamp(max=n_out - 1)
-    if rows is None:
-        return tgrid.gather(0, jc.unsqueeze(0)).squeeze(0)
-    return tgrid[jc, rows]
+        slot = torch.add(slot, inside.long(), alpha=batch)
+        tq = times.take(slot)
 
 
 def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
