@@ -31,6 +31,10 @@ from infdepth.depth.penalty import layer_penalty
 if TYPE_CHECKING:
     from infdepth.depth.layer import InfiniteDepth
 
+# torch.compiler.disable imports torch._dynamo (about a second) when it decorates; torch's
+# own lazy form does so at the first call, so importing infdepth stays light
+_disable_compile = getattr(torch, "_disable_dynamo", torch.compiler.disable)
+
 #: layer -> active depth, read by :class:`infdepth.depth.compiled.CompiledDepth` just before it
 #: calls the compiled model and dropped when that call returns: inside the graph the depth
 #: is then a guarded integer and the layer makes no graph break
@@ -64,7 +68,7 @@ def record_penalty(layer: InfiniteDepth, w: float | None) -> None:
         sink[layer] = layer_penalty(layer, w)
 
 
-@torch.compiler.disable
+@_disable_compile
 def enter_compiled(layer: InfiniteDepth, x: Tensor) -> int:
     """:func:`enter` and :func:`record_penalty`, run eagerly inside a compiled model.
 
