@@ -118,6 +118,19 @@ def test_finished_samples_cost_nothing_with_compaction() -> None:
     assert torch.equal(compact.stats.nfe, masked.stats.nfe)
 
 
+def test_a_field_with_per_row_data_is_told_about_compact() -> None:
+    mu = torch.tensor([0.5, 5.0], dtype=F64)
+
+    def per_row(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], mu * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], 1)
+
+    y0 = torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=F64)
+    t = torch.tensor([[0.0, 0.0], [0.5, 8.0]], dtype=F64)  # sample 0 finishes first
+    with pytest.raises(InputError, match="compact=False"):
+        solve(per_row, y0, t)
+    assert solve(per_row, y0, t, compact=False).status.tolist() == [0, 0]
+
+
 def test_odeint_per_sample_steps_returns_the_solutions_tensor() -> None:
     y0 = vdp_start(torch.tensor([0.5, 3.0], dtype=F64))
     tt = torch.stack([T_OUT, 2 * T_OUT], 1)  # per-sample grids

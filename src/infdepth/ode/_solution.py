@@ -22,17 +22,34 @@ from infdepth.ode._stepping import VectorField
 
 
 class _Calls:
-    """``f``, counting the calls made after the forward solve returned (in backward)."""
+    """``f``, counting the calls made after the forward solve returned (in backward), and
+    naming ``compact`` when ``f`` fails on a subset of the batch's rows."""
 
-    def __init__(self, f: VectorField) -> None:
+    def __init__(self, f: VectorField, batch: int) -> None:
         self.f = f
+        self.batch = batch
         self.forward_done = False
         self.backward = 0
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.forward_done:
             self.backward += 1
-        return self.f(t, y)
+        if y.shape[0] == self.batch:
+            return self.f(t, y)
+        try:
+            out = self.f(t, y)
+        except RuntimeError as exc:
+            raise InputError(_SUBSET.format(n=y.shape[0], batch=self.batch, why=exc)) from exc
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            shown = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(_SUBSET.format(n=y.shape[0], batch=self.batch,
+                                            why=f"it returned {shown} for y of {tuple(y.shape)}"))
+        return out
+
+
+_SUBSET = ("f failed on {n} of the batch's {batch} rows ({why}): compact=True hands f only "
+           "the samples still running, so f must treat rows independently; pass compact=False "
+           "if f holds per-sample data indexed by row (or carry that data in the state)")
 
 
 @dataclass(frozen=True)
@@ -222,7 +239,7 @@ def solve(
         raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
     ctrl = controller if controller is not None else PIController(rtol=rtol, atol=atol)
     tgrid, direction = _times(t, y0)
-    calls = _Calls(f)
+    calls = _Calls(f, y0.shape[0])
     raw = integrate_per_sample(calls, y0, tgrid, direction, solver, ctrl, max_steps=max_steps,
                                event=event, compact=compact, keep_dense=dense,
                                checkpoint=isinstance(adjoint, Checkpointed))
