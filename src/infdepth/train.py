@@ -303,7 +303,7 @@ def fit(
         dynamic_ncols=True,
         leave=False,
     )
-    after: list[tuple[str, Tensor]] | None = None  # each w after the last update (see below)
+    unread = False  # whether w's value after the last update has not been read yet (see below)
     try:
         for step in range(start, config.steps):
             x, y = batch(step)
@@ -313,7 +313,8 @@ def fit(
             try:
                 out, loss, penalty = train_step(wrapped, optimizer, loss_fn, x, y)
             except DivergenceError as exc:
-                _raise_if_diverged(after, step)  # the update before made w non-finite: name that step
+                if unread:  # the update before made w non-finite (the forward changes no w): name it
+                    _raise_if_diverged(raw, step)
                 raise DivergenceError(f"at step {step + 1}: {exc}") from exc
             if scheduler is not None:
                 scheduler.step()
@@ -323,8 +324,8 @@ def fit(
             is_checkpoint = out_dir is not None and (
                 done == config.steps or bool(config.checkpoint_every and done % config.checkpoint_every == 0)
             )
-            after = None
-            if ctx.enabled or is_log or is_checkpoint:
+            unread = not (ctx.enabled or is_log or is_checkpoint)
+            if not unread:
                 if ctx.enabled:
                     _sync_depths(raw)
                 layers = depth_layers(raw)
@@ -334,15 +335,10 @@ def fit(
                     raise DivergenceError(f"at step {done}, w became non-finite: {bad}")
                 if grow(raw, optimizer) and ctx.enabled:
                     wrapped = ctx.rewrap(wrapped, net)
-            else:
-                # No host read here: the next forward reads w (one read per layer and step),
-                # builds the sub-layers it needs, and the attached optimizer takes them before
-                # its step.  w's value after this update stays on the device, read only if
-                # that forward finds w non-finite, to name this step as the one that made it
-                # so.  The layers are those penalty_modules finds (no walk into sub-layers);
-                # for a layer nested deeper the forward's own error names the next step.
-                after = [(name or "layer", m.w.detach().clone())
-                         for name, m in penalty_modules(raw) if isinstance(m, InfiniteDepth)]
+            # Otherwise no host read here: the next forward reads w (one read per layer and
+            # step), builds the sub-layers it needs, and the attached optimizer takes them
+            # before its step.  If that forward finds w non-finite, w still holds this update's
+            # value (the forward's error comes before any step), read then to name this step.
 
             with torch.no_grad():
                 window["loss"] = window.get("loss", 0) + loss.detach()
@@ -391,9 +387,14 @@ def fit(
     return result
 
 
-def _raise_if_diverged(after: list[tuple[str, Tensor]] | None, step: int) -> None:
-    """Raise "w became non-finite at step ``step``" if ``after`` (each ``w`` after that update) says so."""
-    bad = {name: float(w) for name, w in after or [] if not bool(torch.isfinite(w))}
+def _raise_if_diverged(model: nn.Module, step: int) -> None:
+    """Raise "w became non-finite at step ``step``" if a layer's ``w`` (as that update left it) says so.
+
+    The layers are those :func:`penalty_modules` finds (no walk into sub-layers); for a layer
+    nested deeper the forward's own error names the next step.
+    """
+    bad = {name or "layer": float(m.w) for name, m in penalty_modules(model)
+           if isinstance(m, InfiniteDepth) and not bool(torch.isfinite(m.w))}
     if bad:
         raise DivergenceError(f"at step {step}, w became non-finite: {bad}")
 
