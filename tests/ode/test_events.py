@@ -228,3 +228,22 @@ def test_events_with_every_adaptive_solver_compact_or_masked(solver, compact: bo
     assert sol.status.tolist() == [Status.OK, Status.EVENT, Status.EVENT]  # 0 ends before
     torch.testing.assert_close(sol.event_t[1:], torch.sqrt(2 * h[1:] / 9.81), rtol=1e-9, atol=0)
     assert abs(float(sol.ys[-1, 0, 0]) - (0.5 - 9.81 * 0.01 / 2)) < 1e-10
+
+
+def test_masked_events_show_f_the_whole_batch() -> None:
+    g = torch.tensor([9.81, 1.62, 24.8], dtype=F64)  # per-row data: needs compact=False
+    seen: set[int] = set()
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.add(y.shape[0])
+        return torch.stack([y[:, 1], -g], 1)
+
+    h = torch.tensor([1.0, 2.0, 3.0], dtype=F64, requires_grad=True)
+    y0 = torch.stack([h, torch.zeros_like(h)], 1)
+    sol = solve(f, y0, T_SPAN, event=Event(ground, direction=-1), compact=False, rtol=1e-10,
+                atol=1e-12)
+    sol.event_t.sum().backward()
+    assert seen == {3}
+    t_hit = torch.sqrt(2 * h.detach() / g)
+    torch.testing.assert_close(sol.event_t.detach(), t_hit, rtol=1e-10, atol=0)
+    torch.testing.assert_close(h.grad, 1 / (g * t_hit), rtol=1e-8, atol=0)

@@ -152,16 +152,17 @@ def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: 
 
 
 def differentiable_event(event: Event, f: VectorField, t_star: torch.Tensor, y_star: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(t*, y*, f(t*, y*))`` carrying the implicit-function-theorem gradients.
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t*, y*)`` carrying the implicit-function-theorem gradients.
 
-    ``t_star`` (no grad) and ``y_star`` (the dense output at ``t_star``, with the graph of
-    the solve) are where ``fn`` vanishes. The returned time has the value of ``t_star`` and
-    the gradient ``-(dg/dp) / (dg/dt + dg/dy . f)``; the state adds ``f * dt*``.
+    ``t_star`` and ``y_star`` (the dense output at ``t_star``, with the graph of the solve)
+    are where ``fn`` vanishes. The returned time has the value of ``t_star`` and the
+    gradient ``-(dg/dp) / (dg/dt + dg/dy . f)``; the state adds ``f * dt*``. ``f`` is
+    evaluated (once) only under autograd.
     """
-    slope = f(t_star, y_star.detach()).detach()
     if not torch.is_grad_enabled():
-        return t_star, y_star, slope
+        return t_star, y_star
+    slope = f(t_star, y_star.detach()).detach()
     with torch.enable_grad():
         tt = t_star.detach().clone().requires_grad_(True)
         yy = y_star.detach().clone().requires_grad_(True)
@@ -170,10 +171,10 @@ def differentiable_event(event: Event, f: VectorField, t_star: torch.Tensor, y_s
     denom = denom + (gt.to(slope.dtype) if gt is not None else 0.0)
     g = event.value(t_star, y_star)
     if not g.requires_grad:
-        return t_star, y_star, slope
+        return t_star, y_star
     denom = denom.detach()
     denom = torch.where(denom == 0, torch.ones_like(denom), denom)  # tangent: no gradient
     dt = -(g - g.detach()) / denom
     t_out = t_star + dt.to(t_star.dtype)
     y_out = y_star + slope * dt.reshape(-1, *([1] * (y_star.ndim - 1)))
-    return t_out, y_out, slope
+    return t_out, y_out

@@ -203,16 +203,17 @@ def integrate_per_sample(
         if event is not None and event_here is not None and bool(event_here.any()):
             stop_t, y_new, ev_w, extra = _stop_at_event(
                 event, f, event_here, tw, signed, yw, hk, dense, gw, g1, t_new, stop_t, y_new,
-                take(event_t))
+                take(event_t), compact)
             event_t = put(event_t, ev_w)
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
         if (isinstance(event, Event) and not event.terminal and crossing is not None
                 and gw is not None and g1 is not None and bool(crossing.any())):
             sel = crossing.nonzero().squeeze(1)
-            t_star, _ = _root(event, f, sel, tw, signed, yw, hk, dense, gw, g1)
+            t_star, _ = _root(event, f, sel, tw, signed, yw, hk, dense, gw, g1, compact)
             found.append(((sel if rows is None else rows[sel]), t_star))
-            extra_nfe = put(extra_nfe, take(extra_nfe) + crossing.long())
+            if grad:  # the gradient evaluated f at the crossing
+                extra_nfe = put(extra_nfe, take(extra_nfe) + crossing.long())
         ys, slot = _store_outputs(ys, times, batch, slot, tq, acc, stop_t, t_new, tw, signed,
                                   yw, y1, hk, dense, event_here, direction,
                                   None if everyone else ~live)
@@ -292,31 +293,42 @@ def _stop_at_event(
     event: Event | SteadyState, f: VectorField, here: torch.Tensor, t: torch.Tensor,
     h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor,
     g0: torch.Tensor | None, g1: torch.Tensor | None, t_new: torch.Tensor, stop_t: torch.Tensor,
-    y_new: torch.Tensor, event_t: torch.Tensor,
+    y_new: torch.Tensor, event_t: torch.Tensor, compact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where the rows ``here`` stop: ``(stop_t, y_new, event_t, extra evaluations of f)``.
 
     A steady state stops at the step's end; an event at its root on the dense output, with
-    the implicit-function-theorem gradients (one more evaluation of ``f`` per sample).
+    the implicit-function-theorem gradients (one more evaluation of ``f`` under autograd).
     """
     extra = torch.zeros(here.shape, dtype=torch.long, device=here.device)
     if isinstance(event, SteadyState) or g0 is None or g1 is None:
         return stop_t, y_new, torch.where(here, t_new, event_t), extra
     sel = here.nonzero().squeeze(1)
-    t_ev, y_ev = _root(event, f, sel, t, h, y, hk, dense, g0, g1)
+    t_ev, y_ev = _root(event, f, sel, t, h, y, hk, dense, g0, g1, compact)
+    if torch.is_grad_enabled():  # the gradient evaluated f at the event
+        extra = extra.index_fill(0, sel, 1)
     return (stop_t.index_put((sel,), t_ev.detach()), y_new.index_put((sel,), y_ev),
-            event_t.index_put((sel,), t_ev), extra.index_fill(0, sel, 1))
+            event_t.index_put((sel,), t_ev), extra)
 
 
 def _root(event: Event, f: VectorField, sel: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
           y: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor, g0: torch.Tensor,
-          g1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The event's time and state in the steps of rows ``sel``, with their IFT gradients."""
+          g1: torch.Tensor, compact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The event's time and state in the steps of rows ``sel``, with their IFT gradients.
+
+    Without ``compact`` the slope at the event is taken from ``f`` on all rows of the
+    working set (the others at their step's start), so ``f`` still sees the whole batch.
+    """
     theta = locate(event, t[sel], h[sel], y[sel], hk[:, sel], dense, g0[sel], g1[sel])
     t_star = t[sel] + theta * h[sel]
     y_star = dense_per_sample(theta, y[sel], hk[:, sel], dense)
-    t_ev, y_ev, _ = differentiable_event(event, f, t_star, y_star)
-    return t_ev, y_ev
+
+    def slope_of(ts: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        if compact:
+            return f(ts, ys)
+        return f(t.index_put((sel,), ts), y.detach().index_put((sel,), ys))[sel]
+
+    return differentiable_event(event, slope_of, t_star, y_star)
 
 
 def _sorted_crossings(found: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor
