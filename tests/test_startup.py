@@ -41,6 +41,34 @@ def test_the_help_lines_listed_without_importing_match_the_commands_own() -> Non
     assert own == {name: line for name, (_, line) in SUBCOMMANDS.items()}
 
 
+#: every command whose ``--help`` must import no torch (``ode``'s modules still import it at the top)
+LIGHT_COMMANDS = ["xor", "images", "study", "limits", "limits convergence", "limits activations",
+                  "limits width-regime", "limits kernel-ode", "limits inference", "limits expressivity"]
+
+
+@pytest.mark.parametrize("command", LIGHT_COMMANDS)
+def test_a_subcommand_help_imports_no_torch(command: str) -> None:
+    argv = [*command.split(), "--help"]
+    code = ("import contextlib, io\nfrom infdepth.cli import main\ntry:\n"
+            f"    with contextlib.redirect_stdout(io.StringIO()) as help:\n        main({argv!r})\n"
+            "except SystemExit as e:\n    assert e.code == 0 and 'usage:' in help.getvalue(), e.code")
+    loaded = _modules_after(code)
+    assert not {"torch", "numpy", "tqdm"} & loaded, sorted(
+        m for m in loaded if m.split(".")[0] in ("torch", "numpy", "tqdm"))
+
+
+@pytest.mark.parametrize("command", [c for c in LIGHT_COMMANDS if c != "limits"])
+def test_a_subcommand_runs_the_module_of_its_experiment(command: str) -> None:
+    import importlib
+
+    from infdepth.cli import build_parser
+
+    args = build_parser(command.split()[0]).parse_args(command.split())
+    module, name = args.func.args  # deferred: imported when the command runs
+    run = importlib.import_module(module)
+    assert callable(getattr(run, name)) and run.Config.__module__ == module + "_config"
+
+
 def test_a_subcommand_builds_its_own_parser_alone() -> None:
     loaded = _modules_after("from infdepth.cli import build_parser\nbuild_parser('limits').parse_args("
                             "['limits', 'convergence'])")

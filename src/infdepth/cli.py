@@ -29,13 +29,14 @@ from infdepth.errors import DivergenceError, InputError, brief, check_device
 
 # name -> (module exposing ``register(subparsers: argparse._SubParsersAction) -> None``, its
 # one-line help).  Only the command being run is imported: ``infdepth --help`` lists the
-# others from here without torch (a test checks that the lines match the modules' own).
+# others from here without torch (a test checks that the lines match the modules' own), and
+# the modules named are torch-free (all but ``ode``), so ``infdepth xor --help`` is too.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "xor": ("infdepth.experiments.depth.xor",
+    "xor": ("infdepth.experiments.depth.xor_config",
             "reproduce the XOR experiment (learned depth against task difficulty)"),
-    "images": ("infdepth.experiments.depth.images",
+    "images": ("infdepth.experiments.depth.images_config",
                "reproduce the MNIST experiment (all-g-infinity CNN) on digits, MNIST or Fashion-MNIST"),
-    "study": ("infdepth.experiments.depth.study",
+    "study": ("infdepth.experiments.depth.study_config",
               "learned, fixed and continuous depth side by side on one data set (resumable)"),
     "ode": ("infdepth.experiments.ode", "continuous depth: neural ODE reproductions"),
     "limits": ("infdepth.experiments.limits", "depth limits of random ResNets: diffusions, laws, kernels"),

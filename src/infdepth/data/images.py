@@ -23,9 +23,8 @@ import torch
 from torch import Tensor
 
 from infdepth.data.idx import read_idx
+from infdepth.data.image_sets import DATASETS as DATASETS  # re-exported: the names load_images takes
 from infdepth.errors import InputError
-
-DATASETS = ("digits", "mnist", "fashion-mnist", "idx")
 
 #: (split, kind) -> standard MNIST file name (a ``.gz`` twin is accepted too)
 IDX_FILES = {

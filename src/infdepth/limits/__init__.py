@@ -9,44 +9,84 @@
 * :func:`infinite_kernels` gives the depth-then-width NNGP and NTK kernels, with
   :func:`kernel_regression`, :func:`gp_posterior` and the scikit-learn
   :class:`InfiniteDepthKernel` (scikit-learn is imported only when one is made).
+
+The names load on first use (PEP 562), each with only the modules it needs:
+``KNOWN_ACTIVATIONS`` costs no torch, so ``infdepth limits ... --help`` lists it (issue 29).
 """
 
-from infdepth.limits._activation import KNOWN_ACTIVATIONS, Activation, resolve_activation
-from infdepth.limits._sklearn import InfiniteDepthKernel
-from infdepth.limits.kernels import (
-    KernelPair,
-    KernelState,
-    diagonal_kernels,
-    gp_posterior,
-    gradient_descent_prediction,
-    infinite_kernels,
-    kernel_regression,
-    pair_moments,
-    variance_ode,
-)
-from infdepth.limits.laws import (
-    expected_active_given_alive,
-    infinite_width_law,
-    linear_norm_law,
-    relu_log_post_norm_drift,
-    relu_width1_law,
-)
-from infdepth.limits.resnet import (
-    HayouInit,
-    ResNetRun,
-    ShrinkingInit,
-    input_layer,
-    simulate_resnet,
-)
-from infdepth.limits.sde import (
-    Estimate,
-    EulerMaruyama,
-    LogScaleEuler,
-    Paths,
-    ResNetSDE,
-    richardson_expectation,
-    simulate,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "KNOWN_ACTIVATIONS": "infdepth.limits._names",
+    **dict.fromkeys(("Activation", "resolve_activation"), "infdepth.limits._activation"),
+    "InfiniteDepthKernel": "infdepth.limits._sklearn",
+    **dict.fromkeys(("KernelPair", "KernelState", "diagonal_kernels", "gp_posterior",
+                     "gradient_descent_prediction", "infinite_kernels", "kernel_regression", "pair_moments",
+                     "variance_ode"), "infdepth.limits.kernels"),
+    **dict.fromkeys(("expected_active_given_alive", "infinite_width_law", "linear_norm_law",
+                     "relu_log_post_norm_drift", "relu_width1_law"), "infdepth.limits.laws"),
+    **dict.fromkeys(("HayouInit", "ResNetRun", "ShrinkingInit", "input_layer", "simulate_resnet"),
+                    "infdepth.limits.resnet"),
+    **dict.fromkeys(("Estimate", "EulerMaruyama", "LogScaleEuler", "Paths", "ResNetSDE",
+                     "richardson_expectation", "simulate"), "infdepth.limits.sde"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name on first use; it is then an ordinary attribute of the package."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'infdepth.limits' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the names as eager imports
+    from infdepth.limits._activation import Activation, resolve_activation
+    from infdepth.limits._names import KNOWN_ACTIVATIONS
+    from infdepth.limits._sklearn import InfiniteDepthKernel
+    from infdepth.limits.kernels import (
+        KernelPair,
+        KernelState,
+        diagonal_kernels,
+        gp_posterior,
+        gradient_descent_prediction,
+        infinite_kernels,
+        kernel_regression,
+        pair_moments,
+        variance_ode,
+    )
+    from infdepth.limits.laws import (
+        expected_active_given_alive,
+        infinite_width_law,
+        linear_norm_law,
+        relu_log_post_norm_drift,
+        relu_width1_law,
+    )
+    from infdepth.limits.resnet import (
+        HayouInit,
+        ResNetRun,
+        ShrinkingInit,
+        input_layer,
+        simulate_resnet,
+    )
+    from infdepth.limits.sde import (
+        Estimate,
+        EulerMaruyama,
+        LogScaleEuler,
+        Paths,
+        ResNetSDE,
+        richardson_expectation,
+        simulate,
+    )
 
 __all__ = [
     "KNOWN_ACTIVATIONS",

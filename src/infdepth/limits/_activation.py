@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from infdepth.errors import InputError
-
-KNOWN_ACTIVATIONS = ("linear", "relu", "tanh")
+from infdepth.limits._names import KNOWN_ACTIVATIONS
 
 
 @dataclass(frozen=True)

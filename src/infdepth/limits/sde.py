@@ -22,6 +22,7 @@ from torch import Tensor
 
 from infdepth.errors import check_finite_tensor, check_float, check_int, raise_input
 from infdepth.limits._activation import Activation, resolve_activation
+from infdepth.limits._names import NOISE_CHUNK
 from infdepth.limits.resnet import HayouInit, ShrinkingInit
 
 
@@ -65,7 +66,7 @@ class ResNetSDE:
 class EulerMaruyama:
     """``X += drift h + vol sqrt(h) Z``; Gaussian noise is drawn ``chunk`` steps at a time."""
 
-    chunk: int = 32
+    chunk: int = NOISE_CHUNK
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class LogScaleEuler:
     ``t``) and plain Euler-Maruyama overflows to ``inf`` or underflows to ``0``.
     """
 
-    chunk: int = 32
+    chunk: int = NOISE_CHUNK
 
 
 @dataclass(frozen=True)

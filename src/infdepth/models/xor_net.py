@@ -12,8 +12,7 @@ from torch import nn
 
 from infdepth.depth.layer import InfiniteDepth
 from infdepth.models._keras import BN_EPS, BN_MOMENTUM, glorot
-
-INPUTS = 8
+from infdepth.models.xor_inputs import INPUTS as INPUTS  # re-exported: the network's default
 
 
 def xor_block(width: int, dropout: float) -> nn.Module:

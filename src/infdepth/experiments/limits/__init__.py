@@ -1,9 +1,10 @@
 """``infdepth limits ...``: the six depth-limit experiments (Hayou 2023; Peluchetti & Favaro 2021).
 
-One module per experiment, each with a frozen ``Config`` (the only place its defaults are
-written), ``add_arguments(parser)`` derived from it, ``run(config, ctx) -> summary`` and
-``main(args)``. Every subcommand validates its flags before writing ``config.json``,
-``summary.json`` and PNG figures into ``--out``.
+Two modules per experiment: ``<name>_config`` holds the frozen ``Config`` (the only place its
+defaults are written) and ``add_arguments(parser)`` derived from it, torch-free so that
+``--help`` imports no torch; ``<name>`` holds ``run(config, ctx) -> summary`` and
+``main(args)``, imported only when the command runs. Every subcommand validates its flags
+before writing ``config.json``, ``summary.json`` and PNG figures into ``--out``.
 """
 
 from __future__ import annotations
@@ -12,24 +13,27 @@ import argparse
 from types import ModuleType
 from typing import Any
 
+from infdepth.experiments._flags import deferred
 from infdepth.experiments.limits import (
-    activations,
-    convergence,
-    expressivity,
-    inference,
-    kernel_ode,
-    width_regime,
+    activations_config,
+    convergence_config,
+    expressivity_config,
+    inference_config,
+    kernel_ode_config,
+    width_regime_config,
 )
 
-# subcommand -> (module, one-line help)
+# subcommand -> (its config module, one-line help); the run is the module named without "_config"
 EXPERIMENTS: dict[str, tuple[ModuleType, str]] = {
-    "convergence": (convergence, "finite ResNets approach the diffusion as depth grows (KS, Wasserstein)"),
-    "activations": (activations,
+    "convergence": (convergence_config,
+                    "finite ResNets approach the diffusion as depth grows (KS, Wasserstein)"),
+    "activations": (activations_config,
                     "depth-limit laws for linear, ReLU, tanh against the infinite-width Gaussian"),
-    "width-regime": (width_regime, "the width 3 -> 4 change in ReLU post-activation norms"),
-    "kernel-ode": (kernel_ode, "kernel ODE against Monte Carlo of wide, deep finite ResNets"),
-    "inference": (inference, "NNGP / NTK of doubly infinite ResNets on digits vs trained finite ResNets"),
-    "expressivity": (expressivity, "correlation map of the infinite-depth kernel as depth grows"),
+    "width-regime": (width_regime_config, "the width 3 -> 4 change in ReLU post-activation norms"),
+    "kernel-ode": (kernel_ode_config, "kernel ODE against Monte Carlo of wide, deep finite ResNets"),
+    "inference": (inference_config,
+                  "NNGP / NTK of doubly infinite ResNets on digits vs trained finite ResNets"),
+    "expressivity": (expressivity_config, "correlation map of the infinite-depth kernel as depth grows"),
 }
 
 
@@ -49,8 +53,7 @@ def register(subparsers: Any) -> None:
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
-        p.set_defaults(func=module.main)
+        p.set_defaults(func=deferred(module.__name__.removesuffix("_config")))
 
 
-__all__ = ["EXPERIMENTS", "activations", "convergence", "expressivity", "inference", "kernel_ode",
-           "register", "width_regime"]
+__all__ = ["EXPERIMENTS", "register"]

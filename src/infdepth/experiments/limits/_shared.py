@@ -1,4 +1,4 @@
-"""What the ``infdepth limits ...`` experiments share beyond :mod:`infdepth.experiments._common`.
+"""What the ``infdepth limits ...`` runs share beyond :mod:`infdepth.experiments._common`.
 
 The run folder is opened through :func:`infdepth.runfolder.open_run` (after the ``Config``
 validated every flag), progress bars follow ``--no-progress``, and ``summary.json`` is
@@ -8,29 +8,22 @@ written atomically.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from infdepth.errors import check_choice, check_int
 from infdepth.experiments._common import RunContext, config_dict
+from infdepth.experiments.limits._bounds import (  # noqa: F401  (re-exported: the flags' bounds)
+    ACTIVATIONS_HELP,
+    MAX_TIME,
+    known_activation,
+    positive_int,
+)
 from infdepth.io import write_json
-from infdepth.limits import KNOWN_ACTIVATIONS
 from infdepth.runfolder import open_run
 
 T = TypeVar("T")
-
-MAX_TIME = 500.0
-"""Latest diffusion time (depth) a flag accepts: with the linear activation kernels and norms
-grow like ``e^t`` and leave double precision past ``t = 709``."""
-ACTIVATIONS_HELP = ", ".join(KNOWN_ACTIVATIONS)
-"""The activations a flag accepts, for its ``--help`` text."""
-
-# item checks for errors.check_items (the errors.py validators with their bounds filled in)
-known_activation = partial(check_choice, accepted=KNOWN_ACTIVATIONS)
-positive_int = partial(check_int, low=1)
 
 
 def start_run(config: Any, ctx: RunContext) -> Path:

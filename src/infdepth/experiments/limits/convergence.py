@@ -1,9 +1,7 @@
-"""Experiment 1: the law of a depth-L random ResNet approaches its diffusion limit.
+"""The run of ``infdepth limits convergence`` (experiment 1).
 
-Closed forms (linear activation: log-normal norm; ReLU width 1: log-normal output) are
-compared with finite ResNets of growing depth by the Kolmogorov-Smirnov distance and
-p-value and the Wasserstein-1 distance; tanh, which has no closed form, is compared with
-a fine Euler-Maruyama solution of its diffusion by a two-sample KS test.
+What it measures and its flags: :mod:`infdepth.experiments.limits.convergence_config` (torch-free,
+for ``--help``); ``Config`` is re-exported here.
 """
 
 from __future__ import annotations
@@ -11,67 +9,33 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from infdepth.errors import check_float, check_int, check_items
 from infdepth.experiments._common import (
     RunContext,
-    add_config_arguments,
-    add_run_arguments,
-    check_allocatable,
-    int_list,
-    option,
     pyplot,
     run_from_args,
     save_figure,
 )
-from infdepth.experiments.limits._shared import MAX_TIME, progress, start_run, write_summary
+from infdepth.experiments.limits._shared import progress, start_run, write_summary
+from infdepth.experiments.limits.convergence_config import (  # noqa: F401  (the flags' half, re-exported)
+    MAX_DEPTH,
+    MAX_STEPS,
+    Config,
+    add_arguments,
+)
 from infdepth.io import seed_everything
 from infdepth.limits import (
-    EulerMaruyama,
     ResNetSDE,
     linear_norm_law,
     relu_width1_law,
     simulate,
     simulate_resnet,
 )
-
-#: the deepest stack and the longest reference diffusion a run may ask for (each sample runs
-#: every layer and step: larger values only stall the run)
-MAX_DEPTH = 100_000
-MAX_STEPS = 1_000_000
-
-
-@dataclass(frozen=True)
-class Config:
-    """Depths, sample size and the cases compared."""
-
-    depths: tuple[int, ...] = option((1, 3, 10, 30, 100, 300, 1000), "comma-separated depths L",
-                                     type=int_list)
-    samples: int = option(20_000, "networks sampled per depth")
-    t1: float = option(1.0, "diffusion time covered by the stack")
-    linear_width: int = option(3, "width n of the linear case")
-    tanh_width: int = option(2, "width n of the tanh case")
-    tanh_reference_steps: int = option(2000, "Euler-Maruyama steps of the tanh reference diffusion")
-    seed: int = option(0, "random seed")
-
-    def __post_init__(self) -> None:
-        check_items("--depths", self.depths, lambda n, v: check_int(n, v, low=1, high=MAX_DEPTH))
-        check_int("--samples", self.samples, low=1)
-        check_float("--t1", self.t1, low=0.0, high=MAX_TIME, strict=True)
-        check_int("--linear-width", self.linear_width, low=1)
-        check_int("--tanh-width", self.tanh_width, low=1)
-        check_int("--tanh-reference-steps", self.tanh_reference_steps, low=1, high=MAX_STEPS)
-        check_int("--seed", self.seed, low=0)
-        widest = max(self.linear_width, self.tanh_width)
-        # the state, the reference's noise drawn a chunk of steps at a time, and the saved paths
-        check_allocatable("--samples x --linear-width/--tanh-width",
-                          self.samples * widest * (EulerMaruyama.chunk + 4))
 
 
 def _w1_to_law(sample: np.ndarray, law: Any) -> float:
@@ -154,12 +118,6 @@ def run(config: Config, ctx: RunContext) -> dict[str, Any]:
     write_summary(ctx, summary)
     plot(summary, config, out / "convergence.png")
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``infdepth limits convergence`` (from :class:`Config`) and the run flags."""
-    add_config_arguments(parser, Config)
-    add_run_arguments(parser, "runs/limits-convergence")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,44 +1,33 @@
-"""Experiment 4: depth-then-width against width-then-depth.
+"""The run of ``infdepth limits kernel-ode`` (experiment 4).
 
-The kernel ODE ``dK_t/dt = E[phi(U) phi(V)]`` (width to infinity after depth) is compared with
-Monte-Carlo estimates ``mean over networks of Y_L(a) . Y_L(b) / n`` from finite ResNets of
-width ``n`` and depth ``L`` (shared weights across inputs, exact-in-law layer sampling). The
-width-then-depth kernel at finite depth (the Euler recursion
-``K_l = K_{l-1} + E[phi(U) phi(V)] / L``) is drawn as the depth-only error floor.
+What it measures and its flags: :mod:`infdepth.experiments.limits.kernel_ode_config` (torch-free,
+for ``--help``); ``Config`` is re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from infdepth.errors import check_float, check_int, check_items
 from infdepth.experiments._common import (
     RunContext,
-    add_config_arguments,
-    add_run_arguments,
-    check_allocatable,
-    int_list,
-    option,
     pyplot,
     run_from_args,
     save_figure,
-    str_list,
 )
 from infdepth.experiments.limits._shared import (
-    ACTIVATIONS_HELP,
-    MAX_TIME,
-    known_activation,
-    positive_int,
     progress,
     start_run,
     write_summary,
+)
+from infdepth.experiments.limits.kernel_ode_config import (  # noqa: F401  (the flags' half, re-exported)
+    Config,
+    add_arguments,
 )
 from infdepth.io import seed_everything
 from infdepth.limits import (
@@ -48,37 +37,6 @@ from infdepth.limits import (
     resolve_activation,
     simulate_resnet,
 )
-
-
-@dataclass(frozen=True)
-class Config:
-    """Widths, depths, networks per configuration and inputs."""
-
-    widths: tuple[int, ...] = option((16, 64, 256, 1024), "comma-separated widths", type=int_list)
-    depths: tuple[int, ...] = option((4, 16, 64, 256), "comma-separated depths", type=int_list)
-    samples: int = option(64, "networks per (width, depth)")
-    inputs: int = option(4, "number of random inputs")
-    features: int = option(8, "input dimension")
-    t1: float = option(1.0, "diffusion time of the stack")
-    activations: tuple[str, ...] = option(("relu", "tanh"),
-                                          f"comma-separated activations ({ACTIVATIONS_HELP})",
-                                          type=str_list)
-    seed: int = option(0, "random seed")
-
-    def __post_init__(self) -> None:
-        check_items("--widths", self.widths, positive_int)
-        check_items("--depths", self.depths, positive_int)
-        check_int("--samples", self.samples, low=1)
-        check_int("--inputs", self.inputs, low=1)
-        check_int("--features", self.features, low=1)
-        check_float("--t1", self.t1, low=0.0, high=MAX_TIME, strict=True)
-        check_items("--activations", self.activations, known_activation)
-        check_int("--seed", self.seed, low=0)
-        n, m = max(self.widths), self.inputs
-        # input weights, a few copies of the pre-activations, the layer weights (n x n when
-        # there are at least as many inputs as the width, else m x n) and per-network kernels
-        per_net = n * self.features + 4 * m * n + (n * n if m >= n else m * n) + m * m
-        check_allocatable("--samples x --widths x --inputs/--features", self.samples * per_net)
 
 
 def euler_recursion(x: torch.Tensor, activation: str, t1: float, depth: int) -> torch.Tensor:
@@ -163,12 +121,6 @@ def run(config: Config, ctx: RunContext) -> dict[str, Any]:
     write_summary(ctx, summary)
     plot(summary, out / "kernel_ode.png")
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``infdepth limits kernel-ode`` (from :class:`Config`) and the run flags."""
-    add_config_arguments(parser, Config)
-    add_run_arguments(parser, "runs/limits-kernel-ode")
 
 
 def main(args: argparse.Namespace) -> int:

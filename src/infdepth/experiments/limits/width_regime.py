@@ -1,68 +1,35 @@
-"""Experiment 3: the width 3 -> 4 change of regime of ReLU post-activation norms.
+"""The run of ``infdepth limits width-regime`` (experiment 3).
 
-The ReLU diffusion ``dX = n^{-1/2} ||relu(X)|| dB`` is run from ``X_0 ~ N(0, I_n)`` for
-widths 1..8 over long times (log-scale Euler-Maruyama). With ``k_t`` active coordinates,
-``d log ||relu(X_t)||^2 = (k_t - 2)/n dt + 2 n^{-1/2} dbeta_t`` (exact). Measured, with 95%
-confidence intervals: the initial drift of ``E[log ||relu(X_t)||^2 | relu(X_0) != 0]``
-(negative for n <= 3, positive for n >= 4), its rise and peak time, and the long-time
-behaviour (one active coordinate, slope -1/n, the norm going to 0 for every width).
+What it measures and its flags: :mod:`infdepth.experiments.limits.width_regime_config` (torch-free,
+for ``--help``); ``Config`` is re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from infdepth.errors import check_float, check_int, check_items
 from infdepth.experiments._common import (
     RunContext,
-    add_config_arguments,
-    add_run_arguments,
-    check_allocatable,
     config_from_args,
     context_from_args,
-    int_list,
     mean_ci,
-    option,
     pyplot,
     save_figure,
 )
-from infdepth.experiments.limits._shared import positive_int, progress, start_run, write_summary
+from infdepth.experiments.limits._shared import progress, start_run, write_summary
+from infdepth.experiments.limits.width_regime_config import (  # noqa: F401  (the flags' half, re-exported)
+    MAX_STEPS,
+    Config,
+    add_arguments,
+)
 from infdepth.io import seed_everything
 from infdepth.limits import LogScaleEuler, ResNetSDE, expected_active_given_alive, simulate
-
-MAX_STEPS = 10**9
-"""Most Euler-Maruyama steps (``--t-max / --dt``) a run may take."""
-
-
-@dataclass(frozen=True)
-class Config:
-    """Widths, horizon, step and sample size."""
-
-    widths: tuple[int, ...] = option(tuple(range(1, 9)), "comma-separated widths", type=int_list)
-    t_max: float = option(400.0, "diffusion time horizon")
-    dt: float = option(0.05, "Euler-Maruyama step")
-    samples: int = option(2000, "paths per width")
-    saves: int = option(200, "saved time points (log-spaced)")
-    seed: int = option(0, "random seed")
-
-    def __post_init__(self) -> None:
-        check_items("--widths", self.widths, positive_int)
-        check_float("--t-max", self.t_max, low=0.0, strict=True)
-        check_float("--dt", self.dt, low=0.0, high=self.t_max, strict=True)  # one step at least
-        check_float("--t-max / --dt", self.t_max / self.dt, high=MAX_STEPS)
-        check_int("--samples", self.samples, low=2)
-        check_int("--saves", self.saves, low=1)
-        check_int("--seed", self.seed, low=0)
-        # the saved paths (at most --saves + 4 times), the noise chunk and the state
-        check_allocatable("--samples x --widths x --saves", self.samples * max(self.widths)
-                          * (self.saves + LogScaleEuler.chunk + 8))
 
 
 def euler_one_active_slope(n: int, dt: float) -> float:
@@ -193,12 +160,6 @@ def run(config: Config, ctx: RunContext) -> dict[str, Any]:
     }
     write_summary(ctx, summary)
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``infdepth limits width-regime`` (from :class:`Config`) and the run flags."""
-    add_config_arguments(parser, Config)
-    add_run_arguments(parser, "runs/limits-width-regime")
 
 
 def main(args: argparse.Namespace) -> int:
