@@ -132,13 +132,16 @@ def penalty_modules(model: nn.Module) -> list[tuple[str, HasPenalty]]:
     return found
 
 
-def model_penalty(model: nn.Module) -> Tensor:
+def model_penalty(model: nn.Module, produced: dict[nn.Module, Tensor | None] | None = None) -> Tensor:
     """Sum of ``penalty()`` over :func:`penalty_modules`, for ``loss + model_penalty(model)``.
 
-    A zero tensor (on the device and in the dtype of the model's first floating-point
-    parameter or buffer; else torch's defaults) when no module adds a term.
+    ``produced``: the penalties collected during the forward
+    (:func:`infdepth.depth.collect.collect_penalties`); a module found there is not asked
+    again, which spares a g-infinity layer a second read of ``w``.  A zero tensor (on the
+    device and in the dtype of the model's first floating-point parameter or buffer; else
+    torch's defaults) when no module adds a term.
     """
-    total = _penalty_sum(model)
+    total = _penalty_sum(model, produced)
     if total is not None:
         return total
     tensors = itertools.chain(model.parameters(), model.buffers())

@@ -92,3 +92,29 @@ def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(tmp_path: Path) -> N
     assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
     for k, v in ranks[0]["state"].items():
         assert torch.equal(v, ranks[1]["state"][k]), k
+
+
+def test_a_lightning_step_reads_w_once_and_matches_the_hand_written_loop(monkeypatch) -> None:
+    """One host read of w per layer and step through the callback, logging on (issue 29)."""
+    import lightning.pytorch as pl
+
+    sys.path.insert(0, str(HERE.parent / "depth"))
+    from test_host_reads import count_w_reads
+
+    torch.manual_seed(0)
+    model = Net()
+    reads_per_step: list[int] = []
+
+    class Count(pl.Callback):
+        def on_train_batch_start(self, *args: object) -> None:
+            self.start = counter.count
+
+        def on_train_batch_end(self, *args: object) -> None:
+            reads_per_step.append(counter.count - self.start)
+
+    t = trainer(max_epochs=3, callbacks=[LearnedDepth(log=True), Count()], log_every_n_steps=1000)
+    with count_w_reads(monkeypatch, [model.layer.w]) as counter:
+        t.fit(model, data())
+    assert reads_per_step == [1] * 9  # forward and penalty together; the logged w is not read
+    assert model.layer.built_blocks >= 10  # it grew in those steps, through the forward
+    assert_equal_states(model, by_hand(3, 3))

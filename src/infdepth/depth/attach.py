@@ -66,9 +66,18 @@ class Attachment:
         _LIVE.add(self)
 
     def _before_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self.take_built()
+
+    def take_built(self) -> None:
+        """Hand the optimizer the sub-layers built since its last look (no read of ``w``).
+
+        The step pre-hook does this; call it where a step's forward runs *after* that hook,
+        inside ``optimizer.step(closure)`` (Lightning's automatic optimization), so that the
+        sub-layers the closure's forward built are stepped in this very step.
+        """
         events = growth_events()
         if events != self._seen:
-            register_built(self.model, optimizer)
+            register_built(self.model, self.optimizer)
             self._seen = events
 
     def _before_load(self, optimizer: Optimizer, state_dict: dict[str, Any]) -> None:

@@ -5,13 +5,16 @@
 :func:`infdepth.fit` does:
 
 * the penalty of every submodule (:func:`infdepth.model_penalty`) is added to the loss
-  that ``training_step`` returns (inside the DDP forward, where DDP sees ``w``'s use);
+  that ``training_step`` returns (inside the DDP forward, where DDP sees ``w``'s use); a
+  g-infinity layer's penalty comes with its forward, so ``w`` is read to the host once
+  per layer and step (``w`` is logged as a tensor, read when Lightning writes its logs);
 * every optimizer Lightning made is attached (:func:`infdepth.attach`): sub-layers built
   since the last step join it before the next step, and ``Trainer.fit(ckpt_path=...)``
   loads the optimizer state of a grown model;
-* after every optimizer step the layers grow to the sub-layers their ``w`` needs; under
-  DDP the wrapper is rebuilt after a growth (DDP fixes its parameter set when it is
-  made), and unused sub-layers are allowed (``find_unused_parameters=True``), so
+* a layer's forward builds the sub-layers its ``w`` needs, and they join the optimizer
+  before the update of that step; under DDP the layers also grow after every optimizer
+  step and the wrapper is rebuilt after a growth (DDP fixes its parameter set when it is
+  made), with unused sub-layers allowed (``find_unused_parameters=True``), so
   ``strategy="ddp"`` keeps the ranks in lockstep.  The sub-layer seed is a buffer, which
   DDP broadcasts from rank 0.
 
@@ -30,8 +33,10 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
 
 from infdepth.depth.attach import Attachment, attach
+from infdepth.depth.collect import collect_penalties
 from infdepth.depth.growth import grow
 from infdepth.depth.layer import depth_layers
 from infdepth.train import model_penalty
@@ -58,12 +63,16 @@ class LearnedDepth(pl.Callback):
 
         @functools.wraps(original)
         def training_step(*args: Any, **kwargs: Any) -> Any:
-            out = original(*args, **kwargs)
-            penalty = model_penalty(pl_module)
+            # each g-infinity layer's penalty comes with its forward, at the w it read there:
+            # one host read of w per layer and step (w is logged as a tensor, read when
+            # Lightning writes its logs)
+            with collect_penalties() as produced:
+                out = original(*args, **kwargs)
+            penalty = model_penalty(pl_module, produced)
             if log:
                 pl_module.log("penalty", penalty.detach(), on_step=True, on_epoch=False)
                 for name, layer in depth_layers(pl_module):
-                    pl_module.log(f"w/{name or 'layer'}", layer.depth, on_step=True, on_epoch=False)
+                    pl_module.log(f"w/{name or 'layer'}", layer.w.detach(), on_step=True, on_epoch=False)
             if isinstance(out, Tensor):
                 return out + penalty
             if isinstance(out, Mapping) and "loss" in out:
@@ -88,11 +97,22 @@ class LearnedDepth(pl.Callback):
         grow(pl_module)
         self._rewrap(trainer, pl_module)
 
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
+    ) -> None:
+        # Lightning runs training_step inside optimizer.step(closure), after the attached
+        # step pre-hook: the sub-layers that forward built join the optimizer here, after the
+        # backward and before the update, so this step moves them (as a plain loop would)
+        for attachment in self._attachments:
+            if attachment.optimizer is optimizer:
+                attachment.take_built()
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        grown = grow(pl_module)  # the attached optimizers take the new sub-layers before their next step
-        if grown:
+        # Without DDP nothing is left to do (no read of w here).  A DDP wrapper must be
+        # rebuilt over new sub-layers, in lockstep on every rank, before the next forward.
+        if isinstance(trainer.strategy.model, DistributedDataParallel) and grow(pl_module):
             self._rewrap(trainer, pl_module)
 
     def _rewrap(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
