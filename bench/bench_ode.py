@@ -926,15 +926,23 @@ def case_compiled(h: Harness) -> None:
     from infdepth.ode import CompiledSolver
 
     compiled = CompiledSolver(lorenz, solver=Dopri5(), rtol=tol, atol=tol, max_steps=10_000_000)
+    # at equal tolerance our error at t=20 is 1.65x RK45's (load 5): the tolerance at which
+    # it is below RK45's, for the comparison at equal or smaller error
+    tight = CompiledSolver(lorenz, solver=Dopri5(), rtol=4e-9, atol=4e-9, max_steps=10_000_000)
     start = time.perf_counter()
     with torch.no_grad():
         compiled(y0, t)
     first = time.perf_counter() - start
+    with torch.no_grad():
+        tight(y0, t)
 
-    def ours() -> Outcome:
-        with torch.no_grad():
-            ys = compiled(y0, t)
-        return Outcome(ys.double(), None, compiled.stats.nfe, 0)
+    def run_compiled(solver: CompiledSolver) -> Callable[[], Outcome]:  # noqa: F821
+        def run() -> Outcome:
+            with torch.no_grad():
+                ys = solver(y0, t)
+            return Outcome(ys.double(), None, solver.stats.nfe, 0)
+
+        return run
 
     def sp() -> Outcome:
         sol = solve_ivp(_lorenz_np, (0.0, t1), [1.0, 0.0, 0.0], method="RK45", rtol=tol, atol=tol)
@@ -944,7 +952,8 @@ def case_compiled(h: Harness) -> None:
     u0 = np.array([1.0, 0.0, 0.0])
     probes = {**cost.probes, "numpy f": _probe(lambda: _lorenz_np(0.0, u0))}
     contenders = {
-        "ours": Contender(ours, "f"),
+        "ours": Contender(run_compiled(compiled), "f"),
+        "ours_4e-9": Contender(run_compiled(tight), "f"),
         "eager": cost.contender(forward_run(field, lambda: odeint(
             field, y0, t, solver=Dopri5(), rtol=tol, atol=tol, max_steps=10_000_000)), "forward"),
         "scipy_RK45": Contender(sp, "numpy f"),
@@ -957,9 +966,16 @@ def case_compiled(h: Harness) -> None:
                                  reference=err, ref_label="at t=20 vs DOP853 rtol=atol=1e-13",
                                  speedup_goals={"scipy_RK45": 1.0}, peer_goals=False)
     if "scipy_RK45" in outcomes:
+        rk45 = max(err(outcomes["scipy_RK45"]), 1e-300)
         REPORT.count(h.ratio("lorenz20_error_compiled_over_scipy_RK45",
-                             err(outcomes["ours"]) / max(err(outcomes["scipy_RK45"]), 1e-300),
-                             goal=("<=", 1.0), note="error at t=20"))
+                             err(outcomes["ours"]) / rk45, goal=("<=", 1.0),
+                             note="error at t=20, equal tolerance"))
+        h.note("lorenz20: ours_4e-9 is the compiled solve at rtol=atol=4e-9, scipy at 1e-8")
+        REPORT.count(h.ratio("lorenz20_compiled_4e-9_speedup_vs_scipy_RK45",
+                             seconds["scipy_RK45"] / seconds["ours_4e-9"], goal=(">=", 1.0)))
+        REPORT.count(h.ratio("lorenz20_error_compiled_4e-9_over_scipy_RK45",
+                             err(outcomes["ours_4e-9"]) / rk45, goal=("<=", 1.0),
+                             note="error at t=20"))
     _compiled_note(h, "lorenz20", compiled, first, seconds)
 
     # the spiral training step of case_spiral, dopri5 through backprop
@@ -972,7 +988,7 @@ def case_compiled(h: Harness) -> None:
     model = SpiralModel()
     counted = Counted(model)
     params = list(model.parameters())
-    spiral = CompiledSolver(model, solver=Dopri5(), rtol=rtol, atol=atol)
+    spiral = CompiledSolver(model, solver=Dopri5(), rtol=rtol, atol=atol, attempts=2)
     start = time.perf_counter()
     spiral(s0, ts).sum().backward()
     first = time.perf_counter() - start

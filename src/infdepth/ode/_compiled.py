@@ -59,7 +59,8 @@ class CompiledStats:
     taken after the solve ended inside a call is not counted); ``masked`` counts those
     attempts, whose evaluations of ``f`` were computed and thrown away. ``calls``: compiled
     calls of the last solve. ``compile_seconds``: wall time of every call that compiled a new
-    graph (all solves so far), ``compiles`` their number.
+    graph (all solves so far), ``compiles`` their number; the backward graph of a solve
+    under autograd compiles at its first backward pass, which this does not count.
     """
 
     nfe: int = 0
