@@ -237,6 +237,7 @@ class CompiledSolver:
         consts = (t_end, scalar(direction))
         outs: list[torch.Tensor] = [y0.unsqueeze(0)]
         n_out = 1
+        key_tensors = [scalar(k) for k in keys]
         with contextlib.ExitStack() as stance:
             previous: tuple[object, ...] | None = None
             while n_out < len(keys):
@@ -244,7 +245,7 @@ class CompiledSolver:
                     raise SolverError(
                         f"max_steps={self.max_steps} reached at t={float(state[0]):.6g} before "
                         f"t={keys[-1] * direction:.6g}; raise max_steps or loosen rtol/atol")
-                previous = self._call(stance, previous, *state, *consts, scalar(keys[n_out]))
+                previous = self._call(stance, previous, *state, *consts, key_tensors[n_out])
                 result = self._result
                 state = result[:6]
                 log, hit_y0, hit_y1, hit_k = result[6:]
