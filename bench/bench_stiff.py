@@ -1,4 +1,4 @@
-"""Benchmark: stiff solvers (KenCarp4) against scipy's Radau and BDF; Dopri8 against Dopri5.
+"""Benchmark: stiff solvers (KenCarp4, Kvaerno5) against scipy's Radau and BDF; Dopri8 against Dopri5.
 
 Cases (float64, one thread, contenders interleaved, bench/_harness.py):
 
@@ -6,7 +6,10 @@ Cases (float64, one thread, contenders interleaved, bench/_harness.py):
   Pol, mu = 1000, on [0, 3000]. Ours against scipy Radau and BDF at the same rtol/atol (scipy
   given the analytic Jacobian, ours computes it with torch.func): time, steps, Jacobian
   evaluations, error against Radau at rtol 1e-12. Goals (issue 27): error no worse than scipy's,
-  time within 3x (``*_time_vs_scipy_*`` = scipy time / ours >= 1/3).
+  time within 3x (``*_time_vs_scipy_*`` = scipy time / ours >= 1/3). "ours" is KenCarp4;
+  Kvaerno5 runs beside it (``*_kvaerno5_*_vs_kencarp4``, no goal). ``hires``: HIRES (8 species,
+  [0, 321.8122]) at rtol 1e-8 / atol 1e-10, the tight tolerance where an order-5 method should
+  pay.
 * ``robertson_batch``: ``--batch`` (1024) Robertson problems whose rate constants are spread over
   a decade, one batched call against as many sequential scipy BDF calls; goal >= 10x.
 * ``explicit_on_stiff``: Dopri5 on the same problems over a short span (NFE and time), to show
@@ -26,7 +29,7 @@ import torch
 from _harness import Harness, add_arguments
 from scipy.integrate import solve_ivp
 
-from infdepth.ode import Dopri5, Dopri8, KenCarp4, PIController, RungeKutta
+from infdepth.ode import Dopri5, Dopri8, KenCarp4, Kvaerno5, PIController, RungeKutta
 from infdepth.ode._integrate import integrate
 from infdepth.ode._odeint import _output_grid
 from infdepth.ode._stepping import Stats
@@ -68,6 +71,32 @@ def vdp_jac(t: float, y: np.ndarray) -> np.ndarray:
     return np.array([[0.0, 1.0], [-2 * MU * y[0] * y[1] - 1, MU * (1 - y[0] ** 2)]])
 
 
+HIRES_A = np.array([
+    [-1.71, 0.43, 8.32, 0, 0, 0, 0, 0], [1.71, -8.75, 0, 0, 0, 0, 0, 0],
+    [0, 0, -10.03, 0.43, 0.035, 0, 0, 0], [0, 8.32, 1.71, -1.12, 0, 0, 0, 0],
+    [0, 0, 0, 0, -1.745, 0.43, 0.43, 0], [0, 0, 0, 0.69, 1.71, -0.43, 0.69, 0],
+    [0, 0, 0, 0, 0, 0, -1.81, 0], [0, 0, 0, 0, 0, 0, 1.81, 0]])
+HIRES_C = np.array([0.0007, 0, 0, 0, 0, 0, 0, 0])
+HIRES_R = np.array([0, 0, 0, 0, 0, -1.0, 1.0, -1.0])  # where 280 y6 y8 enters
+
+
+def hires(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """HIRES (Schaefer 1975; Hairer & Wanner's stiff test set): linear part plus 280 y6 y8."""
+    a, c, r = (torch.tensor(x, dtype=y.dtype) for x in (HIRES_A, HIRES_C, HIRES_R))
+    return y @ a.T + c + 280 * y[..., 5:6] * y[..., 7:8] * r
+
+
+def hires_np(t: float, y: np.ndarray) -> np.ndarray:
+    return HIRES_A @ y + HIRES_C + 280 * y[5] * y[7] * HIRES_R
+
+
+def hires_jac(t: float, y: np.ndarray) -> np.ndarray:
+    j = HIRES_A.copy()
+    j[:, 5] += 280 * y[7] * HIRES_R
+    j[:, 7] += 280 * y[5] * HIRES_R
+    return j
+
+
 def ours(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,
          t: np.ndarray, solver: RungeKutta, rtol: float, atol: float,
          max_steps: int = 1_000_000) -> tuple[torch.Tensor, Stats]:
@@ -86,10 +115,12 @@ def case_single(h: Harness, name: str, f: Callable, f_np: Callable, jac: Callabl
     y0_t = torch.tensor(y0, dtype=D)
     results: dict[str, tuple[np.ndarray, str]] = {}
 
-    def run_ours() -> None:
-        ys, st = ours(f, y0_t, t, KenCarp4(), rtol, atol)
-        results["ours"] = (ys.numpy(), f"steps {st.accepted}+{st.rejected} rejected, nfe {st.nfe}"
-                                       f", jacobians {st.jacobians}, LU {st.factorizations}")
+    def run_ours(solver: RungeKutta, key: str) -> Callable[[], None]:
+        def run() -> None:
+            ys, st = ours(f, y0_t, t, solver, rtol, atol)
+            results[key] = (ys.numpy(), f"steps {st.accepted}+{st.rejected} rejected, nfe "
+                                        f"{st.nfe}, jacobians {st.jacobians}, LU {st.factorizations}")
+        return run
 
     def scipy(method: str) -> Callable[[], None]:
         def run() -> None:
@@ -98,7 +129,9 @@ def case_single(h: Harness, name: str, f: Callable, f_np: Callable, jac: Callabl
             results[method] = (s.y.T, f"nfe {s.nfev}, jacobians {s.njev}, LU {s.nlu}")
         return run
 
-    seconds = h.time({"ours": run_ours, "Radau": scipy("Radau"), "BDF": scipy("BDF")})
+    seconds = h.time({"ours": run_ours(KenCarp4(), "ours"),
+                      "kvaerno5": run_ours(Kvaerno5(), "kvaerno5"),
+                      "Radau": scipy("Radau"), "BDF": scipy("BDF")})
     h.times(name, seconds)
     err = {k: float((np.abs(v[0] - ref) / (atol + rtol * np.abs(ref))).max())
            for k, v in results.items()}
@@ -108,6 +141,9 @@ def case_single(h: Harness, name: str, f: Callable, f_np: Callable, jac: Callabl
         h.ratio(f"{name}_time_vs_scipy_{peer}", seconds[peer] / seconds["ours"],
                 goal=(">=", 1 / 3))
         h.ratio(f"{name}_error_vs_scipy_{peer}", err["ours"] / err[peer], goal=("<=", 1.0))
+    # ours is KenCarp4; Kvaerno5 (order 5) beside it, no goal
+    h.ratio(f"{name}_kvaerno5_time_vs_kencarp4", seconds["kvaerno5"] / seconds["ours"])
+    h.ratio(f"{name}_kvaerno5_error_vs_kencarp4", err["kvaerno5"] / err["ours"])
 
 
 def case_batch(h: Harness, batch: int) -> None:
@@ -183,7 +219,7 @@ def main() -> None:
     add_arguments(parser, repeats=5, quick=1)
     parser.add_argument("--batch", type=int, default=1024,
                         help="problems in the batched Robertson case (default 1024)")
-    parser.add_argument("--cases", default="robertson,vdp,batch,explicit,dopri8",
+    parser.add_argument("--cases", default="robertson,vdp,hires,batch,explicit,dopri8",
                         help="comma list of cases to run")
     args = parser.parse_args()
     h = Harness(args, "stiff solvers against scipy; Dopri8 against Dopri5 (issue 27)")
@@ -194,6 +230,9 @@ def main() -> None:
     if "vdp" in cases:
         case_single(h, "vdp_mu1000", vdp, vdp_np, vdp_jac, [2.0, 0.0], np.linspace(0, 3000, 7),
                     1e-6, 1e-6)
+    if "hires" in cases:  # tight tolerance, where order 5 should pay
+        case_single(h, "hires", hires, hires_np, hires_jac, [1.0, 0, 0, 0, 0, 0, 0, 0.0057],
+                    np.array([0.0, 5.0, 10.0, 50.0, 100.0, 321.8122]), 1e-8, 1e-10)
     if "batch" in cases:
         case_batch(h, args.batch)
     if "explicit" in cases:
