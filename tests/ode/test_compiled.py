@@ -52,6 +52,17 @@ def test_same_steps_and_outputs_as_the_eager_loop(lorenz_solver: CompiledSolver,
     assert got.compiles == 1  # both directions and every output grid share one graph
 
 
+def test_float32_state_takes_the_eager_steps() -> None:
+    y0 = torch.tensor([1.0, 0.0, 0.0])
+    t = torch.tensor([0.0, 0.3, 1.0])
+    solver = CompiledSolver(lorenz, rtol=1e-5, atol=1e-6, attempts=3, backend="aot_eager")
+    ys = solver(y0, t)
+    ref, stats = _eager(lorenz, y0, t, Dopri5(), solver.controller)
+    assert ys.dtype == torch.float32
+    torch.testing.assert_close(ys, ref, rtol=1e-5, atol=1e-5)
+    assert (solver.stats.accepted, solver.stats.rejected) == (stats.accepted, stats.rejected)
+
+
 def test_max_steps_is_a_solver_error(lorenz_solver: CompiledSolver) -> None:
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     lorenz_solver.max_steps = 5
