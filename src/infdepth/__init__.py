@@ -63,12 +63,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the names as eager imports
         InfiniteDepth,
         StretchedGate,
         UnregisteredGrowthWarning,
-        attach,
         depth_layers,
         grow,
         total_penalty,
         update_average,
     )
+    from infdepth.depth.attach import attach
     from infdepth.errors import DivergenceError, InputError
     from infdepth.limits import (
         InfiniteDepthKernel,

@@ -14,6 +14,7 @@ every call and dropped when it returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +34,8 @@ class CompiledDepth(nn.Module):
     ``forward``).  ``fullgraph=True`` then works.  The parameters are ``model``'s (the
     compiled module is not a submodule, so nothing is listed twice).
     """
+
+    _compiled: Callable[..., Any]  # set with object.__setattr__: not a submodule
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         super().__init__()
@@ -54,5 +57,5 @@ class CompiledDepth(nn.Module):
         try:
             return self._compiled(*args, **kwargs)
         finally:
-            for layer in given:
-                GIVEN_DEPTHS.pop(layer, None)
+            for done in given:
+                GIVEN_DEPTHS.pop(done, None)

@@ -18,6 +18,7 @@ layer's penalty too, so a training step reads ``w`` once per layer.  Then either
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -92,7 +93,7 @@ def run_fixed(layer: InfiniteDepth, x: Tensor, gates: Tensor) -> Tensor:
     return h(x) if len(gates) == 0 else x
 
 
-def _h_fast(h: nn.Module) -> nn.Module | None:
+def _h_fast(h: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor] | None:
     """``h`` to apply after each sub-layer; None for the identity, ``torch.relu`` for ReLU."""
     return None if isinstance(h, nn.Identity) else torch.relu if type(h) is nn.ReLU else h
 
@@ -130,7 +131,9 @@ def run_graph(layer: InfiniteDepth, x: Tensor, n: int) -> Tensor:
     return _loop(layer, x, deltas, _h_fast(layer.h))
 
 
-def _loop(layer: InfiniteDepth, x: Tensor, deltas: tuple[Tensor, ...], h_fast: nn.Module | None) -> Tensor:
+def _loop(
+    layer: InfiniteDepth, x: Tensor, deltas: tuple[Tensor, ...], h_fast: Callable[[Tensor], Tensor] | None
+) -> Tensor:
     merge = layer.merge
     blocks = layer.blocks
     # indexed, not iterated: a traced graph then depends on the n sub-layers it runs, not on

@@ -346,8 +346,13 @@ class InfiniteDepth(nn.Module):
         if torch.compiler.is_compiling():  # read before the call (CompiledDepth), else here
             n = forward.GIVEN_DEPTHS.get(self)
             return forward.run_graph(self, x, forward.enter_compiled(self, x) if n is None else n)
-        w = forward.enter(self, x)
-        out = forward.run_fixed(self, x, self.frozen_gates) if w is None else forward.run_eager(self, x, w)
+        w = forward.enter(self, x)  # None: the depth is fixed (fix_depth), its gates frozen
+        if w is None:
+            frozen = self.frozen_gates
+            assert frozen is not None  # enter returns None for a fixed depth only
+            out = forward.run_fixed(self, x, frozen)
+        else:
+            out = forward.run_eager(self, x, w)
         forward.record_penalty(self, w)  # after the sub-layers: the autograd order of before
         return out
 
