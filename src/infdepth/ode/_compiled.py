@@ -142,7 +142,8 @@ class CompiledSolver:
 
     def _attempts(self, t: torch.Tensor, y: torch.Tensor, k1: torch.Tensor, h: torch.Tensor,
                   prev_r: torch.Tensor, done: torch.Tensor, t_end: torch.Tensor,
-                  direction: torch.Tensor, next_key: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                  direction: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor,
+                  next_key: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Up to ``attempts`` steps; stops (masks the rest) after the first accepted step that
         reaches ``next_key`` (the next output time times ``direction``), whose start state,
         end state and stages it returns for the dense output."""
@@ -160,7 +161,7 @@ class CompiledSolver:
             h_signed = direction * torch.where(last, rem, h)
             y1, ks, err = self._step(t, h_signed, y, k1)
             with torch.no_grad():
-                scale = ctrl.atol + ctrl.rtol * torch.maximum(y.detach().abs(), y1.detach().abs())
+                scale = atol + rtol * torch.maximum(y.detach().abs(), y1.detach().abs())
                 r = (torch.linalg.vector_norm(err.detach() / scale) * inv_sqrt_n).to(torch.float64)
                 factor = ctrl.safety * r.pow(expo) * prev_r.pow(p_expo)
                 factor = torch.where(r == 0, torch.full_like(r, ctrl.factor_max), factor)
@@ -234,7 +235,10 @@ class CompiledSolver:
 
         state: tuple[torch.Tensor, ...] = (t_val.clone(), y0, k1, scalar(min(h0, ctrl.dtmax)),
                                            scalar(1.0), torch.tensor(False, device=y0.device))
-        consts = (t_end, scalar(direction))
+        # the tolerances are inputs, not constants: solvers that differ only in them share
+        # one compiled graph (inductor's cache finds it)
+        tols = [torch.tensor(x, dtype=y0.dtype, device=y0.device) for x in (ctrl.rtol, ctrl.atol)]
+        consts = (t_end, scalar(direction), *tols)
         outs: list[torch.Tensor] = [y0.unsqueeze(0)]
         n_out = 1
         key_tensors = [scalar(k) for k in keys]
