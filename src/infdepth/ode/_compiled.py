@@ -7,8 +7,8 @@ of a compiled function takes ``attempts`` steps in a row: for each, the stages, 
 state, the error norm, the accept/reject decision and the next step size (the same
 formulas as :class:`~infdepth.ode.PIController`, as tensor operations), with a rejected
 or superfluous attempt masked out by ``torch.where``. The graph has static shapes and the
-times and step sizes are tensors, so it compiles once per state shape and dtype and is
-reused by every later solve of the same :class:`CompiledSolver`. The host loop reads one
+times, step sizes and tolerances are tensors, so it compiles once per state shape and dtype
+and is reused by every later solve of the same :class:`CompiledSolver`. The host loop reads one
 small table per call (which attempts were taken and accepted, their times and step
 sizes), raises the errors of the eager loop, and evaluates the dense output at the
 requested times from the stages the call returned.
