@@ -6,7 +6,7 @@
 """
 
 from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMethod
-from infdepth.ode._block import ODEBlock
+from infdepth.ode._block import Depths, ODEBlock
 from infdepth.ode._compiled import CompiledSolver
 from infdepth.ode._controller import ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
@@ -39,6 +39,7 @@ __all__ = [
     "Checkpointed",
     "CompiledSolver",
     "ConstantStepSize",
+    "Depths",
     "Dopri5",
     "Dopri8",
     "ESDIRK",

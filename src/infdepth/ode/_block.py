@@ -5,16 +5,38 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from infdepth.errors import InputError
-from infdepth.ode._adjoint import Adjoint, Checkpointed, GradientMethod
+from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMethod
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL
+from infdepth.ode._events import Event, SteadyState
 from infdepth.ode._odeint import solve
+from infdepth.ode._per_sample import Status
 from infdepth.ode._regularisers import Regulariser, augment, check_regularisers, split
+from infdepth.ode._solution import SampleStats
+from infdepth.ode._solution import solve as solve_per_sample
 from infdepth.ode._solvers import Dopri5, RungeKutta
+
+
+@dataclass(frozen=True)
+class Depths:
+    """Where each sample of an ``ODEBlock(..., until=...)`` forward stopped: a record of
+    statistics (detached, like the NFE counters), not part of the graph.
+
+    Attributes:
+        t: ``(batch,)`` the time each sample stopped at: its depth.
+        converged: ``(batch,)`` bool, whether its ``until`` condition held before ``t1``
+            (``False``: it ran to ``t1``).
+        stats: per-sample evaluations and accepted / rejected steps.
+    """
+
+    t: torch.Tensor
+    converged: torch.Tensor
+    stats: SampleStats
 
 
 class ODEBlock(nn.Module):
@@ -49,6 +71,17 @@ class ODEBlock(nn.Module):
             their integrals along the trajectory are solved alongside ``h`` and
             :meth:`penalty` adds them (weighted, averaged over the batch); in eval mode the
             block solves for ``h`` alone.
+        until: depth until converged. ``SteadyState(atol, rtol)`` stops each sample at the
+            end of its first accepted step where ``rms(func(t, h)) < atol + rtol * rms(h)``;
+            a terminal ``Event(fn, ...)`` stops it where ``fn`` changes sign, located by root
+            finding (time and state differentiable). ``t1`` is then the largest depth. The
+            block solves with a step size per sample (:func:`infdepth.ode.solve`), so a
+            sample's output does not depend on its batch, and returns each sample's state
+            where it stopped; :attr:`last_depths` records the stopping times. ``func`` is
+            then called with ``t`` of shape ``(n,)`` on the ``n`` samples still running and
+            must treat rows independently (no BatchNorm). It needs an explicit adaptive
+            solver, ``step_size=None``, ``Backprop()`` or ``Checkpointed()``, and no
+            regularisers.
     """
 
     def __init__(
@@ -66,6 +99,7 @@ class ODEBlock(nn.Module):
         adjoint: GradientMethod | None = None,
         max_steps: int = 10_000,
         regularisers: Sequence[Regulariser] = (),
+        until: SteadyState | Event | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(func, nn.Module):
@@ -98,7 +132,12 @@ class ODEBlock(nn.Module):
         self.adjoint = adjoint
         self.max_steps = max_steps
         self.regularisers = check_regularisers(regularisers)
+        self.until = _check_until(until, self.solver, step_size, adjoint, self.regularisers)
+        if isinstance(until, Event) and isinstance(until.fn, nn.Module):
+            self.until_fn = until.fn  # its parameters train and move with the block
         self._regularisation: torch.Tensor | None = None  # of the last training forward
+        self.last_depths: Depths | None = None
+        """Where each sample stopped in the last forward with ``until`` (``None`` before)."""
         self.nfe_forward = 0
         self.nfe_backward = 0
 
@@ -125,6 +164,8 @@ class ODEBlock(nn.Module):
         t1 = self.t1.clamp(min=self.t1_min).to(h0.device)
         t = torch.stack([torch.zeros_like(t1), t1])
         self._regularisation = None
+        if self.until is not None:
+            return self._until_converged(h0, t)
         if self.regularisers and self.training:  # integrated alongside h
             field, z0 = augment(self._field, h0, self.regularisers)
             zs = solve(field, z0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
@@ -137,6 +178,25 @@ class ODEBlock(nn.Module):
                    max_steps=self.max_steps, f_backward=self._field_backward)
         return ys[-1]
 
+    def _until_converged(self, h0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # one entry point whose counter changes once the forward solve has returned: the
+        # evaluations Checkpointed retakes in backward count as backward ones
+        entry = [self._field]
+
+        def field(s: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return entry[0](s, h)
+
+        sol = solve_per_sample(field, h0, t, solver=self.solver, rtol=self.rtol, atol=self.atol,
+                               event=self.until, adjoint=self.adjoint, max_steps=self.max_steps,
+                               dense=False)
+        entry[0] = self._field_backward
+        if not torch.compiler.is_compiling():
+            stopped = sol.status == Status.EVENT
+            depth = torch.where(stopped, sol.event_t.detach(), sol.ts[-1].detach())
+            self.last_depths = Depths(depth, stopped, sol.stats)
+        # after its stop a sample's outputs hold the state it stopped in
+        return sol.ys[-1]
+
     def penalty(self) -> torch.Tensor:
         """``t1_l2 * t1**2`` plus the regularisers' integrals of the last training forward
         pass (weighted, averaged over its samples): the penalty to add to the training loss."""
@@ -146,5 +206,34 @@ class ODEBlock(nn.Module):
         return depth + self._regularisation.to(depth.dtype)
 
     def extra_repr(self) -> str:
+        until = "" if self.until is None else f", until={self.until!r}"
         return (f"t1={float(self.t1.detach()):.4g}, learn_t1={isinstance(self.t1, nn.Parameter)}, "
-                f"solver={type(self.solver).__name__}()")
+                f"solver={type(self.solver).__name__}(){until}")
+
+
+def _check_until(until: object, solver: RungeKutta, step_size: float | None,
+                 adjoint: GradientMethod | None, regularisers: Sequence[Regulariser]
+                 ) -> SteadyState | Event | None:
+    if until is None:
+        return None
+    if not isinstance(until, (SteadyState, Event)):
+        raise InputError(f"until={until!r} is not accepted; expected SteadyState(atol, rtol) "
+                         "or a terminal Event(fn, ...)")
+    if isinstance(until, Event) and not until.terminal:
+        raise InputError("until=Event(..., terminal=False) is not accepted: it would not stop "
+                         "a sample; pass a terminal Event")
+    if (not isinstance(solver, RungeKutta) or type(solver).tensors is not RungeKutta.tensors
+            or not solver.adaptive or not solver.fsal):  # implicit solvers have their own
+        raise InputError(f"solver={solver!r} is not accepted with until=: each sample stops on "
+                         "its own steps, which needs an explicit adaptive solver (Bosh3, "
+                         "Dopri5, Tsit5, Dopri8)")
+    if step_size is not None:
+        raise InputError(f"step_size={step_size!r} is not accepted with until=: the steps are "
+                         "adaptive, one sequence per sample")
+    if adjoint is not None and not isinstance(adjoint, (Backprop, Checkpointed)):
+        raise InputError(f"adjoint={adjoint!r} is not accepted with until=: Backprop() and "
+                         "Checkpointed() differentiate the per-sample solve")
+    if regularisers:
+        raise InputError("regularisers are not accepted with until=: their integrals would "
+                         "join the state whose slope decides convergence")
+    return until
