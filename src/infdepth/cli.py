@@ -30,7 +30,7 @@ from infdepth.errors import DivergenceError, InputError, brief, check_device
 # name -> (module exposing ``register(subparsers: argparse._SubParsersAction) -> None``, its
 # one-line help).  Only the command being run is imported: ``infdepth --help`` lists the
 # others from here without torch (a test checks that the lines match the modules' own), and
-# the modules named are torch-free (all but ``ode``), so ``infdepth xor --help`` is too.
+# the modules named are torch-free, so ``infdepth xor --help`` (or ``ode params --help``) is too.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "xor": ("infdepth.experiments.depth.xor_config",
             "reproduce the XOR experiment (learned depth against task difficulty)"),

@@ -10,8 +10,10 @@
 ``nfe_figure`` (not a subcommand: ``python -m infdepth.experiments.ode.nfe_figure``) draws NFE
 per epoch of several ``params`` runs, grouped by setting (the regulariser reproduction).
 
-Each module holds a frozen ``Config`` (the only place its defaults are written),
-``add_arguments(parser)`` derived from it, ``run(config, ctx) -> summary`` and ``main(args)``.
+Two modules per experiment: ``<name>_config`` holds the frozen ``Config`` (the only place its
+defaults are written), ``add_arguments(parser)`` derived from it and ``register``, torch-free so
+that ``--help`` imports no torch; ``<name>`` holds ``run(config, ctx) -> summary`` and
+``main(args)``, imported only when the command runs (and re-exports the ``Config``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from infdepth.experiments.ode import memory, params, spiral
+from infdepth.experiments.ode import memory_config, params_config, spiral_config
 
-__all__ = ["memory", "params", "register", "spiral"]
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -35,5 +37,5 @@ def register(sub: Any) -> None:
     ode_sub: argparse._SubParsersAction = p.add_subparsers(
         dest="subcommand", metavar="EXPERIMENT", required=True
     )
-    for module in (memory, params, spiral):
+    for module in (memory_config, params_config, spiral_config):
         module.register(ode_sub)
