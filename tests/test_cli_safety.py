@@ -317,12 +317,15 @@ def test_sigterm_is_one_line_exit_143_and_the_checkpoint_stays_loadable(tmp_path
     assert [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.5])
+@pytest.mark.parametrize("delay", [0.3, 1.0, 1.5, 2.5])
 def test_ctrl_c_while_the_command_imports_is_one_line_and_exit_130(tmp_path: Path, delay: float) -> None:
     proc = _start(["xor", "--k", "1", "--seeds", "0", *LONG], tmp_path / "run")
     time.sleep(delay)  # torch, SciPy and the experiments are still being imported
     os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    # 130, or death by SIGINT, which a shell reports as 130 as well: CPython ends with SIGINT's
+    # status when the KeyboardInterrupt, although caught, was raised inside an exec() of source
+    # text (dataclasses build their methods so, while a late import runs)
+    assert proc.wait(timeout=60) in (130, -signal.SIGINT)
     assert "interrupted" in one_line(proc.stderr.read())
 
 

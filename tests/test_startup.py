@@ -65,7 +65,7 @@ def test_a_subcommand_runs_the_module_of_its_experiment(command: str) -> None:
     from infdepth.cli import build_parser
 
     args = build_parser(command.split()[0]).parse_args(command.split())
-    module, name = args.func.args  # deferred: imported when the command runs
+    module, name = args.func.module, args.func.name  # deferred: imported when the command runs
     run = importlib.import_module(module)
     assert callable(getattr(run, name)) and run.Config.__module__ == module + "_config"
 

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from infdepth._interrupt import _is_command
 from infdepth.errors import DivergenceError, InputError, brief, check_device
 
 # name -> (module exposing ``register(subparsers: argparse._SubParsersAction) -> None``, its
@@ -138,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)  # --help and bad flags end here
         from infdepth import distributed, runfolder  # what running any command needs
         from infdepth.ode import SolverError
+
+        load = getattr(args.func, "load", None)
+        if load is not None:  # the command's own modules, while Ctrl-C still ends it at once
+            load()
     except KeyboardInterrupt:  # Ctrl-C may well come during those imports
         print("infdepth: interrupted", file=sys.stderr)
         return 130
@@ -198,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if threading_main():
             signal.signal(signal.SIGTERM, on_term)
+            if _is_command():  # this process is the command, and it is ending: a Ctrl-C that
+                # arrives now (or one Python still holds pending) must not turn the exit code
+                # into a KeyboardInterrupt; a program that calls main() keeps its own Ctrl-C
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             if code == 2:
                 runfolder.undo()  # a refused resume leaves its run folder as it found it

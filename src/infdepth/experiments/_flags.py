@@ -18,9 +18,8 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import field, fields
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "INT_MAX", "MAX_SUBLAYERS", "SEED_MAX", "add_config_arguments", "add_run_arguments", "config_dict",
@@ -218,10 +217,27 @@ def add_run_arguments(
                         "default; 1 is fastest on a shared machine) (default: %(default)s)")
 
 
-def _call(module: str, name: str, args: argparse.Namespace) -> int:
-    return int(getattr(importlib.import_module(module), name)(args) or 0)
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """A command's ``func``: ``module.name(args)``, ``module`` imported only when the command runs.
+
+    :meth:`load` imports it ahead of the call: :func:`infdepth.cli.main` does so while its
+    start-up Ctrl-C handler is still in place (a Ctrl-C inside an import can otherwise end
+    the process with SIGINT's status although the command answered it).
+    """
+
+    module: str
+    name: str = "main"
+
+    def load(self) -> Callable[[argparse.Namespace], Any]:
+        """The command's function, its module imported."""
+        run = getattr(importlib.import_module(self.module), self.name)
+        return cast(Callable[[argparse.Namespace], Any], run)
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        return int(self.load()(args) or 0)
 
 
-def deferred(module: str, name: str = "main") -> Callable[[argparse.Namespace], int]:
+def deferred(module: str, name: str = "main") -> Deferred:
     """A command's ``func``: ``module.name(args)``, ``module`` imported only when the command runs."""
-    return partial(_call, module, name)
+    return Deferred(module, name)
