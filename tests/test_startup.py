@@ -86,12 +86,22 @@ def test_importing_the_library_pulls_in_no_heavy_module(code: str) -> None:
     assert not [m for m in HEAVY if m in loaded]
 
 
-def test_every_public_name_resolves_and_an_unknown_one_raises() -> None:
-    import infdepth
+@pytest.mark.parametrize("package", ["infdepth", "infdepth.limits"])
+def test_every_public_name_resolves_and_an_unknown_one_raises(package: str) -> None:
+    import importlib
 
-    for name in infdepth.__all__:
-        assert getattr(infdepth, name) is not None, name
-    assert set(infdepth.__all__) <= set(dir(infdepth))
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name
+    assert set(module.__all__) <= set(dir(module))
+    with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'Nonexistent'"):
+        module.Nonexistent  # noqa: B018
+
+
+def test_a_public_name_comes_from_its_defining_module() -> None:
+    import infdepth
+    import infdepth.limits
+
     assert infdepth.InfiniteDepth.__module__.startswith("infdepth.depth")
-    with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
-        infdepth.Nonexistent  # noqa: B018
+    assert infdepth.limits.simulate.__module__ == "infdepth.limits.sde"
+    assert infdepth.ode.__name__ == "infdepth.ode"

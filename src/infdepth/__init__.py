@@ -14,10 +14,10 @@ than ``import torch`` (issue 29).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infdepth import _interrupt  # noqa: F401  (first: Ctrl-C while the command starts)
+from infdepth._lazy import lazy_names
 
 # public name -> the module that defines it (modules themselves map to None)
 _EXPORTS: dict[str, str | None] = {
@@ -36,20 +36,7 @@ _EXPORTS: dict[str, str | None] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name on first use; it is then an ordinary attribute of the package."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'infdepth' has no attribute {name!r}")
-    module = _EXPORTS[name]
-    value = importlib.import_module(f"infdepth.{name}") if module is None \
-        else getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_names("infdepth", _EXPORTS, globals())
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the names as eager imports
     from infdepth import (

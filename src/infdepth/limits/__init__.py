@@ -16,11 +16,12 @@ The names load on first use (PEP 562), each with only the modules it needs:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from infdepth._lazy import lazy_names
 
 # public name -> the module that defines it
-_EXPORTS: dict[str, str] = {
+_EXPORTS: dict[str, str | None] = {
     "KNOWN_ACTIVATIONS": "infdepth.limits._names",
     **dict.fromkeys(("Activation", "resolve_activation"), "infdepth.limits._activation"),
     "InfiniteDepthKernel": "infdepth.limits._sklearn",
@@ -36,18 +37,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Load a public name on first use; it is then an ordinary attribute of the package."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'infdepth.limits' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_names("infdepth.limits", _EXPORTS, globals())
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the names as eager imports
     from infdepth.limits._activation import Activation, resolve_activation
