@@ -156,6 +156,28 @@ def test_compiled_ode_block_matches_eager() -> None:
         torch.testing.assert_close(ours_grads[name], eager_grads[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("learn_t1", [False, True])
+def test_a_fixed_step_ode_block_breaks_the_graph_only_to_read_its_times(learn_t1: bool) -> None:
+    class Field(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+
+        def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+            return self.net(h)
+
+    block = ODEBlock(Field(), t1=1.5, learn_t1=learn_t1, solver=RK4(), step_size=0.05)
+    dynamo.reset()
+    explained = dynamo.explain(block)(torch.randn(16, 2))
+    # the one host read of the time grid (t1's value decides the number of steps), seen from
+    # each frame it passes through; the 30 steps and their stages are traced, not broken up
+    assert explained.break_reasons, "the host read of the times is a graph break"
+    for reason in explained.break_reasons:
+        assert reason.user_stack[-1].name == "_output_grid", reason.reason
+    assert explained.graph_count <= 4
+    assert explained.op_count >= 30 * 4  # four stages a step, each at least one operation
+
+
 def test_compiled_ode_block_adaptive_with_the_adjoint() -> None:
     from infdepth.ode import Adjoint, Dopri5
 

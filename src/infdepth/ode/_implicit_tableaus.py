@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 from infdepth.ode._tableaus import ButcherTableau
 
@@ -28,7 +27,7 @@ class ESDIRKTableau(ButcherTableau):
 
     gamma: float = 0.0
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         s = len(self.c)
         if not self.gamma > 0:
             raise ValueError("an ESDIRK tableau needs a diagonal gamma > 0")
@@ -40,8 +39,7 @@ class ESDIRKTableau(ButcherTableau):
             if abs(ci - sum(row) - self.gamma) > 1e-12:
                 raise ValueError("each implicit c[i] must equal sum(a[i - 1]) + gamma")
 
-    @cached_property
-    def fsal(self) -> bool:
+    def _is_fsal(self) -> bool:
         """Stiffly accurate: the last stage is ``(t1, y1)``, so ``k_s = f(t1, y1)``."""
         last = (*self.a[-1], self.gamma)
         return self.c[-1] == 1.0 and all(

@@ -22,6 +22,10 @@ def _time_dtype(y0: torch.Tensor, t: torch.Tensor) -> torch.dtype:
     return torch.float64
 
 
+_NOT_MONOTONE = ("t must be strictly increasing or strictly decreasing along its first axis "
+                 "(every sample in the same direction)")
+
+
 def _output_grid(t: torch.Tensor, y0: torch.Tensor) -> tuple[OutputGrid, tuple[int, ...] | None]:
     """Sorted output times; for per-sample grids also the permutation back to ``(T, B)``."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -36,20 +40,23 @@ def _output_grid(t: torch.Tensor, y0: torch.Tensor) -> tuple[OutputGrid, tuple[i
             f"batch={t.shape[1]}; got y0 of shape {tuple(y0.shape)}"
         )
     td = t.detach()
+    tt = t.to(device=y0.device, dtype=_time_dtype(y0, t))
+    if t.ndim == 1:  # one host read (the one graph break inside torch.compile), checked on the host
+        values = tt.detach().tolist()
+        if not all(math.isfinite(v) for v in values):
+            raise InputError("t contains NaN or infinite times; expected finite times")
+        direction = 1.0 if values[1] > values[0] else -1.0
+        keys = [direction * v for v in values]
+        if not all(a < b for a, b in zip(keys, keys[1:])):
+            raise InputError(_NOT_MONOTONE)
+        return OutputGrid(times=tt, keys=keys, rows=None, direction=direction), None
     if not bool(torch.isfinite(td).all()):
         raise InputError("t contains NaN or infinite times; expected finite times")
     diff = td[1:] - td[:-1]
     increasing = bool((diff > 0).all())
     if not increasing and not bool((diff < 0).all()):
-        raise InputError(
-            "t must be strictly increasing or strictly decreasing along its first axis "
-            "(every sample in the same direction)"
-        )
+        raise InputError(_NOT_MONOTONE)
     direction = 1.0 if increasing else -1.0
-    tt = t.to(device=y0.device, dtype=_time_dtype(y0, t))
-    if t.ndim == 1:
-        keys = (direction * tt.detach()).tolist()
-        return OutputGrid(times=tt, keys=keys, rows=None, direction=direction), None
     if not bool((td[0] == td[0, 0]).all()):
         raise InputError("per-sample times must share their first time t[0, :] (where y0 is given)")
     flat = tt.reshape(-1)
@@ -104,7 +111,8 @@ def odeint(
             size and accept/reject decision (:func:`~infdepth.ode.solve`, which also returns
             statistics, a status per sample and events); ``f`` then receives ``t`` of shape
             ``(n,)``, one time per row, and only the rows still running. Explicit adaptive
-            solvers, with ``Backprop()`` or ``Checkpointed()``.
+            solvers, with every gradient method: ``Adjoint()`` then solves the adjoint
+            backwards per sample too (its own steps and error norm).
 
     Returns:
         ``(T, *y0.shape)`` tensor: ``out[i]`` is the state at ``t[i]`` (for per-sample
@@ -152,7 +160,9 @@ def solve(
         )
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point():
         raise InputError("y0 must be a floating-point tensor")
-    if not bool(torch.isfinite(y0.detach()).all()):
+    # a host sync, left out inside torch.compile (a graph break): a non-finite y0 there gives
+    # non-finite outputs, which fit reports as a divergence
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(y0.detach()).all()):
         raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise InputError(f"max_steps={max_steps!r} is not accepted; expected an integer >= 1")

@@ -7,13 +7,36 @@ output times they move with (:func:`step_times`), so every output time gets its 
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from infdepth.ode._interp import dense_eval
+
+
+def bisect_left(keys: list[float], x: float, lo: int = 0) -> int:
+    """:func:`bisect.bisect_left` in Python: ``torch.compile`` traces it (the C one is a graph break)."""
+    hi = len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if keys[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def bisect_right(keys: list[float], x: float, lo: int = 0) -> int:
+    """:func:`bisect.bisect_right` in Python (see :func:`bisect_left`)."""
+    hi = len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if x < keys[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-import numpy as np
 import torch
 
 from infdepth.ode import _tableaus as tab
@@ -53,24 +52,13 @@ class RungeKutta:
         """The tableau as tensors of ``dtype`` on ``device``.
 
         Built from ``self.tableau`` on every call (a few small copies, once per solve): no
-        cache that could answer for another solver.
+        cache that could answer for another solver.  From Python numbers, so that
+        ``torch.compile`` traces them as constants.
         """
         t = self.tableau
-        s = t.stages
-        a = np.zeros((s, s))
-        for i, row in enumerate(t.a):
-            a[i + 1, : i + 1] = row
-        rows = [a[1:], np.asarray(t.b)[None]]
-        if t.b_error is not None:
-            rows.append(np.asarray(t.b_error)[None])
-        if t.b_error_low is not None:
-            rows.append(np.asarray(t.b_error_low)[None])
-        weights = np.concatenate(rows, axis=0)
-
-        def as_t(x: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(np.ascontiguousarray(x), dtype=dtype, device=device)
-
-        return StepTensors(as_t(weights), as_t(np.asarray(t.c)), as_t(t.dense_matrix()))
+        return StepTensors(torch.tensor(t.weight_rows, dtype=dtype, device=device),
+                           torch.tensor(t.c, dtype=dtype, device=device),
+                           torch.tensor(t.dense_rows, dtype=dtype, device=device))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ interpolant needs one extra row, for the derivative at the end of the step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 from numpy.polynomial import polynomial as npoly
@@ -48,8 +47,26 @@ class ButcherTableau:
     b_error_low: tuple[float, ...] | None = None
     dense_c: tuple[float, ...] = ()
     dense_a: tuple[tuple[float, ...], ...] = ()
+    # derived from the fields above once, in __post_init__ (the tableau is immutable), as
+    # plain Python numbers: a solve builds its tensors from them, which torch.compile traces
+    fsal: bool = field(init=False, compare=False, repr=False)
+    """First same as last: the last stage is evaluated at ``(t1, y1)``."""
+    weight_rows: tuple[tuple[float, ...], ...] = field(init=False, compare=False, repr=False)
+    """Rows ``a[1:]`` (zero-padded to ``s`` columns), ``b``, ``b_error``, ``b_error_low``."""
+    dense_rows: tuple[tuple[float, ...], ...] = field(init=False, compare=False, repr=False)
+    """:meth:`dense_matrix` as tuples."""
 
     def __post_init__(self) -> None:
+        self._validate()
+        s = len(self.c)
+        object.__setattr__(self, "fsal", self._is_fsal())
+        rows = [(*row, *[0.0] * (s - len(row))) for row in self.a]
+        rows += [v for v in (self.b, self.b_error, self.b_error_low) if v is not None]
+        object.__setattr__(self, "weight_rows", tuple(tuple(float(x) for x in r) for r in rows))
+        dense = self._dense_matrix()
+        object.__setattr__(self, "dense_rows", tuple(tuple(float(x) for x in r) for r in dense))
+
+    def _validate(self) -> None:
         s = len(self.c)
         if len(self.a) != s - 1 or any(len(row) != i + 1 for i, row in enumerate(self.a)):
             raise ValueError("a must have len(c) - 1 rows, row i holding i + 1 entries")
@@ -65,20 +82,17 @@ class ButcherTableau:
             if abs(ci - sum(row)) > 1e-12:
                 raise ValueError("each c[i] must equal the sum of a[i - 1]")
 
-    @property
-    def stages(self) -> int:
-        return len(self.c)
-
-    @cached_property
-    def fsal(self) -> bool:
-        """First same as last: the last stage is evaluated at ``(t1, y1)``."""
-        s = self.stages
+    def _is_fsal(self) -> bool:
         return (
-            s > 1
+            len(self.c) > 1
             and self.c[-1] == 1.0
             and self.b[-1] == 0.0
             and all(abs(x - y) < 1e-15 for x, y in zip(self.a[-1], self.b[:-1], strict=True))
         )
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
 
     def dense_matrix(self) -> np.ndarray:
         """Dense-output coefficients, shape ``(rows, degree)``.
@@ -86,6 +100,9 @@ class ButcherTableau:
         ``rows`` is the number of stages, plus one for ``f(t1, y1)`` when the method
         is not FSAL and has no interpolant of its own.
         """
+        return np.asarray(self.dense_rows, dtype=np.float64)
+
+    def _dense_matrix(self) -> np.ndarray:
         if self.dense is not None:
             return np.asarray(self.dense, dtype=np.float64)
         b = np.asarray(self.b, dtype=np.float64)
