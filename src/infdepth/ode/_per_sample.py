@@ -14,6 +14,7 @@ beyond the first inside a step, and the root finding's per iteration.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -24,10 +25,12 @@ from infdepth.ode._controller import PIController
 from infdepth.ode._events import Event, SteadyState, differentiable_event, locate
 from infdepth.ode._per_sample_step import (
     PerSampleSteps,
+    RowNorm,
     StagePlan,
     _rows,
     dense_per_sample,
     dense_stages_per_sample,
+    rms_rows,
     step_per_sample,
 )
 from infdepth.ode._solvers import RungeKutta
@@ -91,22 +94,25 @@ def integrate_per_sample(
     compact: bool,
     keep_dense: bool,
     checkpoint: bool = False,
+    norm: RowNorm = rms_rows,
+    on_accept: Callable[[Record], None] | None = None,
 ) -> Raw:
     """Solve each sample of ``y0`` ``(B, ...)`` over its own output times ``tgrid[:, b]``.
 
     With ``checkpoint`` (and autograd) each pass's step keeps only its inputs and is
     retaken during backward (``torch.utils.checkpoint``), so the activations inside ``f``
-    are not stored.
+    are not stored. ``norm`` is each row's error norm; ``on_accept`` is called with every
+    pass's accepted steps (as kept for the dense output) when any was accepted.
     """
     n_out, batch = tgrid.shape
     dev, long = y0.device, torch.long
     tabs = solver.tensors(y0.dtype, y0.device)
     plan, dense = StagePlan.of(solver, tabs), tabs.dense
-    control = PerSampleSteps(ctrl, solver.order)
+    control = PerSampleSteps(ctrl, solver.order, norm)
     grad = torch.is_grad_enabled()
     t, t_end = tgrid[0].clone(), tgrid[-1]
     k1 = first_eval(f, t, y0, Stats())
-    h = PerSampleSteps.initial(ctrl, f, t, y0, k1, solver.order, direction)
+    h = PerSampleSteps.initial(ctrl, f, t, y0, k1, solver.order, direction, norm)
     prev_r = torch.ones_like(h)
     if not grad:  # without autograd the loop's tensors are updated in place
         y0, k1 = y0.clone(), k1.clone()
@@ -217,10 +223,14 @@ def integrate_per_sample(
         ys, slot = _store_outputs(ys, times, batch, slot, tq, acc, stop_t, t_new, tw, signed,
                                   yw, y1, hk, dense, event_here, direction,
                                   None if everyone else ~live)
-        if keep_dense and bool(acc.any()):
+        if (keep_dense or on_accept is not None) and bool(acc.any()):
             sel = acc.nonzero().squeeze(1)
-            records.append(Record(sel if rows is None else rows[sel], tw[sel], signed[sel],
-                                  yw[sel], hk[:, sel]))
+            rec = Record(sel if rows is None else rows[sel], tw[sel], signed[sel], yw[sel],
+                         hk[:, sel])
+            if keep_dense:
+                records.append(rec)
+            if on_accept is not None:
+                on_accept(rec)
         ended = acc & last if event_here is None else (acc & last) | event_here
         t = put(t, stop_t)
         y = put(y, y_new)

@@ -10,6 +10,7 @@ whichever batch it is solved in (up to the batch-size dependence of ``f`` itself
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -28,6 +29,10 @@ def rms_rows(x: torch.Tensor) -> torch.Tensor:
     """Root-mean-square of each row of ``x`` (``(n, ...)`` -> ``(n,)``)."""
     flat = x.reshape(x.shape[0], -1)
     return torch.linalg.vector_norm(flat, dim=1) * (1.0 / math.sqrt(max(flat.shape[1], 1)))
+
+
+RowNorm = Callable[[torch.Tensor], torch.Tensor]
+"""The error norm of each row of a scaled error ``(n, ...)`` -> ``(n,)`` (default :func:`rms_rows`)."""
 
 
 class StagePlan(NamedTuple):
@@ -125,24 +130,26 @@ class PerSampleSteps:
     :class:`~infdepth.ode._controller.AdaptiveSteps`, row by row.
     """
 
-    def __init__(self, ctrl: PIController, order: int) -> None:
+    def __init__(self, ctrl: PIController, order: int, norm: RowNorm = rms_rows) -> None:
         self.ctrl = ctrl
+        self.norm = norm
         self._exponent = -(ctrl.icoeff + ctrl.pcoeff) / order
         self._p_exponent = ctrl.pcoeff / order
 
     @staticmethod
     def initial(ctrl: PIController, f: VectorField, t0: torch.Tensor, y0: torch.Tensor,
-                k1: torch.Tensor, order: int, direction: float) -> torch.Tensor:
+                k1: torch.Tensor, order: int, direction: float, norm: RowNorm = rms_rows
+                ) -> torch.Tensor:
         """Each sample's first step (Hairer, Norsett & Wanner, II.4), one evaluation of ``f``."""
         if ctrl.dt0 is not None:
             return torch.full_like(t0, min(ctrl.dt0, ctrl.dtmax))
         with torch.no_grad():
             scale = y0.abs().mul(ctrl.rtol).add_(ctrl.atol)
-            d0, d1 = rms_rows(y0 / scale), rms_rows(k1 / scale)
+            d0, d1 = norm(y0 / scale), norm(k1 / scale)
             small = (d0 < 1e-5) | (d1 < 1e-5)
             h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1)
             f1 = f(t0 + direction * h0.to(t0.dtype), y0 + _rows(direction * h0, y0) * k1)
-            d2 = rms_rows((f1 - k1) / scale) / h0
+            d2 = norm((f1 - k1) / scale) / h0
             dmax = torch.maximum(d1, d2)
             h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6),
                              (0.01 / dmax) ** (1.0 / order))
@@ -161,10 +168,11 @@ class PerSampleSteps:
         return signed, last, under
 
     def ratio(self, err: torch.Tensor, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
-        """Each sample's RMS of ``err / (atol + rtol * max(|y0|, |y1|))``, in float64."""
+        """Each sample's RMS (or ``norm``) of ``err / (atol + rtol * max(|y0|, |y1|))``, in
+        float64."""
         with torch.no_grad():
             scale = torch.maximum(y.abs(), y1.abs()).mul_(self.ctrl.rtol).add_(self.ctrl.atol)
-            return rms_rows(err.div_(scale)).to(torch.float64)
+            return self.norm(err.div_(scale)).to(torch.float64)
 
     def judge(self, r: torch.Tensor, h: torch.Tensor, prev_r: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 import torch
 
 from infdepth.errors import InputError
-from infdepth.ode._adjoint import Backprop, Checkpointed, GradientMethod
+from infdepth.ode._adjoint import (
+    Adjoint,
+    Backprop,
+    Checkpointed,
+    GradientMethod,
+    check_params_visible,
+    find_params,
+)
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
 from infdepth.ode._events import Event, SteadyState
 from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
+from infdepth.ode._per_sample_adjoint import adjoint_per_sample
 from infdepth.ode._per_sample_step import dense_per_sample
 from infdepth.ode._solvers import Dopri5, RungeKutta
 from infdepth.ode._stepping import VectorField
@@ -99,7 +107,8 @@ class Solution:
     @property
     def backward_nfe(self) -> int:
         """Calls of ``f`` made by backward passes so far (those of ``Checkpointed``, which
-        retakes every step; zero for ``Backprop``). Each call is one batched evaluation."""
+        retakes every step, and of ``Adjoint``'s backward solves; zero for ``Backprop``).
+        Each call is one batched evaluation."""
         return self._calls.backward
 
     def evaluate(self, t: torch.Tensor | float) -> torch.Tensor:
@@ -150,11 +159,14 @@ def _problem_checks(solver: object, controller: object, rtol: float, atol: float
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                 math.isfinite(v) and v >= 0):
             raise InputError(f"{name}={v!r} is not accepted; expected a finite number >= 0")
-    if adjoint is not None and not isinstance(adjoint, (Backprop, Checkpointed)):
+    if adjoint is not None and not isinstance(adjoint, (Backprop, Checkpointed, Adjoint)):
+        raise InputError(f"adjoint={adjoint!r} is not accepted; expected Backprop(), "
+                         "Checkpointed() or Adjoint()")
+    if isinstance(adjoint, Adjoint) and event is not None:
         raise InputError(
-            f"adjoint={adjoint!r} is not accepted with per-sample steps (or events); "
-            "Backprop() and Checkpointed() are implemented there: use the shared-step odeint "
-            "for Adjoint()")
+            f"adjoint={adjoint!r} is not accepted with event={type(event).__name__}(...): "
+            "events under the continuous adjoint are not implemented; use Backprop() or "
+            "Checkpointed() (the same gradients, the latter without storing f's activations)")
     if event is not None and not isinstance(event, (Event, SteadyState)):
         raise InputError(f"event={event!r} is not accepted; expected Event(fn, ...) or "
                          "SteadyState(...)")
@@ -218,9 +230,14 @@ def solve(
         controller: a :class:`PIController`, applied to each sample separately.
         event: an :class:`Event` (a sample stops where its function changes sign) or a
             :class:`SteadyState`; ``None`` runs every sample to its last output time.
-        adjoint: ``Backprop()`` (the default) or ``Checkpointed()`` (each step keeps only its
+        adjoint: ``Backprop()`` (the default), ``Checkpointed()`` (each step keeps only its
             inputs and is retaken during backward: the same gradients, without the
-            activations inside ``f``); the continuous adjoint is not implemented here.
+            activations inside ``f``) or ``Adjoint()``: the continuous adjoint, solved
+            backwards per sample (own steps, own error norm, the tolerances of the
+            ``Adjoint``), memory independent of the step count; gradients with respect to
+            ``y0``, the parameters of ``f`` (those of its module, or ``Adjoint(params=...)``)
+            and the output times (those of the continuous problem). Not with ``event``
+            (refused); :meth:`Solution.evaluate` is then not differentiated.
         max_steps: attempted steps per sample before it stops with ``Status.MAX_STEPS``.
         compact: evaluate ``f`` on the running samples only (finished ones cost nothing).
         dense: keep the steps for :meth:`Solution.evaluate` (memory grows with the steps).
@@ -240,9 +257,15 @@ def solve(
     ctrl = controller if controller is not None else PIController(rtol=rtol, atol=atol)
     tgrid, direction = _times(t, y0)
     calls = _Calls(f, y0.shape[0])
-    raw = integrate_per_sample(calls, y0, tgrid, direction, solver, ctrl, max_steps=max_steps,
-                               event=event, compact=compact, keep_dense=dense,
-                               checkpoint=isinstance(adjoint, Checkpointed))
+    if isinstance(adjoint, Adjoint):
+        check_params_visible(f, adjoint, y0, tgrid[0])
+        raw = adjoint_per_sample(calls, y0, tgrid, direction, solver, ctrl, method=adjoint,
+                                 params=find_params(f, adjoint), max_steps=max_steps,
+                                 compact=compact, keep_dense=dense)
+    else:
+        raw = integrate_per_sample(calls, y0, tgrid, direction, solver, ctrl,
+                                   max_steps=max_steps, event=event, compact=compact,
+                                   keep_dense=dense, checkpoint=isinstance(adjoint, Checkpointed))
     calls.forward_done = True
     if throw:
         _raise_failures(raw)

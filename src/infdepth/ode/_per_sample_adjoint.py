@@ -1,0 +1,260 @@
+"""The continuous adjoint with a step size per sample: ``solve(..., adjoint=Adjoint())``.
+
+The forward pass is the per-sample solve (:func:`integrate_per_sample`) without autograd.
+The backward pass solves the adjoint system of each sample backwards with the same
+per-sample integrator, between consecutive output times (restarting at each, where
+``dL/dy`` jumps), every sample on its own steps, with its own error norm: the largest RMS of
+the scaled error over the two halves of its state ``(y, a = dL/dy)``, torchdiffeq's mixed
+norm per sample, with the tolerances of the :class:`Adjoint` object (those of the forward
+where it gives none). A sample's gradient therefore does not depend on the batch it is in.
+
+Parameter gradients are a sum over samples, so they are not carried in the state (which
+would take ``batch x n_params`` numbers): the parameter integral ``-int a^T df/dp dt`` is
+independent of the rest of the state, and the Runge-Kutta method integrates it with the
+same stages as ``(y, a)``: a step of sample ``b`` adds ``h_b sum_i b_i (-a_i^T df/dp(t_i,
+y_i))``. After every pass of the backward loop, the stages of the accepted steps are
+rebuilt from their scaled slopes and ``f`` is evaluated once more on them (stages with
+``b_i = 0`` skipped, several stages stacked into one call of at most about a batch of rows),
+followed by one vector-Jacobian product with the rows' cotangents ``-h_b b_i a_i``: autograd
+sums over the rows, which gives the sum over samples. The adjoint's own derivative
+``-a^T df/dy`` needs only the ``y`` half of the product. Cost: the extra evaluations of the
+accepted stages with ``b_i != 0`` (Dopri5: 5 per step) and their products with respect to
+the parameters; memory: one such stacked evaluation, independent of the number of steps.
+Hence the error is measured on ``(y, a)`` only, as ``Adjoint(seminorm=True)`` does in the
+shared case (``seminorm`` changes nothing here).
+
+Gradients with respect to the output times are those of the continuous problem, per
+sample: ``dL/dt_i = dL/dy(t_i) . f(t_i, y(t_i))`` and ``-a(t_0) . f(t_0, y0)`` for the start
+(with ``a(t_0)`` the adjoint without the cotangent of the output at ``t_0``).
+
+Not implemented (refused by :func:`~infdepth.ode.solve` with an ``InputError``): events
+(``Event``, ``SteadyState``). A sample that failed under ``throw=False`` gets the gradient
+of the outputs it reached (its outputs not reached, NaN, are skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from infdepth.ode._adjoint import Adjoint
+from infdepth.ode._controller import PIController
+from infdepth.ode._errors import SolverError
+from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
+from infdepth.ode._per_sample_step import _rows
+from infdepth.ode._solvers import RungeKutta
+from infdepth.ode._stepping import VectorField
+
+
+@dataclass
+class _Setup:
+    """What the backward pass needs besides the saved tensors; ``raw`` is the forward's."""
+
+    f: VectorField
+    solver: RungeKutta
+    ctrl: PIController
+    back: PIController
+    direction: float
+    max_steps: int
+    compact: bool
+    keep_dense: bool
+    raw: Raw | None = None
+
+
+def adjoint_per_sample(
+    f: VectorField, y0: torch.Tensor, tgrid: torch.Tensor, direction: float,
+    solver: RungeKutta, ctrl: PIController, *, method: Adjoint,
+    params: tuple[torch.Tensor, ...], max_steps: int, compact: bool, keep_dense: bool,
+) -> Raw:
+    """The per-sample solve of ``f`` from ``y0`` over ``tgrid`` ``(T, batch)`` whose outputs
+    (and final states) carry the per-sample continuous adjoint's gradients with respect to
+    ``y0``, ``tgrid`` and ``params``."""
+    back = dataclasses.replace(
+        ctrl,
+        rtol=ctrl.rtol if method.rtol is None else method.rtol,
+        atol=ctrl.atol if method.atol is None else method.atol,
+    )
+    s = _Setup(f, solver, ctrl, back, direction, max_steps, compact, keep_dense)
+    ys: torch.Tensor = _PerSampleAdjointFn.apply(s, y0, tgrid, *params)
+    assert s.raw is not None
+    raw = s.raw
+    s.raw = dataclasses.replace(raw, records=[])  # backward reads the status only
+    ok = raw.status == int(Status.OK)
+    y_stop = torch.where(_rows(ok, ys[-1]), ys[-1], raw.y_stop)  # its end state: differentiable
+    return dataclasses.replace(raw, ys=ys, y_stop=y_stop)
+
+
+class _PerSampleAdjointFn(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, s: _Setup, y0: torch.Tensor, tgrid: torch.Tensor, *params: torch.Tensor
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            raw = integrate_per_sample(s.f, y0, tgrid, s.direction, s.solver, s.ctrl,
+                                       max_steps=s.max_steps, event=None, compact=s.compact,
+                                       keep_dense=s.keep_dense)
+        s.raw = raw
+        ctx.s = s
+        ctx.save_for_backward(raw.ys, tgrid, raw.y_stop, *params)
+        return raw.ys
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        s: _Setup = ctx.s
+        ys, tgrid, y_stop, *params_l = ctx.saved_tensors
+        with torch.no_grad():
+            a, t_grad, pg = _backward(s, ys, tgrid.detach(), y_stop, tuple(params_l), g,
+                                      bool(ctx.needs_input_grad[2]))
+        return (None, a, t_grad, *pg)
+
+
+def _backward(
+    s: _Setup, ys: torch.Tensor, tgrid: torch.Tensor, y_stop: torch.Tensor,
+    params: tuple[torch.Tensor, ...], g: torch.Tensor, need_t: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    n_out, batch = tgrid.shape
+    shape = ys.shape[2:]
+    width = math.prod(shape)
+    # outputs a failed sample (throw=False) did not reach are NaN: no cotangent, no solve
+    reached = torch.isfinite(ys.reshape(n_out, batch, -1)).all(2)
+    g = torch.where(reached.unsqueeze(2), g.reshape(n_out, batch, -1), 0.0)
+    safe = torch.where(reached.unsqueeze(2), ys.reshape(n_out, batch, -1),
+                       y_stop.reshape(1, batch, -1))  # finite states for f
+    a = torch.zeros(batch, width, dtype=ys.dtype, device=ys.device)
+    pg = [torch.zeros_like(q) for q in params]
+    quad = _Quadrature(s, params, pg, width, shape)
+    for i in range(n_out - 1, 0, -1):
+        a = a + g[i]
+        here = reached[i]
+        z0 = torch.cat([safe[i], a], 1)
+        tseg = torch.stack([tgrid[i], tgrid[i - 1]])
+        if bool(here.all()):
+            a = _segment(s, quad, z0, tseg, None, shape, width)[:, width:]
+        elif s.compact:  # only the samples that reached output i
+            sel = here.nonzero().squeeze(1)
+            if sel.numel():
+                z1 = _segment(s, quad, z0[sel], tseg[:, sel], None, shape, width, sel)
+                a = a.index_copy(0, sel, z1[:, width:])
+        else:  # f sees the whole batch: the others are frozen (their field is zero)
+            a = _segment(s, quad, z0, tseg, ~here, shape, width)[:, width:]
+    a = a + g[0]
+    t_grad = None
+    if need_t:
+        t_grad = torch.zeros_like(tgrid)
+        for i in range(1, n_out):
+            slope = s.f(tgrid[i], safe[i].view(batch, *shape)).reshape(batch, -1)
+            dot = (g[i] * slope).sum(1).to(tgrid.dtype)
+            t_grad[i] = torch.where(reached[i], dot, 0.0)
+        slope = s.f(tgrid[0], safe[0].view(batch, *shape)).reshape(batch, -1)
+        t_grad[0] = -((a - g[0]) * slope).sum(1).to(tgrid.dtype)
+    return a.view(batch, *shape), t_grad, pg
+
+
+def _segment(
+    s: _Setup, quad: _Quadrature, z0: torch.Tensor, tseg: torch.Tensor,
+    frozen: torch.Tensor | None, shape: torch.Size, width: int,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The adjoint state ``(y, a)`` of every row of ``z0`` ``(n, 2F)`` carried from
+    ``tseg[0]`` to ``tseg[1]``; the parameter integral goes to ``quad``."""
+    f = s.f
+
+    def field(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        y = z[:, :width].reshape(n, *shape)
+        cot = z[:, width:].reshape(n, *shape)
+        with torch.enable_grad():
+            y_ = y.detach().requires_grad_(True)
+            fy = f(t, y_)
+            vj = None
+            if fy.requires_grad:
+                (vj,) = torch.autograd.grad(torch.vdot(fy.reshape(-1), cot.reshape(-1)), y_,
+                                            allow_unused=True)
+        out = torch.cat([fy.detach().reshape(n, -1),
+                         (torch.zeros_like(y) if vj is None else -vj).reshape(n, -1)], 1)
+        return out if frozen is None else torch.where(_rows(frozen, out), 0.0, out)
+
+    quad.start(z0[:, :width], tseg[0])
+    raw = integrate_per_sample(field, z0, tseg, -s.direction, s.solver, s.back,
+                               max_steps=s.max_steps, event=None, compact=s.compact,
+                               keep_dense=False, norm=_y_and_adjoint_rms,
+                               on_accept=quad if quad.needed else None)
+    failed = (raw.status != int(Status.OK)).nonzero()
+    if failed.numel():
+        b = int(failed[0, 0])
+        why = Status(int(raw.status[b])).name
+        raise SolverError(
+            f"the adjoint's backward solve failed ({why}) for sample "
+            f"{b if rows is None else int(rows[b])} at t="
+            f"{float(raw.t_stop[b]):.6g} between the output times {float(tseg[0, b]):.6g} and "
+            f"{float(tseg[1, b]):.6g}; loosen Adjoint(rtol=..., atol=...) or raise max_steps")
+    return raw.ys[-1]
+
+
+def _y_and_adjoint_rms(x: torch.Tensor) -> torch.Tensor:
+    """Each row's larger RMS of its two halves ``(y, a)`` (the mixed norm, per sample)."""
+    halves = x.reshape(x.shape[0], 2, -1)
+    return torch.linalg.vector_norm(halves, dim=2).amax(1) * (1.0 / math.sqrt(halves.shape[2]))
+
+
+class _Quadrature:
+    """Adds ``h_b sum_i b_i (-a_i^T df/dp(t_i, y_i))`` of every accepted step to the parameter
+    gradients: one vector-Jacobian product over stacked stages (autograd sums the rows)."""
+
+    def __init__(self, s: _Setup, params: tuple[torch.Tensor, ...], pg: list[torch.Tensor],
+                 width: int, shape: torch.Size) -> None:
+        self.f, self.compact, self.params, self.pg = s.f, s.compact, params, pg
+        self.width, self.shape = width, shape
+        tab = s.solver.tableau
+        self.c = tab.c
+        self.stages = [(i, bi) for i, bi in enumerate(tab.b) if bi != 0.0]
+        self.a = [list(row) for row in tab.a]
+        self.needed = bool(params)
+        self.base_y: torch.Tensor | None = None
+        self.base_t: torch.Tensor | None = None
+        self.batch = 1
+
+    def start(self, y: torch.Tensor, t: torch.Tensor) -> None:
+        """A segment of ``y.shape[0]`` rows begins at states ``y`` and times ``t``: the rows
+        ``f`` needs besides the accepted ones under ``compact=False``."""
+        self.base_y, self.base_t, self.batch = y, t, y.shape[0]
+
+    def __call__(self, rec: Record) -> None:
+        m, w = rec.rows.shape[0], self.width
+        z = rec.y.reshape(m, -1)
+        hk = rec.hk.reshape(rec.hk.shape[0], m, -1)
+        ys, ts, cots = [], [], []
+        for i, bi in self.stages:
+            zi = z
+            if i > 0:
+                coef = torch.tensor(self.a[i - 1], dtype=z.dtype, device=z.device)
+                zi = z + torch.tensordot(coef, hk[:i], dims=1)
+            ys.append(zi[:, :w])
+            ts.append(rec.t + self.c[i] * rec.h)
+            cots.append(zi[:, w:] * (-bi * rec.h).to(z.dtype).unsqueeze(1))
+        if self.compact:  # rows are independent: stack stages, about a batch of rows per call
+            per_call = max(1, self.batch // m)
+            for j in range(0, len(ys), per_call):
+                self._vjp(torch.cat(ts[j : j + per_call]), torch.cat(ys[j : j + per_call]),
+                          torch.cat(cots[j : j + per_call]))
+            return
+        assert self.base_y is not None and self.base_t is not None
+        for yi, ti, ci in zip(ys, ts, cots, strict=True):  # f needs the whole batch in order
+            self._vjp(self.base_t.index_copy(0, rec.rows, ti),
+                      self.base_y.index_copy(0, rec.rows, yi),
+                      torch.zeros_like(self.base_y).index_copy(0, rec.rows, ci))
+
+    def _vjp(self, t: torch.Tensor, y: torch.Tensor, cot: torch.Tensor) -> None:
+        with torch.enable_grad():
+            fy = self.f(t, y.view(y.shape[0], *self.shape))
+            if not fy.requires_grad:
+                return
+            grads = torch.autograd.grad(torch.vdot(fy.reshape(-1), cot.reshape(-1)),
+                                        self.params, allow_unused=True)
+        for acc, gq in zip(self.pg, grads, strict=True):
+            if gq is not None:
+                acc.add_(gq)
