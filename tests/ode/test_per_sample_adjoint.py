@@ -351,3 +351,20 @@ def test_memory_does_not_grow_with_the_steps() -> None:
     loose, tight = saved_bytes(Adjoint(), 1e-4), saved_bytes(Adjoint(), 1e-10)
     assert loose == tight
     assert saved_bytes(Backprop(), 1e-10) > 10 * tight
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 2, 3)])
+def test_backwards_in_time_and_other_state_shapes(shape: tuple[int, ...]) -> None:
+    """Decreasing per-sample times and states of shape (batch,) or (batch, 2, 3): the
+    closed form of dy/dt = a y still holds."""
+    torch.manual_seed(4)
+    field = Linear(0.4)
+    y0 = torch.randn(*shape, dtype=F64, requires_grad=True)
+    t = torch.stack([torch.full((4,), 1.0), torch.tensor([0.5, 0.2, 0.7, -0.3]),
+                     torch.tensor([-0.5, -0.1, 0.0, -1.2])]).to(F64)
+    sol = solve(field, y0, t, rtol=1e-11, atol=1e-13, adjoint=Adjoint())
+    sol.ys[-1].sum().backward()
+    tau = (t[-1] - t[0]).view(-1, *([1] * (len(shape) - 1)))
+    torch.testing.assert_close(y0.grad, torch.exp(0.4 * tau).expand(shape), rtol=1e-8, atol=0)
+    expected = (y0.detach() * tau * torch.exp(0.4 * tau)).sum()
+    torch.testing.assert_close(field.a.grad, expected, rtol=1e-8, atol=1e-12)
