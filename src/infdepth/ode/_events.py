@@ -1,20 +1,23 @@
-"""Events: a function of ``(t, y)`` whose sign change stops a sample, and steady states.
+"""Events: functions of ``(t, y)`` whose sign changes stop a sample, and steady states.
 
-An :class:`Event` is checked after each accepted step of each sample; where its sign
-changed (in the requested direction), the crossing is found on the step's dense output by
-the Illinois method (regula falsi that halves a stale end's value), to ``tol`` in time:
-until the bracket is narrower than ``tol`` or two successive guesses differ by less than
-``tol / 10``.
+An :class:`Event`'s function is sampled after each accepted step of each sample at
+``samples_per_step`` equally spaced points of the step (the last at its end, the others on
+the step's dense output, one batched call); in the first sub-interval whose ends changed
+sign (in the requested direction) the crossing is found on the dense output by
+Anderson-Bjorck regula falsi, to ``tol`` in time (a bracket at most ``tol`` wide). A
+non-terminal event records the crossing of every such sub-interval.
 The event time and state are then made differentiable by the implicit function theorem:
 with ``g(t*, y(t*; p); p) = 0``, ``dt*/dp = -(dg/dp) / (dg/dt + dg/dy . f(t*, y*))``, so
 gradients reach the solution's inputs and any parameters ``fn`` holds (a module's
-parameters need not sit in the state).
+parameters need not sit in the state). A solve may have several events
+(:func:`as_events`); each sample stops at the earliest terminal one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +30,11 @@ EventFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``fn(t, y) -> (n,)``: ``t`` the ``(n,)`` times of ``n`` samples, ``y`` their states."""
 
 MAX_ROOT_ITERATIONS = 100
-"""Illinois iterations before the bracket found so far is taken as the event (the bracket
+"""Root-finding iterations before the bracket found so far is taken as the event (the bracket
 shrinks superlinearly; 100 iterations are reached only for a tolerance below rounding)."""
+
+SAMPLES_PER_STEP = 4
+"""Default points per step at which an event function is sampled (the last the step's end)."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,26 @@ class Event:
         tol: the crossing is located to this width in time (absolute, > 0); the event
             state is the dense output there, so it is accurate to the solver's tolerance.
         terminal: stop the sample at its first crossing (``Solution.event_t``,
-            ``event_y``); ``False`` records every crossing (``Solution.crossings``; two
-            crossings inside one step, with no sign change between its ends, are missed).
+            ``event_y``); ``False`` records every crossing (``Solution.crossings``).
+        samples_per_step: ``n >= 1``: ``fn`` is evaluated after each accepted step at the
+            fractions ``1/n, 2/n, ..., 1`` of the step (the interior ones on the dense
+            output, all in one batched call of ``n`` times the rows), and a crossing is
+            looked for in each sub-interval whose ends changed sign. Guaranteed: every
+            crossing of the dense output that is alone in its sub-interval (the next
+            crossing, in either direction, more than ``h / n`` away in time) is found, several
+            in one step included. Still missed: an even number of crossings inside one
+            sub-interval (two roots closer than ``h / n``, a tangency), and of an odd number
+            only one is found. ``n = 1`` tests the step's ends only (the cheapest). With
+            ``Dopri8`` the interior samples are taken on the cubic Hermite interpolant of
+            the step and re-taken on the dense output where they showed a crossing (its
+            extra stages cost 3 evaluations of ``f``, spent on those steps only).
     """
 
     fn: EventFn
     direction: int = 0
     tol: float = 1e-10
     terminal: bool = True
+    samples_per_step: int = SAMPLES_PER_STEP
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -66,6 +84,10 @@ class Event:
             raise InputError(f"tol={self.tol!r} is not accepted; expected a finite number > 0")
         if not isinstance(self.terminal, bool):
             raise InputError(f"terminal={self.terminal!r} is not accepted; expected True or False")
+        n = self.samples_per_step
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"samples_per_step={n!r} is not accepted; expected an integer >= 1 "
+                             "(1 samples each step's end only)")
 
     def value(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``fn(t, y)``, checked to be ``(n,)`` and finite-typed."""
@@ -78,9 +100,11 @@ class Event:
 
     def crossed(self, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
         """Which samples' event function crossed zero from ``g0`` to ``g1``."""
-        up = (g0 < 0) & (g1 >= 0)
-        down = (g0 > 0) & (g1 <= 0)
-        return up if self.direction > 0 else down if self.direction < 0 else up | down
+        if self.direction > 0:
+            return (g0 < 0) & (g1 >= 0)
+        if self.direction < 0:
+            return (g0 > 0) & (g1 <= 0)
+        return ((g0 < 0) & (g1 >= 0)) | ((g0 > 0) & (g1 <= 0))
 
 
 @dataclass(frozen=True)
@@ -108,47 +132,128 @@ class SteadyState:
             return rms_rows(slope) < self.atol + self.rtol * rms_rows(y)
 
 
-def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
-           dense: torch.Tensor, g0: torch.Tensor, g1: torch.Tensor) -> torch.Tensor:
-    """Fractions ``theta`` ``(m,)`` of the steps where ``event`` crosses zero (no grad).
+EventSpec = Event | SteadyState | Sequence[Event | SteadyState] | None
+"""What ``solve(..., event=...)`` accepts: one event, several (each sample stops at the
+earliest terminal one), or none."""
 
-    ``hk`` are the steps' scaled stages; ``g0, g1`` the event's values at their two ends,
-    of opposite sign (or zero at the end).
+
+def as_events(event: object) -> tuple[Event | SteadyState, ...]:
+    """``event`` (``None``, one :class:`Event` / :class:`SteadyState`, or a list or tuple
+    of them) as a tuple; raises :class:`InputError` for anything else."""
+    if event is None:
+        return ()
+    if isinstance(event, (Event, SteadyState)):
+        return (event,)
+    if isinstance(event, Sequence) and not isinstance(event, (str, bytes)):
+        if not event:
+            raise InputError("event=[] is not accepted; pass None for no event, or a list of "
+                             "Event(fn, ...) / SteadyState(...)")
+        for i, ev in enumerate(event):
+            if not isinstance(ev, (Event, SteadyState)):
+                raise InputError(f"event[{i}]={ev!r} is not accepted; expected Event(fn, ...) "
+                                 "or SteadyState(...)")
+        return tuple(event)
+    raise InputError(f"event={event!r} is not accepted; expected Event(fn, ...), "
+                     "SteadyState(...) or a list of them")
+
+
+def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
+           dense: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, glo: torch.Tensor,
+           ghi: torch.Tensor, guess: torch.Tensor | None = None) -> torch.Tensor:
+    """Fractions ``theta`` ``(k,)`` of ``k`` steps where ``event`` crosses zero (no grad).
+
+    Each step's crossing is bracketed by the fractions ``lo < hi`` (the ends of a
+    sub-interval of the step where the samples changed sign), with the event's values there:
+    ``glo`` on the side before the crossing (nonzero), ``ghi`` after it (or zero). ``hk``
+    ``(R, k, F)`` are the steps' scaled stages (with the dense output's); ``guess`` an
+    optional first guess (used where it lies inside the bracket).
+
+    Each iteration evaluates ``fn`` once, batched, at the two points ``guess -+ tol / 2``:
+    where they bracket the root, the bracket is at most ``tol`` wide and the search ends;
+    otherwise the bracket shrinks to one side of them, and their difference quotient gives
+    the next guess by Newton's step (quadratic convergence), or, where that leaves the
+    bracket, the Anderson-Bjorck regula falsi step. The result is the secant point of a
+    bracket at most ``tol`` wide (in time).
     """
     with torch.no_grad():
-        lo, hi = torch.zeros_like(t), torch.ones_like(t)
-        glo, ghi = g0.to(t.dtype), g1.to(t.dtype)
-        side = torch.zeros_like(t)  # -1: last move was lo, +1: hi
+        k = t.shape[0]
+        dt = t.dtype
+        lo, hi, glo, ghi = lo.to(dt), hi.to(dt), glo.to(dt), ghi.to(dt)
         width = event.tol / h.abs()
-        theta = torch.full_like(t, float("nan"))
-        open_ = ghi != 0
-        for _ in range(MAX_ROOT_ITERATIONS):
-            open_ = open_ & (hi - lo > width)
-            if not bool(open_.any()):
+        half = 0.5 * width
+        before = torch.sign(glo).repeat(2)
+        t2, h2 = t.repeat(2), h.repeat(2)
+        y2, hk2 = torch.cat([y, y]), torch.cat([hk, hk], 1)
+        side = torch.zeros_like(t)  # -1: the last move was lo's, +1: hi's
+        open_ = (hi - lo > width) & (ghi != 0)
+        nxt = torch.full_like(t, math.nan) if guess is None else guess.to(dt)
+        for iteration in range(MAX_ROOT_ITERATIONS):
+            if iteration > 0 and not bool(open_.any()):
                 break
-            denom = ghi - glo
-            guess = torch.where(denom != 0, (lo * ghi - hi * glo) / denom, 0.5 * (lo + hi))
-            guess = torch.where((guess > lo) & (guess < hi), guess, 0.5 * (lo + hi))
-            yq = dense_per_sample(guess, y, hk, dense)
-            g = event.value(t + guess * h, yq).detach().to(t.dtype)
-            move_lo = open_ & (torch.sign(g) == torch.sign(glo)) & (g != 0)
-            move_hi = open_ & ~move_lo
-            # Anderson-Bjorck: a retained end's value is scaled by 1 - g / g(replaced end)
-            # (or halved, Illinois, where that is not positive)
-            m_lo = 1 - g / glo
-            m_hi = 1 - g / ghi
-            ghi = torch.where(move_lo & (side < 0), ghi * torch.where(m_lo > 0, m_lo, 0.5), ghi)
-            glo = torch.where(move_hi & (side > 0), glo * torch.where(m_hi > 0, m_hi, 0.5), glo)
-            lo, glo = torch.where(move_lo, guess, lo), torch.where(move_lo, g, glo)
-            hi, ghi = torch.where(move_hi, guess, hi), torch.where(move_hi, g, ghi)
+            secant = (lo * ghi - hi * glo) / (ghi - glo)
+            inside = (nxt > lo + half) & (nxt < hi - half)  # False for NaN
+            c = torch.where(inside, nxt, torch.minimum(torch.maximum(secant, lo + half),
+                                                       hi - half))
+            p = torch.cat([c - half, c + half])
+            g = event.value(t2 + p * h2, dense_per_sample(p, y2, hk2, dense)).detach().to(dt)
+            after = g * before <= 0
+            a1, a2, g1, g2, p1, p2 = after[:k], after[k:], g[:k], g[k:], p[:k], p[k:]
+            pair = open_ & a2 & ~a1  # the root lies between p1 and p2: done
+            if bool((pair | ~open_).all()):  # the usual end: every open guess was within tol/2
+                lo, hi = torch.where(pair, p1, lo), torch.where(pair, p2, hi)
+                glo, ghi = torch.where(pair, g1, glo), torch.where(pair, g2, ghi)
+                break
+            move_hi = open_ & a1  # the root lies before p1
+            move_lo = open_ & ~a1 & ~a2  # ... after p2
+            # Anderson-Bjorck: an end retained twice in a row has its value scaled by
+            # 1 - g(new) / g(replaced end) (halved, Illinois, where that is not positive)
+            m_lo, m_hi = 1 - g1 / ghi, 1 - g2 / glo
+            glo = torch.where(move_hi & (side > 0), glo * torch.where(m_lo > 0, m_lo, 0.5), glo)
+            ghi = torch.where(move_lo & (side < 0), ghi * torch.where(m_hi > 0, m_hi, 0.5), ghi)
+            lo, glo = (torch.where(move_lo, p2, torch.where(pair, p1, lo)),
+                       torch.where(move_lo, g2, torch.where(pair, g1, glo)))
+            hi, ghi = (torch.where(move_hi | pair, torch.where(pair, p2, p1), hi),
+                       torch.where(move_hi | pair, torch.where(pair, g2, g1), ghi))
             side = torch.where(move_lo, -1.0, torch.where(move_hi, 1.0, side))
-            # settled: the guesses moved by less than a tenth of the tolerance (superlinear
-            # convergence: the root is then within it), or the guess is a root
-            settled = ((guess - theta).abs() < 0.1 * width) | (g == 0)
-            theta = torch.where(open_, guess, theta)
-            open_ = open_ & ~settled
-        theta = torch.where(torch.isnan(theta) | (ghi == 0), hi, theta)
-        return theta.clamp(0.0, 1.0)
+            open_ = open_ & ~pair & (hi - lo > width) & (ghi != 0)
+            nxt = c - 0.5 * (g1 + g2) * (p2 - p1) / (g2 - g1)  # Newton (NaN/inf: unused)
+        denom = ghi - glo
+        theta = torch.where(denom != 0, (lo * ghi - hi * glo) / denom, hi)
+        theta = torch.where(ghi == 0, hi, theta)
+        return torch.minimum(torch.maximum(theta, lo), hi).clamp(0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _polynomial_fit(w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For samples at ``u = 0, ..., w - 1``: the matrices giving the coefficients of their
+    interpolating polynomial (``u^0..u^(w-1)``) and of its derivative (float64, host)."""
+    u = torch.arange(w, dtype=torch.float64)
+    inv = torch.linalg.inv(u.unsqueeze(1) ** torch.arange(w, dtype=torch.float64))
+    return inv.T.contiguous(), (inv[1:] * torch.arange(1, w).unsqueeze(1)).T.contiguous()
+
+
+def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n: int,
+                     newton: int = 2) -> torch.Tensor:
+    """A first guess of the crossing in sub-interval ``i`` of rows ``r``: the root of the
+    polynomial through the (up to) five samples around it (``samples`` ``(n + 1, m)`` at the
+    fractions ``0, 1/n, ..., 1``), by ``newton`` Newton steps from the sub-interval's secant
+    point, kept inside the sub-interval (no host read). Exact for an event linear in the
+    state with a dense output of degree <= 4 (Dopri5, Tsit5, Bosh3) at ``n >= 4``."""
+    w = min(5, n + 1)
+    start = (i - (w - 2) // 2).clamp_(0, n + 1 - w)
+    local = i - start
+    idx = start.unsqueeze(1) + torch.arange(w, device=i.device)  # (k, w)
+    g = samples.T[r].gather(1, idx).to(torch.float64)
+    fit, slope_fit = _polynomial_fit(w)
+    coef, slope_coef = g @ fit.to(g.device), g @ slope_fit.to(g.device)  # (k, w), (k, w - 1)
+    ends = g.gather(1, torch.stack([local, local + 1], 1))
+    a = local.to(g.dtype)
+    u = a + ends[:, 0] / (ends[:, 0] - ends[:, 1])  # the secant point
+    for _ in range(newton):
+        powers = torch.linalg.vander(u, N=w)
+        step = (powers * coef).sum(1) / (powers[:, :-1] * slope_coef).sum(1)
+        u = torch.minimum(torch.maximum(u - step, a), a + 1)  # NaN stays NaN: unused
+    return (start.to(g.dtype) + u) / n
 
 
 def differentiable_event(event: Event, f: VectorField, t_star: torch.Tensor, y_star: torch.Tensor

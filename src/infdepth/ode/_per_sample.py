@@ -22,7 +22,8 @@ import torch
 import torch.utils.checkpoint
 
 from infdepth.ode._controller import PIController
-from infdepth.ode._events import Event, SteadyState, differentiable_event, locate
+from infdepth.ode._event_check import EventCheck
+from infdepth.ode._events import EventSpec, as_events
 from infdepth.ode._per_sample_step import (
     PerSampleSteps,
     RowNorm,
@@ -79,6 +80,8 @@ class Raw:
     dense: torch.Tensor
     crossings: tuple[torch.Tensor, torch.Tensor]
     records: list[Record] = field(default_factory=list)
+    event_index: torch.Tensor | None = None  # (B,) which event stopped each sample, -1: none
+    crossing_event: torch.Tensor | None = None  # (K,) the event of each crossing
 
 
 def integrate_per_sample(
@@ -90,7 +93,7 @@ def integrate_per_sample(
     ctrl: PIController,
     *,
     max_steps: int,
-    event: Event | SteadyState | None,
+    event: EventSpec,
     compact: bool,
     keep_dense: bool,
     checkpoint: bool = False,
@@ -128,11 +131,10 @@ def integrate_per_sample(
     # is, and one never reached is filled by _assemble.
     times = torch.cat([tgrid, torch.full_like(tgrid[:1], direction * math.inf)]).reshape(-1)
     next_slot = torch.arange(batch, 2 * batch, device=dev)
-    event_t = torch.full((batch,), float("nan"), dtype=tgrid.dtype, device=dev)
-    g_prev = event.value(t, y0).detach() if isinstance(event, Event) else None
+    events = as_events(event)
+    check = EventCheck(events, f, t, y0, dense, compact) if events else None
     ys = torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])])
     records: list[Record] = []
-    found: list[tuple[torch.Tensor, torch.Tensor]] = []  # non-terminal crossings
     n_dense = len(solver.tableau.dense_c)
     passes = 0
     while True:
@@ -186,40 +188,22 @@ def integrate_per_sample(
         y_new = torch.where(acc_rows, y1, yw)
         slot = take(next_slot)
         tq = times.take(slot)
-        event_here = crossing = gw = g1 = None
-        if isinstance(event, Event):
-            assert g_prev is not None
-            g1 = event.value(t_new, y1).detach()
-            gw = take(g_prev)
-            crossing = acc & event.crossed(gw, g1)
-            g_prev = put(g_prev, torch.where(acc, g1, gw))
-            event_here = crossing if event.terminal else None
-        elif isinstance(event, SteadyState):
-            event_here = acc & ~last & event.reached(k_last, y1)
+        cand = event_here = None
+        if check is not None:  # the event functions sampled inside the steps
+            cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
             need = acc & (direction * (t_new - tq) > 0)
-            if crossing is not None:
-                need = need | crossing
-            elif event_here is not None:
-                need = need | event_here
+            if cand is not None:
+                need = need | cand
             if keep_dense:
                 need = acc
             hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
-        if event is not None and event_here is not None and bool(event_here.any()):
-            stop_t, y_new, ev_w, extra = _stop_at_event(
-                event, f, event_here, tw, signed, yw, hk, dense, gw, g1, t_new, stop_t, y_new,
-                take(event_t), compact)
-            event_t = put(event_t, ev_w)
+        if check is not None and cand is not None and bool(cand.any()):
+            stop_t, y_new, event_here, extra = check.resolve(rows, acc, cand, tw, signed, yw, hk,
+                                                             t_new, stop_t, y_new)
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
-        if (isinstance(event, Event) and not event.terminal and crossing is not None
-                and gw is not None and g1 is not None and bool(crossing.any())):
-            sel = crossing.nonzero().squeeze(1)
-            t_star, _ = _root(event, f, sel, tw, signed, yw, hk, dense, gw, g1, compact)
-            found.append(((sel if rows is None else rows[sel]), t_star))
-            if grad:  # the gradient evaluated f at the crossing
-                extra_nfe = put(extra_nfe, take(extra_nfe) + crossing.long())
         ys, slot = _store_outputs(ys, times, batch, slot, tq, acc, stop_t, t_new, tw, signed,
                                   yw, y1, hk, dense, event_here, direction,
                                   None if everyone else ~live)
@@ -245,9 +229,13 @@ def integrate_per_sample(
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
     ys = _assemble(ys, y, status, next_slot // batch, n_out, batch)
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
-    return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=event_t, nfe=nfe,
+    if check is None:
+        check = EventCheck((), f, tgrid[0], y0, dense, compact)
+    rows_c, times_c, index_c = check.crossings()
+    return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=check.event_t, nfe=nfe,
                accepted=accepted, rejected=steps - accepted, dense=dense, records=records,
-               crossings=_sorted_crossings(found, event_t))
+               crossings=(rows_c, times_c), event_index=check.event_index,
+               crossing_event=index_c)
 
 
 def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
@@ -297,59 +285,6 @@ def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torc
     part = dense_stages_per_sample(f, t[sel], h[sel], y[sel], hk[:, sel], solver)
     extra = hk.new_zeros(part.shape[0] - hk.shape[0], *hk.shape[1:])
     return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])
-
-
-def _stop_at_event(
-    event: Event | SteadyState, f: VectorField, here: torch.Tensor, t: torch.Tensor,
-    h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor,
-    g0: torch.Tensor | None, g1: torch.Tensor | None, t_new: torch.Tensor, stop_t: torch.Tensor,
-    y_new: torch.Tensor, event_t: torch.Tensor, compact: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Where the rows ``here`` stop: ``(stop_t, y_new, event_t, extra evaluations of f)``.
-
-    A steady state stops at the step's end; an event at its root on the dense output, with
-    the implicit-function-theorem gradients (one more evaluation of ``f`` under autograd).
-    """
-    extra = torch.zeros(here.shape, dtype=torch.long, device=here.device)
-    if isinstance(event, SteadyState) or g0 is None or g1 is None:
-        return stop_t, y_new, torch.where(here, t_new, event_t), extra
-    sel = here.nonzero().squeeze(1)
-    t_ev, y_ev = _root(event, f, sel, t, h, y, hk, dense, g0, g1, compact)
-    if torch.is_grad_enabled():  # the gradient evaluated f at the event
-        extra = extra.index_fill(0, sel, 1)
-    return (stop_t.index_put((sel,), t_ev.detach()), y_new.index_put((sel,), y_ev),
-            event_t.index_put((sel,), t_ev), extra)
-
-
-def _root(event: Event, f: VectorField, sel: torch.Tensor, t: torch.Tensor, h: torch.Tensor,
-          y: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor, g0: torch.Tensor,
-          g1: torch.Tensor, compact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The event's time and state in the steps of rows ``sel``, with their IFT gradients.
-
-    Without ``compact`` the slope at the event is taken from ``f`` on all rows of the
-    working set (the others at their step's start), so ``f`` still sees the whole batch.
-    """
-    theta = locate(event, t[sel], h[sel], y[sel], hk[:, sel], dense, g0[sel], g1[sel])
-    t_star = t[sel] + theta * h[sel]
-    y_star = dense_per_sample(theta, y[sel], hk[:, sel], dense)
-
-    def slope_of(ts: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        if compact:
-            return f(ts, ys)
-        return f(t.index_put((sel,), ts), y.detach().index_put((sel,), ys))[sel]
-
-    return differentiable_event(event, slope_of, t_star, y_star)
-
-
-def _sorted_crossings(found: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sample, time)`` of the non-terminal crossings, by sample and then in time order."""
-    if not found:
-        return (torch.zeros(0, dtype=torch.long, device=like.device), like.new_zeros(0))
-    rows = torch.cat([r for r, _ in found])
-    times = torch.cat([t for _, t in found])
-    order = torch.argsort(rows, stable=True)  # found pass by pass: in time order per sample
-    return rows[order], times[order]
 
 
 def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor,

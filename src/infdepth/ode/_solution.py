@@ -21,7 +21,7 @@ from infdepth.ode._adjoint import (
 )
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
-from infdepth.ode._events import Event, SteadyState
+from infdepth.ode._events import EventSpec, as_events
 from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
 from infdepth.ode._per_sample_adjoint import adjoint_per_sample
 from infdepth.ode._per_sample_step import dense_per_sample
@@ -86,10 +86,14 @@ class Solution:
         event_t: ``(batch,)`` event times (NaN where none), differentiable.
         event_y: ``(batch, ...)`` the state where each sample stopped (its event state,
             its last state otherwise), differentiable.
+        event_index: ``(batch,)`` long tensor: which event stopped each sample (its
+            position in the ``event`` list, ``0`` for a single event), ``-1`` where none.
         stats: per-sample :class:`SampleStats`.
         crossings: ``(sample, time)``, two ``(K,)`` tensors: the crossings of a
             non-terminal :class:`Event`, grouped by sample and in time order within one
             (empty otherwise); the times are differentiable.
+        crossing_event: ``(K,)`` long tensor: the event (position in the ``event`` list)
+            of each crossing.
     """
 
     ts: torch.Tensor
@@ -97,8 +101,10 @@ class Solution:
     status: torch.Tensor
     event_t: torch.Tensor
     event_y: torch.Tensor
+    event_index: torch.Tensor
     stats: SampleStats
     crossings: tuple[torch.Tensor, torch.Tensor]
+    crossing_event: torch.Tensor
     _calls: _Calls
     _records: tuple[Record, ...]
     _dense: torch.Tensor
@@ -167,9 +173,7 @@ def _problem_checks(solver: object, controller: object, rtol: float, atol: float
             f"adjoint={adjoint!r} is not accepted with event={type(event).__name__}(...): "
             "events under the continuous adjoint are not implemented; use Backprop() or "
             "Checkpointed() (the same gradients, the latter without storing f's activations)")
-    if event is not None and not isinstance(event, (Event, SteadyState)):
-        raise InputError(f"event={event!r} is not accepted; expected Event(fn, ...) or "
-                         "SteadyState(...)")
+    as_events(event)  # raises for anything but events
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise InputError(f"max_steps={max_steps!r} is not accepted; expected an integer >= 1")
     if not isinstance(y0, torch.Tensor) or not y0.is_floating_point() or y0.ndim < 1:
@@ -206,7 +210,7 @@ def solve(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     controller: PIController | None = None,
-    event: Event | SteadyState | None = None,
+    event: EventSpec = None,
     adjoint: GradientMethod | None = None,
     max_steps: int = 10_000,
     compact: bool = True,
@@ -229,7 +233,10 @@ def solve(
         rtol, atol: tolerances when no ``controller`` is given.
         controller: a :class:`PIController`, applied to each sample separately.
         event: an :class:`Event` (a sample stops where its function changes sign) or a
-            :class:`SteadyState`; ``None`` runs every sample to its last output time.
+            :class:`SteadyState`, or a list of them (each sample stops at the earliest
+            terminal one: ``Solution.event_index`` says which; the crossings of
+            non-terminal ones are recorded with ``Solution.crossing_event``); ``None`` runs
+            every sample to its last output time.
         adjoint: ``Backprop()`` (the default), ``Checkpointed()`` (each step keeps only its
             inputs and is retaken during backward: the same gradients, without the
             activations inside ``f``) or ``Adjoint()``: the continuous adjoint, solved
@@ -271,8 +278,15 @@ def solve(
         _raise_failures(raw)
     return Solution(
         ts=tgrid, ys=raw.ys, status=raw.status, event_t=raw.event_t, event_y=raw.y_stop,
+        event_index=_or_none(raw.event_index, raw.status), crossing_event=_or_none(
+            raw.crossing_event, raw.crossings[0]),
         stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), crossings=raw.crossings,
         _calls=calls, _records=tuple(raw.records), _dense=raw.dense, _direction=direction)
+
+
+def _or_none(index: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``index``, or ``-1`` everywhere (a solve without events)."""
+    return index if index is not None else torch.full_like(like, -1, dtype=torch.long)
 
 
 def _raise_failures(raw: Raw) -> None:
