@@ -31,12 +31,41 @@ def _put(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor | None) -> t
     return full.index_copy_(0, rows, vals)
 
 
+_WEIGHTS: dict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _sample_weights(n: int, exact: bool, rows: tuple[tuple[float, ...], ...],
+                    dense: torch.Tensor, t_dtype: torch.dtype, dtype: torch.dtype,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fractions ``1/n .. (n-1)/n`` as a column ``(n - 1, 1)`` and the weights ``(n - 1,
+    R)`` of the dense output there (``exact``; ``R`` its rows), or ``(n - 1, 3)`` of the
+    cubic Hermite interpolant on ``(h f0, y1 - y0, h f1)``; built once per solver, ``n``,
+    dtype and device (``rows`` empty: not cached)."""
+    key = (n, exact, rows, t_dtype, dtype, str(device))
+    hit = _WEIGHTS.get(key) if rows else None
+    if hit is not None:
+        return hit
+    theta = torch.arange(1, n, dtype=t_dtype, device=device) / n
+    th = theta.to(dtype)
+    if exact:
+        weights = th.unsqueeze(1).expand(-1, dense.shape[1]).cumprod(1) @ dense.T
+    else:
+        weights = torch.stack([th - 2 * th**2 + th**3, 3 * th**2 - 2 * th**3, th**3 - th**2], 1)
+    out = (theta.unsqueeze(1), weights)
+    if rows and len(_WEIGHTS) < 64:
+        _WEIGHTS[key] = out
+    return out
+
+
 class EventCheck:
     """Per-sample state of a solve's events: each function's value at the last accepted step's
     end, the stop (time, which event) and the non-terminal crossings found so far."""
 
     def __init__(self, events: tuple[Event | SteadyState, ...], f: VectorField,
-                 t0: torch.Tensor, y0: torch.Tensor, dense: torch.Tensor, compact: bool) -> None:
+                 t0: torch.Tensor, y0: torch.Tensor, dense: torch.Tensor, compact: bool,
+                 dense_rows: tuple[tuple[float, ...], ...] = ()) -> None:
+        """``dense`` the solver's dense-output matrix (``dense_rows`` its entries as numbers,
+        the key of the sample weights' cache)."""
         self.events, self.f, self.dense, self.compact = events, f, dense, compact
         batch, dev = y0.shape[0], y0.device
         self.g_prev = [ev.value(t0, y0).detach() if isinstance(ev, Event) else None
@@ -44,19 +73,8 @@ class EventCheck:
         self.event_t = torch.full((batch,), float("nan"), dtype=t0.dtype, device=dev)
         self.event_index = torch.full((batch,), -1, dtype=torch.long, device=dev)
         self.found: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-        self._theta: dict[int, torch.Tensor] = {}
-        self._weights: dict[tuple[int, bool], torch.Tensor] = {}
-        for ev in events:
-            n = ev.samples_per_step if isinstance(ev, Event) else 1
-            if n > 1 and n not in self._theta:
-                theta = torch.arange(1, n, dtype=t0.dtype, device=dev) / n
-                self._theta[n] = theta
-                th = theta.to(y0.dtype)
-                powers = th.unsqueeze(1).expand(-1, dense.shape[1]).cumprod(1)
-                self._weights[n, True] = powers @ dense.T  # (n - 1, R): the dense output
-                # the cubic Hermite interpolant on (h f0, y1 - y0, h f1)
-                self._weights[n, False] = torch.stack(
-                    [th - 2 * th**2 + th**3, 3 * th**2 - 2 * th**3, th**3 - th**2], 1)
+        self._dense_rows = tuple(tuple(row) for row in dense_rows)
+        self._dtypes = (t0.dtype, y0.dtype, dev)
         # per pass: each event's samples (n + 1, m) (row 0 the step's start) and crossings
         self._g: list[torch.Tensor | None] = []
         self._cross: list[torch.Tensor] = []
@@ -69,13 +87,14 @@ class EventCheck:
         if n == 1:
             return t1, y1
         m = y.shape[0]
-        ts = torch.addcmul(t.unsqueeze(0), self._theta[n].unsqueeze(1), h.unsqueeze(0))
+        theta, weights = _sample_weights(n, exact, self._dense_rows, self.dense, *self._dtypes)
+        ts = torch.addcmul(t.unsqueeze(0), theta, h.unsqueeze(0))
         if exact:
             basis = hk.reshape(hk.shape[0], -1)
         else:
             hf1 = k_end.reshape(m, -1) * h.to(y.dtype).unsqueeze(1)
             basis = torch.stack([hk[0], (y1 - y).reshape(m, -1), hf1]).reshape(3, -1)
-        inner = torch.addmm(y.reshape(1, -1), self._weights[n, exact], basis)
+        inner = torch.addmm(y.reshape(1, -1), weights, basis)
         return (torch.cat([ts.reshape(-1), t1]),
                 torch.cat([inner.view((n - 1) * m, *y.shape[1:]), y1]))
 
@@ -121,8 +140,9 @@ class EventCheck:
             if not isinstance(ev, Event) or ev.samples_per_step == 1 or samples is None:
                 continue
             n, k = ev.samples_per_step, sel.shape[0]
-            theta = self._theta[n].unsqueeze(1).expand(-1, k).reshape(-1)
-            ts = (t[sel].unsqueeze(0) + self._theta[n].unsqueeze(1) * h[sel]).reshape(-1)
+            column = _sample_weights(n, True, self._dense_rows, self.dense, *self._dtypes)[0]
+            theta = column.expand(-1, k).reshape(-1)
+            ts = (t[sel].unsqueeze(0) + column * h[sel]).reshape(-1)
             ys = dense_per_sample(theta, y[sel].repeat(n - 1, *([1] * (y.ndim - 1))),
                                   hk[:, sel].repeat(1, n - 1, 1), self.dense)
             inner = ev.value(ts, ys).detach().to(samples.dtype).view(n - 1, k)
@@ -187,22 +207,26 @@ class EventCheck:
             if isinstance(ev, SteadyState):
                 first.append(None)
                 lo_first.append(torch.where(cross, 1.0, inf))
-                bound = torch.minimum(bound, lo_first[-1])
+                bound = torch.minimum(bound, lo_first[-1]) if len(self.events) > 1 else bound
             elif ev.terminal:
                 i = cross.to(torch.uint8).argmax(0)
                 has = cross.any(0)
                 first.append(i)
                 lo_first.append(torch.where(has, i.to(t.dtype) / ev.samples_per_step, inf))
-                bound = torch.minimum(bound, torch.where(
-                    has, (i + 1).to(t.dtype) / ev.samples_per_step, inf))
+                if len(self.events) > 1:
+                    bound = torch.minimum(bound, torch.where(
+                        has, (i + 1).to(t.dtype) / ev.samples_per_step, inf))
             else:
                 first.append(None)
                 lo_first.append(inf)
+        several = sum(isinstance(ev, SteadyState) or ev.terminal for ev in self.events) > 1
         theta_stop, which = inf, torch.full((m,), -1, dtype=torch.long, device=dev)
         for j, ev in enumerate(self.events):
             if isinstance(ev, Event) and not ev.terminal:
                 continue
-            go = (lo_first[j] <= bound) & (lo_first[j] < inf)  # can hold the earliest stop
+            go = lo_first[j] < inf
+            if several:  # only a bracket that can hold the earliest stop
+                go = go & (lo_first[j] <= bound)
             if isinstance(ev, SteadyState):
                 theta = torch.where(go, 1.0, inf)
             elif not bool(go.any()):
