@@ -233,7 +233,7 @@ def _polynomial_fit(w: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n: int,
-                     newton: int = 2) -> torch.Tensor:
+                     newton: int = 6) -> torch.Tensor:
     """A first guess of the crossing in sub-interval ``i`` of rows ``r``: the root of the
     polynomial through the (up to) five samples around it (``samples`` ``(n + 1, m)`` at the
     fractions ``0, 1/n, ..., 1``), by ``newton`` Newton steps from the sub-interval's secant
