@@ -223,32 +223,45 @@ def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: 
         return torch.minimum(torch.maximum(theta, lo), hi).clamp(0.0, 1.0)
 
 
+GRID = 64
+"""Points per sub-interval at which :func:`polynomial_guess` evaluates the polynomial."""
+
+
 @functools.lru_cache(maxsize=8)
-def _polynomial_fit(w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _polynomial_fit(w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For samples at ``u = 0, ..., w - 1``: the matrices giving the coefficients of their
-    interpolating polynomial (``u^0..u^(w-1)``) and of its derivative (float64, host)."""
+    interpolating polynomial (``u^0..u^(w-1)``) and of its derivative, and its values on
+    ``GRID + 1`` points of each unit sub-interval ``[a, a + 1]`` (``(w - 1, w, GRID + 1)``,
+    the Lagrange basis there); float64, on the host."""
     u = torch.arange(w, dtype=torch.float64)
     inv = torch.linalg.inv(u.unsqueeze(1) ** torch.arange(w, dtype=torch.float64))
-    return inv.T.contiguous(), (inv[1:] * torch.arange(1, w).unsqueeze(1)).T.contiguous()
+    grid = u[:-1].unsqueeze(1) + torch.arange(GRID + 1, dtype=torch.float64) / GRID
+    basis = (grid.unsqueeze(2) ** torch.arange(w, dtype=torch.float64)) @ inv  # (w-1, G+1, w)
+    return (inv.T.contiguous(), (inv[1:] * torch.arange(1, w).unsqueeze(1)).T.contiguous(),
+            basis.transpose(1, 2).contiguous())
 
 
 def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n: int,
-                     newton: int = 6) -> torch.Tensor:
-    """A first guess of the crossing in sub-interval ``i`` of rows ``r``: the root of the
-    polynomial through the (up to) five samples around it (``samples`` ``(n + 1, m)`` at the
-    fractions ``0, 1/n, ..., 1``), by ``newton`` Newton steps from the sub-interval's secant
-    point, kept inside the sub-interval (no host read). Exact for an event linear in the
-    state with a dense output of degree <= 4 (Dopri5, Tsit5, Bosh3) at ``n >= 4``."""
+                     newton: int = 2) -> torch.Tensor:
+    """A first guess of the crossing in sub-interval ``i`` of rows ``r``: the first root in it
+    of the polynomial through the (up to) five samples around it (``samples`` ``(n + 1, m)``
+    at the fractions ``0, 1/n, ..., 1``): its first sign change on a grid of ``GRID`` cells,
+    the secant point there, then ``newton`` Newton steps, kept inside the sub-interval (no
+    host read). Exact for an event linear in the state with a dense output of degree <= 4
+    (Dopri5, Tsit5, Bosh3) at ``n >= 4``."""
     w = min(5, n + 1)
     start = (i - (w - 2) // 2).clamp_(0, n + 1 - w)
     local = i - start
     idx = start.unsqueeze(1) + torch.arange(w, device=i.device)  # (k, w)
     g = samples.T[r].gather(1, idx).to(torch.float64)
-    fit, slope_fit = _polynomial_fit(w)
-    coef, slope_coef = g @ fit.to(g.device), g @ slope_fit.to(g.device)  # (k, w), (k, w - 1)
-    ends = g.gather(1, torch.stack([local, local + 1], 1))
+    fit, slope_fit, basis = (x.to(g.device) for x in _polynomial_fit(w))
+    values = torch.bmm(g.unsqueeze(1), basis[local]).squeeze(1)  # (k, GRID + 1)
+    after = values * values[:, :1].sign() <= 0
+    q = after.to(torch.uint8).argmax(1).clamp_(min=1)  # the first grid point past the root
+    ends = values.gather(1, torch.stack([q - 1, q], 1))
     a = local.to(g.dtype)
-    u = a + ends[:, 0] / (ends[:, 0] - ends[:, 1])  # the secant point
+    u = a + (q.to(g.dtype) - ends[:, 1] / (ends[:, 1] - ends[:, 0])) / GRID
+    coef, slope_coef = g @ fit, g @ slope_fit  # (k, w), (k, w - 1)
     for _ in range(newton):
         powers = torch.linalg.vander(u, N=w)
         step = (powers * coef).sum(1) / (powers[:, :-1] * slope_coef).sum(1)
