@@ -231,3 +231,25 @@ def test_bad_event_lists_and_samples_name_the_argument() -> None:
         Event(ground, samples_per_step=2.5)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="event="):
         solve(lambda t, y: -y, y0, t, event="ground")  # type: ignore[arg-type]
+
+
+def test_the_root_costs_one_certifying_call_after_the_samples() -> None:
+    """The falling ball's crossing comes from the samples' polynomial (exact for an event
+    linear in the state): after one batched call per step (its samples), the root takes a
+    single call of ``fn`` (two points ``tol`` apart that bracket it)."""
+    calls = []
+
+    def counted(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(y.shape[0])
+        return y[:, 0]
+
+    for h0 in (0.3, 2.0, 9.0):
+        calls.clear()
+        y0 = torch.tensor([[h0, 0.0]], dtype=F64)
+        with torch.no_grad():
+            sol = solve(ball, y0, torch.tensor([0.0, 10.0], dtype=F64),
+                        event=Event(counted, direction=-1), rtol=1e-8, atol=1e-10)
+        assert abs(float(sol.event_t[0]) - math.sqrt(2 * h0 / G)) < 1e-10
+        steps = int(sol.stats.n_accepted[0] + sol.stats.n_rejected[0])
+        assert calls[0] == 1 and calls[1 : 1 + steps] == [4] * steps  # start, then 4 per step
+        assert calls[1 + steps :] == [2]  # the root: one call on two points
