@@ -253,3 +253,17 @@ def test_the_root_costs_one_certifying_call_after_the_samples() -> None:
         steps = int(sol.stats.n_accepted[0] + sol.stats.n_rejected[0])
         assert calls[0] == 1 and calls[1 : 1 + steps] == [4] * steps  # start, then 4 per step
         assert calls[1 + steps :] == [2]  # the root: one call on two points
+
+
+def test_backwards_in_time_crossings_come_in_the_order_of_integration() -> None:
+    y0 = torch.tensor([[2.0]], dtype=F64)  # x' = 1 from t = 2 down to 0: x = t
+    wave = Wave(3.0)
+    t = torch.tensor([2.0, 0.0], dtype=F64)
+    ctrl = PIController(rtol=1e-3, atol=1e-3, dt0=2.0)
+    sol = solve(clock, y0, t, controller=ctrl, event=Event(wave, terminal=False))
+    assert int(sol.stats.n_accepted[0]) == 1
+    torch.testing.assert_close(sol.crossings[1].detach(), torch.tensor([DOWN, UP], dtype=F64),
+                               rtol=0, atol=1e-10)
+    sol = solve(clock, y0, t, controller=ctrl, event=Event(wave, direction=1))
+    # going backwards, the first crossing met in direction 1 (sin(3x) - C rising as t falls)
+    assert abs(float(sol.event_t[0].detach()) - DOWN) < 1e-10

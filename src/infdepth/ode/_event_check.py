@@ -283,9 +283,10 @@ class EventCheck:
                 extra = extra.index_add(0, r, torch.ones_like(r))
         return stop_t, y_new, stopped, extra
 
-    def crossings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def crossings(self, direction: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(sample, time, event index)`` of the non-terminal crossings, by sample and then
-        in time order."""
+        in the order of integration (``direction`` -1: decreasing times)."""
         dev = self.event_t.device
         if not self.found:
             empty = torch.zeros(0, dtype=torch.long, device=dev)
@@ -293,7 +294,7 @@ class EventCheck:
         rows = torch.cat([r for r, _, _ in self.found])
         times = torch.cat([tt for _, tt, _ in self.found])
         index = torch.cat([torch.full_like(r, j) for r, _, j in self.found])
-        order = torch.argsort(times.detach(), stable=True)
+        order = torch.argsort(direction * times.detach(), stable=True)
         order = order[torch.argsort(rows[order], stable=True)]
         return rows[order], times[order], index[order]
 

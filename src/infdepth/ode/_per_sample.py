@@ -232,7 +232,7 @@ def integrate_per_sample(
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     if check is None:
         check = EventCheck((), f, tgrid[0], y0, dense, compact)
-    rows_c, times_c, index_c = check.crossings()
+    rows_c, times_c, index_c = check.crossings(direction)
     return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=check.event_t, nfe=nfe,
                accepted=accepted, rejected=steps - accepted, dense=dense, records=records,
                crossings=(rows_c, times_c), event_index=check.event_index,
