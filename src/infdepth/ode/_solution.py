@@ -89,9 +89,9 @@ class Solution:
         event_index: ``(batch,)`` long tensor: which event stopped each sample (its
             position in the ``event`` list, ``0`` for a single event), ``-1`` where none.
         stats: per-sample :class:`SampleStats`.
-        crossings: ``(sample, time)``, two ``(K,)`` tensors: the crossings of a
-            non-terminal :class:`Event`, grouped by sample and in time order within one
-            (empty otherwise); the times are differentiable.
+        crossings: ``(sample, time)``, two ``(K,)`` tensors: the crossings of the
+            non-terminal events, grouped by sample and in the order of integration within
+            one (empty otherwise); the times are differentiable.
         crossing_event: ``(K,)`` long tensor: the event (position in the ``event`` list)
             of each crossing.
     """
