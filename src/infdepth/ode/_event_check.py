@@ -165,6 +165,34 @@ class EventCheck:
         return locate(ev, t[r], h[r], y[r], hk[:, r], self.dense, lo, hi, samples[i, r],
                       samples[i + 1, r], guess)
 
+    def _resolve_one(self, rows: torch.Tensor | None, cand: torch.Tensor, t: torch.Tensor,
+                     h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor, stop_t: torch.Tensor,
+                     y_new: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`resolve` for a solve whose only event is a terminal :class:`Event` with
+        exact samples: every row in ``cand`` stops in its first sub-interval with a crossing
+        (the same result, fewer operations)."""
+        ev, samples = self.events[0], self._g[0]
+        assert isinstance(ev, Event) and samples is not None
+        n = ev.samples_per_step
+        r = cand.nonzero().squeeze(1)
+        i = self._cross[0][:, r].to(torch.uint8).argmax(0)
+        tr, hr, yr, hkr = t[r], h[r], y[r], hk[:, r]
+        lo = i.to(t.dtype) / n
+        guess = polynomial_guess(samples, i, r, n) if n > 1 else None
+        theta = locate(ev, tr, hr, yr, hkr, self.dense, lo, lo + 1.0 / n, samples[i, r],
+                       samples[i + 1, r], guess)
+        y_star = dense_per_sample(theta, yr, hkr, self.dense)
+        t_ev, y_ev = differentiable_event(ev, self._slope(t, y, r), tr + theta * hr, y_star)
+        extra = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
+        if torch.is_grad_enabled():  # the gradient evaluated f at the event
+            extra = extra.index_fill(0, r, 1)
+        self.event_t = _put(self.event_t, _take(self.event_t, rows).index_put((r,), t_ev), rows)
+        self.event_index = _put(self.event_index,
+                                _take(self.event_index, rows).index_fill(0, r, 0), rows)
+        return (stop_t.index_put((r,), t_ev.detach()), y_new.index_put((r,), y_ev), cand,
+                extra)
+
     def _slope(self, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor) -> VectorField:
         """``f`` at event points of working rows ``r`` (with ``compact=False`` on the whole
         working set, the other rows at their step's start; repeated rows in turns)."""
@@ -195,6 +223,10 @@ class EventCheck:
         """Stops and crossings in the rows ``cand``: ``(stop_t, y_new, stopped, extra)``, the
         working set's stopping times and states (at the earliest terminal event where one
         fired), which stopped, and the evaluations of ``f`` the gradients took."""
+        one = self.events[0]
+        if (self._exact and len(self.events) == 1 and isinstance(one, Event)
+                and one.terminal):
+            return self._resolve_one(rows, cand, t, h, y, hk, stop_t, y_new)
         m, dev, grad = t.shape[0], t.device, torch.is_grad_enabled()
         extra = torch.zeros(m, dtype=torch.long, device=dev)
         if not self._exact and hk.shape[0] == self.dense.shape[0]:

@@ -190,10 +190,10 @@ def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: 
         for iteration in range(MAX_ROOT_ITERATIONS):
             if iteration > 0 and not bool(open_.any()):
                 break
+            low, high = lo + half, hi - half
+            inside = (nxt > low) & (nxt < high)  # False for NaN
             secant = (lo * ghi - hi * glo) / (ghi - glo)
-            inside = (nxt > lo + half) & (nxt < hi - half)  # False for NaN
-            c = torch.where(inside, nxt, torch.minimum(torch.maximum(secant, lo + half),
-                                                       hi - half))
+            c = torch.where(inside, nxt, secant.clamp(low, high))
             p = torch.cat([c - half, c + half])
             g = event.value(t2 + p * h2, dense_per_sample(p, y2, hk2, dense)).detach().to(dt)
             after = g * before <= 0
