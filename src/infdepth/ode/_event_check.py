@@ -106,14 +106,14 @@ class EventCheck:
         self._exact = hk.shape[0] == self.dense.shape[0]
         self._g, self._cross = [], []
         points: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        cand = torch.zeros_like(acc)
+        cand: torch.Tensor | None = None
         with torch.no_grad():
             for j, ev in enumerate(self.events):
                 if isinstance(ev, SteadyState):
                     reached = acc & ~last & ev.reached(k_end, y1)
                     self._g.append(None)
                     self._cross.append(reached)
-                    cand = cand | reached
+                    cand = reached if cand is None else cand | reached
                     continue
                 n = ev.samples_per_step
                 if n not in points:
@@ -127,7 +127,8 @@ class EventCheck:
                 self.g_prev[j] = _put(prev, torch.where(acc, g[-1], gw), rows)
                 self._g.append(samples)
                 self._cross.append(cross)
-                cand = cand | cross.any(0)
+                cand = cross.any(0) if cand is None else cand | cross.any(0)
+        assert cand is not None  # a solve with events has at least one
         return cand
 
     def _resample(self, cand: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
