@@ -14,7 +14,15 @@ import math
 
 import torch
 
-from infdepth.ode._events import Event, SteadyState, differentiable_event, locate, polynomial_guess
+from infdepth.ode._events import (
+    Event,
+    PolynomialFit,
+    SteadyState,
+    differentiable_event,
+    locate,
+    polynomial_fit,
+    polynomial_guess,
+)
 from infdepth.ode._per_sample_step import dense_per_sample
 from infdepth.ode._stepping import VectorField
 
@@ -31,30 +39,18 @@ def _put(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor | None) -> t
     return full.index_copy_(0, rows, vals)
 
 
-_WEIGHTS: dict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _sample_weights(n: int, exact: bool, rows: tuple[tuple[float, ...], ...],
-                    dense: torch.Tensor, t_dtype: torch.dtype, dtype: torch.dtype,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample_weights(n: int, exact: bool, dense: torch.Tensor, t_dtype: torch.dtype,
+                    dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The fractions ``1/n .. (n-1)/n`` as a column ``(n - 1, 1)`` and the weights ``(n - 1,
     R)`` of the dense output there (``exact``; ``R`` its rows), or ``(n - 1, 3)`` of the
-    cubic Hermite interpolant on ``(h f0, y1 - y0, h f1)``; built once per solver, ``n``,
-    dtype and device (``rows`` empty: not cached)."""
-    key = (n, exact, rows, t_dtype, dtype, str(device))
-    hit = _WEIGHTS.get(key) if rows else None
-    if hit is not None:
-        return hit
+    cubic Hermite interpolant on ``(h f0, y1 - y0, h f1)``."""
     theta = torch.arange(1, n, dtype=t_dtype, device=device) / n
     th = theta.to(dtype)
     if exact:
         weights = th.unsqueeze(1).expand(-1, dense.shape[1]).cumprod(1) @ dense.T
     else:
         weights = torch.stack([th - 2 * th**2 + th**3, 3 * th**2 - 2 * th**3, th**3 - th**2], 1)
-    out = (theta.unsqueeze(1), weights)
-    if rows and len(_WEIGHTS) < 64:
-        _WEIGHTS[key] = out
-    return out
+    return theta.unsqueeze(1), weights
 
 
 class EventCheck:
@@ -62,10 +58,8 @@ class EventCheck:
     end, the stop (time, which event) and the non-terminal crossings found so far."""
 
     def __init__(self, events: tuple[Event | SteadyState, ...], f: VectorField,
-                 t0: torch.Tensor, y0: torch.Tensor, dense: torch.Tensor, compact: bool,
-                 dense_rows: tuple[tuple[float, ...], ...] = ()) -> None:
-        """``dense`` the solver's dense-output matrix (``dense_rows`` its entries as numbers,
-        the key of the sample weights' cache)."""
+                 t0: torch.Tensor, y0: torch.Tensor, dense: torch.Tensor, compact: bool) -> None:
+        """``dense`` the solver's dense-output matrix."""
         self.events, self.f, self.dense, self.compact = events, f, dense, compact
         batch, dev = y0.shape[0], y0.device
         self.g_prev = [ev.value(t0, y0).detach() if isinstance(ev, Event) else None
@@ -73,12 +67,25 @@ class EventCheck:
         self.event_t = torch.full((batch,), float("nan"), dtype=t0.dtype, device=dev)
         self.event_index = torch.full((batch,), -1, dtype=torch.long, device=dev)
         self.found: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-        self._dense_rows = tuple(tuple(row) for row in dense_rows)
         self._dtypes = (t0.dtype, y0.dtype, dev)
+        # constants of this solve (its solver, dtypes and device), built at first use; they
+        # live as long as the solve, so nothing is shared between solves
+        self._weights: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fits: dict[int, PolynomialFit] = {}
         # per pass: each event's samples (n + 1, m) (row 0 the step's start) and crossings
         self._g: list[torch.Tensor | None] = []
         self._cross: list[torch.Tensor] = []
         self._exact = True
+
+    def _sample_weights(self, n: int, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if (n, exact) not in self._weights:
+            self._weights[n, exact] = _sample_weights(n, exact, self.dense, *self._dtypes)
+        return self._weights[n, exact]
+
+    def _fit(self, w: int) -> PolynomialFit:
+        if w not in self._fits:
+            self._fits[w] = polynomial_fit(w)
+        return self._fits[w]
 
     def _points(self, n: int, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
                 y1: torch.Tensor, t1: torch.Tensor, k_end: torch.Tensor, hk: torch.Tensor,
@@ -87,7 +94,7 @@ class EventCheck:
         if n == 1:
             return t1, y1
         m = y.shape[0]
-        theta, weights = _sample_weights(n, exact, self._dense_rows, self.dense, *self._dtypes)
+        theta, weights = self._sample_weights(n, exact)
         ts = torch.addcmul(t.unsqueeze(0), theta, h.unsqueeze(0))
         if exact:
             basis = hk.reshape(hk.shape[0], -1)
@@ -141,7 +148,7 @@ class EventCheck:
             if not isinstance(ev, Event) or ev.samples_per_step == 1 or samples is None:
                 continue
             n, k = ev.samples_per_step, sel.shape[0]
-            column = _sample_weights(n, True, self._dense_rows, self.dense, *self._dtypes)[0]
+            column = self._sample_weights(n, True)[0]
             theta = column.expand(-1, k).reshape(-1)
             ts = (t[sel].unsqueeze(0) + column * h[sel]).reshape(-1)
             ys = dense_per_sample(theta, y[sel].repeat(n - 1, *([1] * (y.ndim - 1))),
@@ -162,7 +169,7 @@ class EventCheck:
         assert isinstance(ev, Event) and samples is not None
         n = ev.samples_per_step
         lo, hi = i.to(t.dtype) / n, (i + 1).to(t.dtype) / n
-        guess = polynomial_guess(samples, i, r, n) if n > 1 else None
+        guess = polynomial_guess(samples, i, r, n, self._fit) if n > 1 else None
         return locate(ev, t[r], h[r], y[r], hk[:, r], self.dense, lo, hi, samples[i, r],
                       samples[i + 1, r], guess)
 
@@ -180,7 +187,7 @@ class EventCheck:
         i = self._cross[0][:, r].to(torch.uint8).argmax(0)
         tr, hr, yr, hkr = t[r], h[r], y[r], hk[:, r]
         lo = i.to(t.dtype) / n
-        guess = polynomial_guess(samples, i, r, n) if n > 1 else None
+        guess = polynomial_guess(samples, i, r, n, self._fit) if n > 1 else None
         theta = locate(ev, tr, hr, yr, hkr, self.dense, lo, lo + 1.0 / n, samples[i, r],
                        samples[i + 1, r], guess)
         y_star = dense_per_sample(theta, yr, hkr, self.dense)

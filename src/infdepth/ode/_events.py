@@ -15,7 +15,6 @@ parameters need not sit in the state). A solve may have several events
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -227,8 +226,10 @@ GRID = 64
 """Points per sub-interval at which :func:`polynomial_guess` evaluates the polynomial."""
 
 
-@functools.lru_cache(maxsize=8)
-def _polynomial_fit(w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+PolynomialFit = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def polynomial_fit(w: int) -> PolynomialFit:
     """For samples at ``u = 0, ..., w - 1``: the matrices giving the coefficients of their
     interpolating polynomial (``u^0..u^(w-1)``) and of its derivative, and its values on
     ``GRID + 1`` points of each unit sub-interval ``[a, a + 1]`` (``(w - 1, w, GRID + 1)``,
@@ -242,6 +243,7 @@ def _polynomial_fit(w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n: int,
+                     fit_of: Callable[[int], PolynomialFit] = polynomial_fit,
                      newton: int = 2) -> torch.Tensor:
     """A first guess of the crossing in sub-interval ``i`` of rows ``r``: the first root in it
     of the polynomial through the (up to) five samples around it (``samples`` ``(n + 1, m)``
@@ -254,7 +256,7 @@ def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n:
     local = i - start
     idx = start.unsqueeze(1) + torch.arange(w, device=i.device)  # (k, w)
     g = samples.T[r].gather(1, idx).to(torch.float64)
-    fit, slope_fit, basis = (x.to(g.device) for x in _polynomial_fit(w))
+    fit, slope_fit, basis = (x.to(g.device) for x in fit_of(w))
     values = torch.bmm(g.unsqueeze(1), basis[local]).squeeze(1)  # (k, GRID + 1)
     after = values * values[:, :1].sign() <= 0
     q = after.to(torch.uint8).argmax(1).clamp_(min=1)  # the first grid point past the root

@@ -132,7 +132,7 @@ def integrate_per_sample(
     times = torch.cat([tgrid, torch.full_like(tgrid[:1], direction * math.inf)]).reshape(-1)
     next_slot = torch.arange(batch, 2 * batch, device=dev)
     events = as_events(event)
-    check = (EventCheck(events, f, t, y0, dense, compact, solver.tableau.dense_rows)
+    check = (EventCheck(events, f, t, y0, dense, compact)
              if events else None)
     ys = torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])])
     records: list[Record] = []
