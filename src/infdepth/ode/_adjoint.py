@@ -37,6 +37,11 @@ class Problem:
     """The field as the backward pass of :class:`Adjoint` and :class:`Checkpointed` calls it
     (``None``: ``f``). ``ODEBlock`` passes a second entry point here to count backward
     evaluations apart from forward ones."""
+    norm: Norm | None = None
+    """The error norm of the forward solve (a scaled error shaped like ``y0`` -> its mean
+    square; ``None``: all components). ``ODEBlock`` with regularisers passes one that measures
+    ``h`` and leaves out the integral channels; the :class:`Adjoint`'s backward solve measures
+    the state and adjoint segments with it."""
 
     @property
     def backward_field(self) -> VectorField:
@@ -53,7 +58,8 @@ class Backprop:
     """
 
     def solve(self, p: Problem) -> torch.Tensor:
-        return integrate(p.f, p.y0, p.grid, p.solver, p.controller, max_steps=p.max_steps)
+        return integrate(p.f, p.y0, p.grid, p.solver, p.controller, max_steps=p.max_steps,
+                         norm=p.norm)
 
 
 @dataclass(frozen=True)
@@ -147,8 +153,26 @@ def _via_union(p: Problem, run: Any) -> torch.Tensor:
     return out
 
 
-def _mixed_norm(sizes: list[int], device: torch.device) -> Norm:
-    """Largest mean square over the segments of a flat state (torchdiffeq's mixed norm)."""
+def _mixed_norm(sizes: list[int], device: torch.device, state: Norm | None = None,
+                shape: torch.Size | None = None) -> Norm:
+    """Largest mean square over the segments of a flat state (torchdiffeq's mixed norm).
+
+    With ``state`` (a norm of the forward solve, :attr:`Problem.norm`), the first two segments
+    (``y`` and ``dL/dy``, each of ``shape``) are measured by it instead.
+    """
+    if state is not None:
+        assert shape is not None
+        n = sizes[0]
+        rest = _mixed_norm(sizes[2:], device) if len(sizes) > 2 else None
+
+        def measured(x: torch.Tensor) -> torch.Tensor:
+            x = x.reshape(-1)
+            parts = [state(x[:n].view(shape)), state(x[n : 2 * n].view(shape))]
+            if rest is not None:
+                parts.append(rest(x[2 * n :]))
+            return torch.stack(parts).max()
+
+        return measured
     seg = torch.repeat_interleave(torch.arange(len(sizes), device=device),
                                   torch.tensor(sizes, device=device))
     inv = 1.0 / torch.tensor(sizes, dtype=torch.float64, device=device)
@@ -199,7 +223,8 @@ class _AdjointFn(torch.autograd.Function):
         *params: torch.Tensor,
     ) -> torch.Tensor:
         with torch.no_grad():
-            ys = integrate(p.f, y0, p.grid, p.solver, p.controller, max_steps=p.max_steps)
+            ys = integrate(p.f, y0, p.grid, p.solver, p.controller, max_steps=p.max_steps,
+                           norm=p.norm)
         ctx.method, ctx.p = method, p
         ctx.save_for_backward(ys, times, *params)
         return ys
@@ -213,7 +238,7 @@ class _AdjointFn(torch.autograd.Function):
         shape = ys.shape[1:]
         n = ys[0].numel()
         sizes = [n, n] + [q.numel() for q in params]
-        norm = _mixed_norm(sizes[:2] if method.seminorm else sizes, ys.device)
+        norm = _mixed_norm(sizes[:2] if method.seminorm else sizes, ys.device, p.norm, shape)
         ctrl = p.controller
         if isinstance(ctrl, PIController):
             ctrl = dataclasses.replace(
@@ -259,7 +284,7 @@ class _CheckpointFn(torch.autograd.Function):
         steps: list[Step] = []
         with torch.no_grad():
             ys = integrate(p.f, y0, p.grid, p.solver, p.controller, max_steps=p.max_steps,
-                           on_accept=steps.append)
+                           norm=p.norm, on_accept=steps.append)
         ctx.p, ctx.steps = p, steps
         ctx.save_for_backward(ys, y0, times, *params)
         return ys

@@ -8,7 +8,7 @@ import torch
 
 from infdepth.errors import InputError
 from infdepth.ode._adjoint import Backprop, GradientMethod, Problem, check_params_visible, find_params
-from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
+from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, Norm, PIController
 from infdepth.ode._outputs import OutputGrid
 from infdepth.ode._solution import solve as solve_per_sample
 from infdepth.ode._solvers import Dopri5, RungeKutta
@@ -151,8 +151,11 @@ def solve(
     adjoint: GradientMethod | None,
     max_steps: int,
     f_backward: VectorField | None = None,
+    norm: Norm | None = None,
 ) -> torch.Tensor:
-    """:func:`odeint`, with ``f_backward`` the field that a backward pass evaluates."""
+    """:func:`odeint`, with ``f_backward`` the field that a backward pass evaluates and
+    ``norm`` the error norm of adaptive steps (:attr:`~infdepth.ode._adjoint.Problem.norm`;
+    ``None``: the RMS of all components)."""
     solver = Dopri5() if solver is None else solver
     if not isinstance(solver, RungeKutta):
         raise InputError(
@@ -188,7 +191,8 @@ def solve(
     grid, perm = _output_grid(t, y0)
     check_params_visible(f, adjoint, y0, grid.times[0])
     problem = Problem(f=f, y0=y0, grid=grid, solver=solver, controller=controller,
-                      max_steps=max_steps, params=find_params(f, adjoint), f_backward=f_backward)
+                      max_steps=max_steps, params=find_params(f, adjoint), f_backward=f_backward,
+                      norm=norm)
     ys = adjoint.solve(problem)
     if perm is None:
         return ys

@@ -8,9 +8,17 @@ your neural ODE"): integrals along the trajectory, solved alongside the state.
   vector-Jacobian product per evaluation of ``f``; smooth dynamics.
 
 Each integral is one more channel per sample of the state: the state ``(B, *feat)`` becomes
-``(B, F + R)``, the solver's error control covers the integrals too, and every gradient
-method differentiates them. :class:`~infdepth.ode.ODEBlock` takes them as ``regularisers=``
-and adds ``weight * mean over samples`` of each integral to its ``penalty()``.
+``(B, F + R)``, integrated on the same steps, and every gradient method differentiates them.
+:class:`~infdepth.ode.ODEBlock` takes them as ``regularisers=`` and adds ``weight * mean over
+samples`` of each integral to its ``penalty()``.
+
+Error control: the integrals are quadratures, they never feed back into ``h``, so their local
+error does not make the trajectory less accurate; measured with the rest of the state (an RMS
+over all components) they steer the step size anyway, and they start at 0, where ``rtol``
+gives them no room: one channel whose error is large against ``atol`` can force smaller steps
+than ``h`` needs (the forward-pass twin of the adjoint's seminorm, Kidger et al. 2021).
+:meth:`RegularisedField.state_norm` measures ``h`` alone; ``ODEBlock`` uses it unless
+``control_integrals=True``.
 """
 
 from __future__ import annotations
@@ -71,6 +79,12 @@ class RegularisedField:
         self.batch = shape[0] if len(shape) >= 2 else 1
         self.features = int(torch.Size(shape).numel()) // self.batch
 
+    def state_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean square of the ``h`` part of a scaled error ``x`` of shape ``(B, F + R)``: the
+        error norm that leaves the integral channels out (they are integrated on the steps
+        ``h`` needs, without steering them)."""
+        return x.reshape(self.batch, -1)[:, : self.features].square().mean()
+
     def over(self, f: VectorField) -> RegularisedField:
         """The same augmented field (same ``eps``) around another entry point to ``f``."""
         return RegularisedField(f, self.shape, self.regs, self.noise)
@@ -83,7 +97,10 @@ class RegularisedField:
         else:
             outer = torch.is_grad_enabled()
             with torch.enable_grad():
-                h_in = h if h.requires_grad else h.detach().requires_grad_(True)
+                # without outer grad (the forward of Adjoint and Checkpointed) h is a view that
+                # may report requires_grad (its state does) with no graph behind it: the
+                # product would then come back None, a zero channel; a fresh leaf is measured
+                h_in = h if outer and h.requires_grad else h.detach().requires_grad_(True)
                 dh = self.f(t, h_in)
                 (vjp,) = torch.autograd.grad(dh, h_in, self.noise, create_graph=outer,
                                              allow_unused=True)
