@@ -120,6 +120,7 @@ def odenet(
     classes: int = 10,
     in_channels: int = 1,
     regularisers: Sequence[Regulariser] = (),
+    control_integrals: bool = False,
 ) -> nn.Sequential:
     """Stem, one :class:`~infdepth.ode.ODEBlock` ``dh/dt = g(t, h)`` on ``[0, t1]``, head.
 
@@ -137,11 +138,13 @@ def odenet(
         in_channels: channels of the input images.
         regularisers: ``KineticEnergy(w)`` / ``JacobianFrobenius(w)`` of the block, integrated
             in training and added to its ``penalty()`` (which ``fit`` adds to the loss).
+        control_integrals: let their integrals steer the training solve's steps
+            (:class:`~infdepth.ode.ODEBlock`; default: ``h`` alone does).
     """
     method: GradientMethod = Adjoint() if adjoint else Backprop()
     block = ODEBlock(ConvField(channels), t1=t1, learn_t1=learn_t1, t1_l2=t1_l2, solver=Dopri5(),
                      rtol=rtol, atol=atol, step_size=step_size, adjoint=method,
-                     regularisers=regularisers)
+                     regularisers=regularisers, control_integrals=control_integrals)
     return nn.Sequential(*stem(channels, image_size, in_channels), block, *head(channels, classes))
 
 

@@ -84,6 +84,10 @@ def test_regularisers_are_integrated_and_reach_the_loss(tmp_path: Path) -> None:
     config = params.Config(channels=4, kinetic_energy=0.5, jacobian_frobenius=0.25)
     block = ode_block(params.build_model("odenet", config, (1, 8, 8), 10))
     assert block is not None and block.regularisers == (KineticEnergy(0.5), JacobianFrobenius(0.25))
+    assert not block.control_integrals  # the state alone steers the steps unless asked
+    config = params.Config(channels=4, kinetic_energy=0.5, control_integrals=True)
+    controlled = ode_block(params.build_model("odenet", config, (1, 8, 8), 10))
+    assert controlled is not None and controlled.control_integrals
     block.train()
     block(torch.rand(2, 4, 4, 4))
     assert float(block.penalty()) > 0
@@ -169,6 +173,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(
         (["--kinetic-energy", "-1"], "--kinetic-energy"),
         (["--jacobian-frobenius", "nan"], "--jacobian-frobenius"),
         (["--models", "resnet", "--jacobian-frobenius", "0.1"], "--jacobian-frobenius"),
+        (["--control-integrals"], "--control-integrals"),
         (["--train-subset", "0"], "--train-subset"),
         (["--train-subset", "100000"], "--train-subset"),
         (["--train-subset", "1000000000000"], "--train-subset"),

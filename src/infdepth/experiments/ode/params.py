@@ -130,7 +130,7 @@ def build_model(kind: str, config: Config, image_shape: tuple[int, int, int], cl
         return odenet(config.channels, size, rtol=config.rtol, atol=config.atol,
                       adjoint=not config.backprop, step_size=config.step_size,
                       learn_t1=config.learn_t1, t1_l2=config.t1_l2, classes=classes, in_channels=c,
-                      regularisers=regularisers(config))
+                      regularisers=regularisers(config), control_integrals=config.control_integrals)
     blocks = config.res_blocks if kind == "resnet" else 1
     return resnet(config.channels, blocks, size, classes=classes, in_channels=c)
 

@@ -50,6 +50,9 @@ class Config:
                                    "int |f|^2 dt (Finlay et al. 2020; 0: off)")
     jacobian_frobenius: float = option(0.0, "weight of the ODE block's Jacobian-Frobenius "
                                        "regulariser int |df/dh|_F^2 dt, Hutchinson-estimated (0: off)")
+    control_integrals: bool = option(False, "let the regularisers' integrals steer the training "
+                                     "solve's step size too (default: the error norm measures the "
+                                     "state alone, the integrals follow its steps)")
     train_subset: int | None = option(None, "train on this many random training images "
                                       "(None: all)", type=int)
     seed: int = option(0, "seed of weights and data")
@@ -79,6 +82,9 @@ class Config:
         if (self.kinetic_energy or self.jacobian_frobenius) and "odenet" not in self.models:
             raise InputError("--kinetic-energy / --jacobian-frobenius regularise the ODE block; "
                              f"--models={','.join(self.models)} has none: add odenet")
+        if self.control_integrals and not (self.kinetic_energy or self.jacobian_frobenius):
+            raise InputError("--control-integrals is not accepted without --kinetic-energy or "
+                             "--jacobian-frobenius: there are no integrals to control")
         if self.train_subset is not None:
             check_int("--train-subset", self.train_subset, low=1)
         check_int("--seed", self.seed, low=0)
