@@ -32,8 +32,9 @@ from infdepth.ode._newton import (
     NewtonFailure,
     NewtonMatrix,
     autograd_jacobian,
+    blocks,
     newton_matrix,
-    sample_rms,
+    scaled_rms,
     user_jacobian,
 )
 from infdepth.ode._solvers import RungeKutta, StepTensors
@@ -129,9 +130,16 @@ class ImplicitSteps:
     def step(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float, y: torch.Tensor,
              k1: torch.Tensor, c_time: torch.Tensor, stats: Stats,
              buf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One ESDIRK step: ``(y1, stages, error estimate)``; raises :class:`NewtonFailure`."""
+        """One ESDIRK step: ``(y1, stages, error estimate)``; raises :class:`NewtonFailure`.
+
+        The slopes are written into the rows of ``buf`` (``(S, N)``, no autograd) or of a
+        fresh buffer, so that each stage's known part is one ``addmm`` over the rows so far.
+        """
         h_val = float(h)
         rate = 0.0
+        s = self.solver.stages
+        grad = torch.is_grad_enabled()
+        kbuf = buf if buf is not None and not grad else y.new_empty(s, y.numel())
         with torch.no_grad():
             for attempt in range(2):
                 fresh = self.jac_at is y
@@ -139,7 +147,7 @@ class ImplicitSteps:
                     self.jac, self.jac_at, self.matrix = self._jacobian(f, t, y, stats), y, None
                     fresh = True
                 try:
-                    ks, rate = self._stages(f, t, h_val, y, k1.detach(), c_time, stats)
+                    rate = self._stages(f, t, h_val, y, k1.detach(), c_time, stats, kbuf)
                     break
                 except NewtonFailure:
                     stats.newton_failures += 1
@@ -147,18 +155,12 @@ class ImplicitSteps:
                         self.stale = True
                         raise
             self.stale = rate > self.solver.reuse_jacobian_below
-        if torch.is_grad_enabled():
-            ks = self._differentiable_stages(f, t, h, y, k1, ks, c_time, stats)
-        s = len(ks)
-        kall = torch.stack(ks)
-        hw = self.tabs.weights * h_val
-        with torch.no_grad():
-            err = torch.mm(hw[s : s + 1], kall.reshape(s, -1).detach()).view(y.shape)
-        y1 = self._last_stage
-        if buf is not None:
-            buf.copy_(kall.reshape(s, -1))
-            return y1, buf.view(s, *y.shape), err
-        return y1, kall, err
+            err = torch.mm(self.tabs.weights[s : s + 1] * h_val, kbuf).view(y.shape)
+        if grad:
+            ks = self._differentiable_stages(f, t, h, y, k1, list(kbuf.view(s, *y.shape).unbind()),
+                                             c_time, stats)
+            return self._last_stage, torch.stack(ks), err
+        return self._last_stage, kbuf.view(s, *y.shape), err
 
     def _explicit_part(self, i: int, h: torch.Tensor | float, y: torch.Tensor,
                        ks: list[torch.Tensor]) -> torch.Tensor:
@@ -169,27 +171,50 @@ class ImplicitSteps:
         return torch.addmm(y.reshape(1, -1), hw, kst).view(y.shape)
 
     def _stages(self, f: VectorField, t: torch.Tensor, h: float, y: torch.Tensor,
-                k1: torch.Tensor, c_time: torch.Tensor, stats: Stats,
-                ) -> tuple[list[torch.Tensor], float]:
-        """Newton's iteration for every implicit stage (no autograd); the slowest rate."""
+                k1: torch.Tensor, c_time: torch.Tensor, stats: Stats, kbuf: torch.Tensor,
+                ) -> float:
+        """Newton's iteration for every implicit stage (no autograd): the slopes into the
+        rows of ``kbuf``, the last stage into ``_last_stage``; returns the slowest rate.
+
+        Iterates on the stage's implicit increment ``w = Y - z = h gamma k`` (``z`` the
+        known part): per iteration one evaluation of ``f``, the residual
+        ``w - h gamma f(t_i, z + w)`` (one ``add``), one solve, one in-place update and one
+        scaled norm read back to the host; the slope is ``w / (h gamma)``, with no
+        cancellation in ``(z + w) - z``.
+        """
         h_gamma = h * self.gamma
         matrix = self._factor(h_gamma, float(t), stats)
-        scale = y.abs().mul(self.rtol).add_(self.atol)
+        nb, nf = blocks(y)
+        # 1 / (sqrt(F) (atol + rtol |y|)): the per-sample RMS of the update is one vector norm
+        inv_scale = y.abs().mul_(self.rtol).add_(self.atol).reciprocal_().mul_(1 / math.sqrt(nf))
         kappa, max_iters = self.solver.newton_kappa, self.solver.max_newton_iters
-        ks, worst = [k1], 0.0
+        shape = y.shape
+        yf = y.reshape(1, -1)
+        hw = self.tabs.weights * h
+        ts = torch.add(t, c_time, alpha=h).unbind()
+        kbuf[0].copy_(k1.reshape(-1))
+        # one system of at most SMALL_SYSTEM unknowns: each solve is one matrix-vector product
+        inverse = getattr(matrix, "inverse", None) if nb == 1 else None
+        inv0 = inverse[0] if inverse is not None else None
+        worst = 0.0
+        stage = y
         for i in range(1, self.solver.stages):
-            t_i = t + c_time[i] * h
-            z = self._explicit_part(i, h, y, ks)
-            stage = z + h_gamma * ks[-1]  # predictor: the last slope
+            t_i = ts[i]
+            z = torch.addmm(yf, hw[i - 1 : i, :i], kbuf[:i]).view(shape)
+            w = torch.mul(kbuf[i - 1], h_gamma).view(shape)  # predictor: the last slope
             eta = max(self.eta, 1e-10) ** 0.8
             prev = math.inf
             for it in range(max_iters):
                 stats.newton_iters += 1
                 stats.nfe += 1
-                residual = stage - z - h_gamma * f(t_i, stage)
-                delta = matrix.solve(residual)
-                stage = stage - delta
-                norm = sample_rms(delta, scale)
+                stage = z + w
+                residual = torch.add(w, f(t_i, stage), alpha=-h_gamma)
+                if inv0 is not None:
+                    delta = torch.mv(inv0, residual.view(-1)).view(shape)
+                else:
+                    delta = matrix.solve(residual)
+                w.sub_(delta)
+                norm = scaled_rms(delta, inv_scale, nb)
                 if not math.isfinite(norm):
                     raise NewtonFailure(f"Newton's iteration gave a non-finite stage at "
                                         f"t={float(t):.6g} with step size {h:.3g}")
@@ -210,9 +235,10 @@ class ImplicitSteps:
                     f"Newton's iteration did not converge in max_newton_iters={max_iters} at "
                     f"t={float(t):.6g} with step size {h:.3g} (stage {i + 1})")
             self.eta = eta
-            ks.append((stage - z) / h_gamma)
+            torch.mul(w.reshape(-1), 1 / h_gamma, out=kbuf[i])
+            stage = z + w
         self._last_stage = stage
-        return ks, worst
+        return worst
 
     def _differentiable_stages(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float,
                                y: torch.Tensor, k1: torch.Tensor, converged: list[torch.Tensor],
