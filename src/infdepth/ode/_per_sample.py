@@ -27,6 +27,7 @@ from infdepth.ode._events import EventSpec, as_events
 from infdepth.ode._per_sample_step import (
     PerSampleSteps,
     RowNorm,
+    StageBuffer,
     StagePlan,
     _rows,
     dense_per_sample,
@@ -110,8 +111,8 @@ def integrate_per_sample(
     n_out, batch = tgrid.shape
     dev, long = y0.device, torch.long
     tabs = solver.tensors(y0.dtype, y0.device)
-    plan, dense = StagePlan.of(solver, tabs), tabs.dense
-    control = PerSampleSteps(ctrl, solver.order, norm)
+    plan, dense = StagePlan.of(solver, tabs, tgrid.dtype), tabs.dense
+    control = PerSampleSteps(ctrl, solver.order, norm, direction)
     grad = torch.is_grad_enabled()
     t, t_end = tgrid[0].clone(), tgrid[-1]
     k1 = first_eval(f, t, y0, Stats())
@@ -131,19 +132,23 @@ def integrate_per_sample(
     # is, and one never reached is filled by _assemble.
     times = torch.cat([tgrid, torch.full_like(tgrid[:1], direction * math.inf)]).reshape(-1)
     next_slot = torch.arange(batch, 2 * batch, device=dev)
+    # each row's output times, increasing (negated backwards): how many a step passed is one
+    # searchsorted, so the pass knows how many outputs to store before it reads anything
+    grid = (tgrid if direction > 0 else -tgrid).detach().t().contiguous()
     events = as_events(event)
     check = (EventCheck(events, f, t, y0, dense, compact)
              if events else None)
     ys = torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])])
     records: list[Record] = []
     n_dense = len(solver.tableau.dense_c)
-    passes = 0
-    while True:
-        n_running = batch - int(done.sum())
-        if n_running == 0:
-            break
-        rows = (~done).nonzero().squeeze(1) if compact and n_running < batch else None
-        everyone = rows is not None or n_running == batch  # no finished row in the working set
+    buffer = StageBuffer()
+    want_acc = keep_dense or on_accept is not None
+    passes, n_running, rows, grid_w, end_w = 0, batch, None, grid, t_end
+    while n_running:
+        if compact and n_running < batch and (rows is None or rows.shape[0] != n_running):
+            rows = (~done).nonzero().squeeze(1)  # only when a sample finished
+            grid_w, end_w = grid.index_select(0, rows), t_end.index_select(0, rows)
+        dead = None if rows is not None or n_running == batch else done  # masked, finished
 
         def take(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
             return x if rows is None else x.index_select(0, rows)
@@ -156,59 +161,74 @@ def integrate_per_sample(
                 return full.index_copy(0, rows, vals)
             return full.index_copy_(0, rows, vals)
 
-        live = take(~done)
-        tw, hw, yw, kw, endw = take(t), take(h), take(y), take(k1), take(t_end)
-        signed, last, under = control.next_step(tw, endw, hw, direction)
+        tw, hw, yw, kw = take(t), take(h), take(y), take(k1)
+        signed, last, under = control.next_step(tw, end_w, hw, direction)
         passes += 1
         if passes > max_steps:  # only then can a sample have taken max_steps steps
             under = under | (take(steps) >= max_steps)
-        halted = live & under
-        if not everyone and rows is None:  # masked: finished rows take empty steps
-            signed = torch.where(live, signed, torch.zeros_like(signed))
+        if dead is not None:  # masked: finished rows take empty steps
+            signed = signed.masked_fill(dead, 0.0)
         if checkpoint and grad:  # keep the step's inputs, retake it in backward
             y1, hk, err, k_last = torch.utils.checkpoint.checkpoint(
                 step_per_sample, f, tw, signed, yw, kw, plan, use_reentrant=False)
         else:
-            y1, hk, err, k_last = step_per_sample(f, tw, signed, yw, kw, plan)
+            y1, hk, err, k_last = step_per_sample(f, tw, signed, yw, kw, plan, buffer)
         r = control.ratio(err, yw, y1)
-        ok, h_next, prev_next = control.judge(r, signed, take(prev_r))
-        trouble = halted | (live & ~torch.isfinite(r))
-        attempted = live
-        if bool(trouble.any()):  # such a row stops; its state stays at its last value
-            attempted = live & ~halted
-            code = torch.where(take(steps) >= max_steps, int(Status.MAX_STEPS), torch.where(
-                under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE)))
-            status = put(status, torch.where(trouble, code, take(status)))
-            done = put(done, take(done) | trouble)
-            live = live & ~trouble
-            everyone = False
-        acc = ok if everyone else ok & live
-        t_new = torch.where(last, endw, tw + signed)
+        ok, h_next, prev_next = control.judge(r, signed, take(prev_r) if control.pi else prev_r)
+        # failed rows (underflow, max_steps, a non-finite r) stop where they are; `ok`
+        # (r <= 1) is false for a non-finite r, and booleans order False < True:
+        trouble = (r < math.inf) <= under  # under, or r not finite
+        acc = ok > under  # accepted and not failed
+        if dead is not None:
+            live = ~dead
+            trouble, acc = trouble & live, acc & live
+        t_new = torch.where(last, end_w, tw + signed)
         stop_t = torch.where(acc, t_new, tw)
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
+        ended = acc & last
         slot = take(next_slot)
-        tq = times.take(slot)
         cand = event_here = None
         if check is not None:  # the event functions sampled inside the steps
             cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
-            need = acc & (direction * (t_new - tq) > 0)
+            need = acc & (direction * (t_new - times.take(slot)) > 0)
             if cand is not None:
                 need = need | cand
             if keep_dense:
                 need = acc
             hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
-        if check is not None and cand is not None and bool(cand.any()):
+        # the pass's one host read: failed rows, rows that may fire an event, rows that
+        # reached their end, the most outputs one step passed, accepted steps
+        ahead = _outputs_passed(grid_w, stop_t, slot, batch, direction)
+        flags = [trouble.sum(), ended.sum(), ahead.amax()]
+        if cand is not None:
+            flags.append(cand.sum())
+        if want_acc:
+            flags.append(acc.sum())
+        got = torch.stack(flags).tolist()
+        n_trouble, n_ended, n_ahead = got[0], got[1], got[2]
+        attempted, empty = (None, None) if dead is None else (live, dead)
+        if n_trouble:  # such a row stops; its state stays at its last value
+            halted = under if dead is None else under & live
+            attempted = ~halted if dead is None else live & ~halted
+            empty = trouble if dead is None else dead | trouble
+            code = torch.where(take(steps) >= max_steps, int(Status.MAX_STEPS), torch.where(
+                under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE)))
+            status = put(status, torch.where(trouble, code, take(status)))
+        if check is not None and cand is not None and got[3]:
             stop_t, y_new, event_here, extra = check.resolve(rows, acc, cand, tw, signed, yw, hk,
                                                              t_new, stop_t, y_new)
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
-        ys, slot = _store_outputs(ys, times, batch, slot, tq, acc, stop_t, t_new, tw, signed,
-                                  yw, y1, hk, dense, event_here, direction,
-                                  None if everyone else ~live)
-        if (keep_dense or on_accept is not None) and bool(acc.any()):
+            ended = ended | event_here
+            ahead = _outputs_passed(grid_w, stop_t, slot, batch, direction)
+            n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
+        if n_ahead:
+            ys, slot = _store_outputs(ys, times, batch, slot, ahead, n_ahead, t_new, tw, signed,
+                                      yw, y1, hk, dense, event_here, empty)
+        if want_acc and got[-1]:
             sel = acc.nonzero().squeeze(1)
             rec = Record(sel if rows is None else rows[sel], tw[sel], signed[sel], yw[sel],
                          hk[:, sel])
@@ -216,14 +236,16 @@ def integrate_per_sample(
                 records.append(rec)
             if on_accept is not None:
                 on_accept(rec)
-        ended = acc & last if event_here is None else (acc & last) | event_here
         t = put(t, stop_t)
         y = put(y, y_new)
         k1 = put(k1, torch.where(acc_rows, k_last, kw))
-        h = put(h, h_next if everyone else torch.where(live, h_next, hw))
-        prev_r = put(prev_r, prev_next)
+        h = put(h, h_next)  # a finished row's h is never used (its steps are empty)
+        if control.pi:
+            prev_r = put(prev_r, prev_next)
         next_slot = put(next_slot, slot)
-        done = put(done, take(done) | ended)
+        if n_ended or n_trouble:
+            done = put(done, take(done) | ended | trouble)
+            n_running -= n_ended + n_trouble
         steps = _count(steps, rows, attempted)
         accepted = _count(accepted, rows, acc)
         if need is not None:
@@ -239,26 +261,39 @@ def integrate_per_sample(
                crossing_event=index_c)
 
 
-def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
-    """``counter`` (never differentiated) plus ``add`` at ``rows``, in place."""
-    return counter.add_(add) if rows is None else counter.index_add_(0, rows, add.long())
+def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, slot: torch.Tensor,
+                    batch: int, direction: float) -> torch.Tensor:
+    """How many output times each row passed (``grid`` its increasing times ``(n, T)``, those
+    up to ``stop_t`` written already before its next ``slot``): 0 where no step was accepted,
+    since a row's outputs up to its time ``t`` are written when it gets there."""
+    end = stop_t.detach() if stop_t.requires_grad else stop_t
+    end = (end if direction > 0 else -end).unsqueeze(1)
+    return torch.searchsorted(grid, end, right=True).squeeze(1) - slot.div(
+        batch, rounding_mode="floor")
+
+
+def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor | None
+           ) -> torch.Tensor:
+    """``counter`` (never differentiated) plus ``add`` (a mask or counts; ``None``: one) at
+    ``rows``, in place."""
+    if rows is None:
+        return counter.add_(1 if add is None else add)
+    return counter.index_add_(0, rows, torch.ones_like(rows) if add is None else add.long())
 
 
 def _store_outputs(
-    ys: torch.Tensor, times: torch.Tensor, batch: int, slot: torch.Tensor, tq: torch.Tensor,
-    acc: torch.Tensor, stop_t: torch.Tensor, t_new: torch.Tensor, t: torch.Tensor,
-    h: torch.Tensor, y: torch.Tensor, y1: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor,
-    event_here: torch.Tensor | None, direction: float, empty_steps: torch.Tensor | None,
+    ys: torch.Tensor, times: torch.Tensor, batch: int, slot: torch.Tensor, ahead: torch.Tensor,
+    n_ahead: int, t_new: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
+    y1: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor, event_here: torch.Tensor | None,
+    empty_steps: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Store the outputs inside (or at the end of) the accepted steps, up to where each
-    stopped; ``slot[b]`` is the next output slot of row ``b``, at time ``tq[b]`` (``times``
-    flattened by slot); ``empty_steps`` marks rows that took no step (``h = 0``). Returns the
-    outputs and each row's next slot."""
+    """Store the ``ahead[b]`` outputs inside (or at the end of) row ``b``'s accepted step, up
+    to where it stopped (``n_ahead`` the most of any row); ``slot[b]`` is its next output
+    slot (``times`` flattened by slot); ``empty_steps`` marks rows that took no step (``h =
+    0``). Returns the outputs and each row's next slot."""
     safe_h = None
-    while True:
-        inside = acc & ((stop_t >= tq) if direction > 0 else (stop_t <= tq))
-        if not bool(inside.any()):
-            return ys, slot
+    for i in range(n_ahead):
+        tq = times.take(slot)
         if hk.shape[0] < dense.shape[0]:  # only step ends: no dense stages computed
             val = y1
         else:
@@ -269,8 +304,8 @@ def _store_outputs(
             val = torch.where(_rows(at_end, y1), y1, dense_per_sample(theta, y, hk, dense))
         ys = ys.index_copy(0, slot, val) if ys.requires_grad or val.requires_grad else (
             ys.index_copy_(0, slot, val))
-        slot = torch.add(slot, inside.long(), alpha=batch)
-        tq = times.take(slot)
+        slot = torch.add(slot, ahead > i, alpha=batch)
+    return ys, slot
 
 
 def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,

@@ -41,12 +41,35 @@ class StagePlan(NamedTuple):
     a: tuple[torch.Tensor, ...]  # a[i - 1] = weights (1, i) of stage i on stages 0..i-1
     error: torch.Tensor  # (1 or 2, S) error weights
     c: tuple[float, ...]
+    c_col: torch.Tensor  # (S - 1, 1) the nodes c_1.. in the time dtype: all stage times at once
 
     @staticmethod
-    def of(solver: RungeKutta, tabs: StepTensors) -> StagePlan:
+    def of(solver: RungeKutta, tabs: StepTensors, t_dtype: torch.dtype = torch.float64
+           ) -> StagePlan:
         s, w = solver.stages, tabs.weights
-        return StagePlan(tuple(w[i - 1 : i, :i] for i in range(1, s)), w[s:],
-                         tuple(solver.tableau.c))
+        c = tuple(solver.tableau.c)
+        return StagePlan(tuple(w[i - 1 : i, :i] for i in range(1, s)), w[s:], c,
+                         torch.tensor(c[1:s], dtype=t_dtype, device=w.device).unsqueeze(1))
+
+
+class StageBuffer:
+    """The scaled stages ``(S, n * F)`` of a step without autograd, reused from pass to pass
+    while the working set keeps its size, with their row and prefix views made once."""
+
+    def __init__(self) -> None:
+        self.key: tuple[object, ...] = ()
+
+    def views(self, s: int, y: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor]]:
+        """``(flat (S, n * F), hk (S, n, F), rows: hk[i] as (n, F), prefix: flat[:i])``."""
+        key = (s, y.shape, y.dtype, y.device)
+        if key != self.key:
+            self.flat = y.new_empty(s, y.numel())
+            self.hk = self.flat.view(s, y.shape[0], -1)
+            self.rows = self.hk.unbind()
+            self.prefix = [self.flat[:i] for i in range(s)]
+            self.key = key
+        return self.flat, self.hk, self.rows, self.prefix
 
 
 def step_per_sample(
@@ -56,6 +79,7 @@ def step_per_sample(
     y: torch.Tensor,
     k1: torch.Tensor,
     plan: StagePlan,
+    buffer: StageBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One step of signed sizes ``h`` ``(n,)`` from times ``t`` ``(n,)``.
 
@@ -63,39 +87,43 @@ def step_per_sample(
     f(t1, y1))``: ``hk`` ``(S, n, F)`` are the stages times each sample's step (``F``
     features, flattened), so that a state inside the step is ``y + sum_i w_i hk_i`` (one
     matrix product for all samples); ``f`` is called ``S - 1`` times with ``t`` of shape
-    ``(n,)``. Without autograd the stages go into one buffer and each stage is a single
-    ``addmm`` over the rows written so far.
+    ``(n,)``. The stage times are one ``addcmul`` (``t + c_i h``, rounded as
+    ``torch.add(t, h, alpha=c_i)``). Without autograd the stages go into one buffer
+    (``buffer``'s, reused: ``hk`` is then valid until the next step) and each stage is a
+    single ``addmm`` over the rows written so far.
     """
     n, s = y.shape[0], len(plan.a) + 1
     yf = y.reshape(1, -1)
     hy = h.to(y.dtype).unsqueeze(1)
+    ts = torch.addcmul(t, plan.c_col, h).unbind()
     yi, ki = y, k1
     if not torch.is_grad_enabled():
-        hk = y.new_empty(s, yf.shape[1])
-        rows = hk.view(s, n, -1).unbind()
+        flat, hk, rows, prefix = (buffer or StageBuffer()).views(s, y)
         torch.mul(k1.reshape(n, -1), hy, out=rows[0])
         for i in range(1, s):
-            yi = torch.addmm(yf, plan.a[i - 1], hk[:i]).view(y.shape)
-            ki = f(torch.add(t, h, alpha=plan.c[i]), yi)
+            yi = torch.addmm(yf, plan.a[i - 1], prefix[i]).view(y.shape)
+            ki = f(ts[i - 1], yi)
             torch.mul(ki.reshape(n, -1), hy, out=rows[i])
     else:
         parts = [(k1.reshape(n, -1) * hy).reshape(1, -1)]
         for i in range(1, s):
             stacked = parts[0] if i == 1 else torch.cat(parts)
             yi = torch.addmm(yf, plan.a[i - 1], stacked).view(y.shape)
-            ki = f(torch.add(t, h, alpha=plan.c[i]), yi)
+            ki = f(ts[i - 1], yi)
             parts.append((ki.reshape(n, -1) * hy).reshape(1, -1))
-        hk = torch.cat(parts)
+        flat = torch.cat(parts)
+        hk = flat.view(s, n, -1)
     with torch.no_grad():
-        e = torch.mm(plan.error, hk)  # (1 or 2, n * F)
+        e = torch.mm(plan.error, flat)  # (1 or 2, n * F)
         if e.shape[0] == 1:
-            err = e[0]
+            err = e.view(y.shape)
         else:  # DOP853's two estimates, combined as in _stepping.error_estimate
             high, low = e[0], e[1]
             size = torch.sqrt(high * high + 0.01 * (low * low))
             safe = torch.where(size > 0, size, torch.ones_like(size))
-            err = torch.where(size > 0, high * high.abs() / safe, torch.zeros_like(high))
-    return yi, hk.view(s, n, -1), err.view(y.shape), ki
+            err = torch.where(size > 0, high * high.abs() / safe,
+                              torch.zeros_like(high)).view(y.shape)
+    return yi, hk, err, ki
 
 
 def dense_stages_per_sample(
@@ -130,11 +158,14 @@ class PerSampleSteps:
     :class:`~infdepth.ode._controller.AdaptiveSteps`, row by row.
     """
 
-    def __init__(self, ctrl: PIController, order: int, norm: RowNorm = rms_rows) -> None:
+    def __init__(self, ctrl: PIController, order: int, norm: RowNorm = rms_rows,
+                 direction: float = 1.0) -> None:
         self.ctrl = ctrl
         self.norm = norm
         self._exponent = -(ctrl.icoeff + ctrl.pcoeff) / order
         self._p_exponent = ctrl.pcoeff / order
+        self._negative = direction < 0  # the signed steps' sign (>= 0 forwards)
+        self.pi = bool(self._p_exponent)  # whether judge reads and updates prev_r
 
     @staticmethod
     def initial(ctrl: PIController, f: VectorField, t0: torch.Tensor, y0: torch.Tensor,
@@ -159,8 +190,8 @@ class PerSampleSteps:
                   direction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Signed steps from ``t``, whether each ends on ``t_end``, and which underflowed."""
         left = t_end - t
-        last = direction * left <= h * (1 + SLACK)
-        forward = direction * h
+        forward = h if direction > 0 else -h  # exact: the sign only
+        last = (left if direction > 0 else -left) <= h * (1 + SLACK)
         signed = torch.where(last, left, forward)
         under = (t + forward) == t
         if self.ctrl.dtmin > 0:
@@ -178,17 +209,26 @@ class PerSampleSteps:
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(accepted, next |h|, prev_r)`` for ratios ``r`` of steps of signed sizes ``h``.
 
-        ``r = 0`` gives ``factor_max`` (the power of the clipped ratio is huge).
+        ``r = 0`` gives ``factor_max`` (the power of the clipped ratio is huge). The factor is
+        clipped to ``[low, factor_max]`` after an accepted step (``low`` 1, or ``factor_min``
+        with ``shrink_after_accept``) and to ``[factor_min, 1]`` after a rejection: in two
+        operations, since a rejected step's factor is below 1 already (``r > 1``, ``safety
+        <= 1``, ``pcoeff >= 0`` and ``prev_r <= 1``), so ``[factor_min, factor_max]`` clips
+        it the same, and ``max(factor, accepted)`` raises an accepted one to ``low = 1``.
         """
         c = self.ctrl
         accepted = r <= 1.0
         factor = r.clamp(min=1e-300).pow_(self._exponent).mul_(c.safety)
         if self._p_exponent:
             factor.mul_(prev_r**self._p_exponent)
-        low = c.factor_min if c.shrink_after_accept else 1.0
-        factor = torch.where(accepted, factor.clamp(low, c.factor_max),
-                             factor.clamp(c.factor_min, 1.0))
-        h_next = h.detach().abs().mul_(factor)  # the control is not differentiated
+        factor = factor.clamp_(c.factor_min, c.factor_max)
+        if not c.shrink_after_accept:
+            factor = torch.maximum(factor, accepted)
+        size = h.detach() if h.requires_grad else h  # the control is not differentiated
+        if factor.dtype == h.dtype:
+            h_next = factor.mul_(size.abs() if self._negative else size)
+        else:
+            h_next = size.abs().mul_(factor)
         if math.isfinite(c.dtmax):
             h_next = h_next.clamp_(max=c.dtmax)
         prev = torch.where(accepted, r.clamp(min=1e-10), prev_r) if self._p_exponent else prev_r
