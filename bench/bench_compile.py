@@ -7,9 +7,9 @@ graph per depth; see docs/learned-depth.md).  ``ginf_over_fixed_compile_gain`` i
 g-infinity CNN's compiled/eager divided by the fixed CNN's (goal <= 1.05, issue 29: learned
 depth gains from compiling as a fixed network does); ``..._compiled_depth`` the same with
 :class:`~infdepth.depth.CompiledDepth`, which reads the depths before the compiled call so
-the layers make no graph break.  The ODE block's fixed-step solver is
-unrolled into the graph (one graph break, at the read of its time grid).  Compilation happens in a warm-up step outside the timing (its
-time is printed).
+the layers make no graph break.  The ODE block's fixed-step solver is unrolled into
+the graph (one graph break, at the read of its time grid).  Compilation happens in a
+warm-up step outside the timing (its time is printed).
 """
 
 from __future__ import annotations
