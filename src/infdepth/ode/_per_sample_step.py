@@ -25,9 +25,14 @@ def _rows(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], *([1] * (like.ndim - 1)))
 
 
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``(n, ...)`` -> ``(n, F)``; ``x`` itself when it has two dimensions (no view op)."""
+    return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+
+
 def rms_rows(x: torch.Tensor) -> torch.Tensor:
     """Root-mean-square of each row of ``x`` (``(n, ...)`` -> ``(n,)``)."""
-    flat = x.reshape(x.shape[0], -1)
+    flat = _flat(x)
     return torch.linalg.vector_norm(flat, dim=1) * (1.0 / math.sqrt(max(flat.shape[1], 1)))
 
 
@@ -99,11 +104,11 @@ def step_per_sample(
     yi, ki = y, k1
     if not torch.is_grad_enabled():
         flat, hk, rows, prefix = (buffer or StageBuffer()).views(s, y)
-        torch.mul(k1.reshape(n, -1), hy, out=rows[0])
+        torch.mul(_flat(k1), hy, out=rows[0])
         for i in range(1, s):
             yi = torch.addmm(yf, plan.a[i - 1], prefix[i]).view(y.shape)
             ki = f(ts[i - 1], yi)
-            torch.mul(ki.reshape(n, -1), hy, out=rows[i])
+            torch.mul(_flat(ki), hy, out=rows[i])
     else:
         parts = [(k1.reshape(n, -1) * hy).reshape(1, -1)]
         for i in range(1, s):
@@ -147,7 +152,8 @@ def dense_per_sample(theta: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
     """``y + sum_i b_i(theta) hk_i`` row by row: ``theta`` ``(m,)``, ``hk`` ``(R, m, F)``."""
     powers = theta.to(dense.dtype).unsqueeze(1).expand(-1, dense.shape[1]).cumprod(1)
     weights = (dense @ powers.T).unsqueeze(2)  # (R, m, 1)
-    return (y.reshape(y.shape[0], -1) + (weights * hk).sum(0)).view(y.shape)
+    out = _flat(y) + (weights * hk).sum(0)
+    return out if y.ndim == 2 else out.view(y.shape)
 
 
 class PerSampleSteps:

@@ -1,0 +1,131 @@
+"""Host synchronisations of the per-sample loop: one read per pass (issue 26).
+
+Every pass of ``integrate_per_sample`` reads one small stacked tensor to the host (failed
+rows, finished rows, the most outputs a step passed, rows that may fire an event); a pass in
+which an event fires reads a few more. A change that adds a ``bool(...)``, ``.item()``,
+``int(...)`` or ``.tolist()`` inside the loop fails here. The reads are counted at their
+source: ``aten._local_scalar_dense`` (``item``, ``bool``, ``int``, ``float``) through a
+``TorchDispatchMode``, and ``Tensor.tolist`` (which reads without dispatching). With
+``compact=True`` the working set's ``nonzero`` (a synchronisation on a GPU) runs only after a
+pass in which a sample finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import infdepth.ode._per_sample as per_sample
+from infdepth.ode import Event, solve
+
+F64 = torch.float64
+PER_SOLVE = 4  # reads outside the loop: input checks (2), the event-free crossings, status
+
+
+@dataclass
+class Syncs:
+    reads: int = 0
+    nonzero: int = 0
+    passes: int = 0
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self, syncs: Syncs) -> None:
+        super().__init__()
+        self.syncs = syncs
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = func.__name__
+        if name.startswith("_local_scalar_dense"):
+            self.syncs.reads += 1
+        elif name.startswith("nonzero"):
+            self.syncs.nonzero += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Syncs]:
+    """Count host reads, ``nonzero`` calls and passes of the per-sample loop inside."""
+    syncs = Syncs()
+    tolist = torch.Tensor.tolist
+    step = per_sample.step_per_sample
+
+    def counted_tolist(self: torch.Tensor) -> object:
+        syncs.reads += 1
+        return tolist(self)
+
+    def counted_step(*args: object, **kwargs: object) -> object:
+        syncs.passes += 1
+        return step(*args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.Tensor, "tolist", counted_tolist)
+        patch.setattr(per_sample, "step_per_sample", counted_step)
+        with _Count(syncs):
+            yield syncs
+
+
+def vdp(mu: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], mu * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], 1)
+
+    return f
+
+
+def vdp_in_state(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x, v, mu = y.unbind(1)
+    return torch.stack([v, mu * (1 - x * x) * v - x, torch.zeros_like(mu)], 1)
+
+
+def _problem(batch: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mu = torch.linspace(0.5, 8.0, batch, dtype=F64)
+    y0 = torch.tensor([2.0, 0.0], dtype=F64).expand(batch, 2).contiguous()
+    return mu, y0, torch.linspace(0.0, 6.0, 13, dtype=F64)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_host_read_per_pass_masked(monkeypatch: pytest.MonkeyPatch, grad: bool) -> None:
+    mu, y0, t = _problem()
+    y0 = y0.requires_grad_(grad)
+    with torch.set_grad_enabled(grad), counted(monkeypatch) as syncs:
+        sol = solve(vdp(mu), y0, t, rtol=1e-6, atol=1e-6, compact=False, dense=False)
+    steps = sol.stats.n_accepted + sol.stats.n_rejected
+    assert syncs.passes == int(steps.max()) > 40  # samples finish at different passes
+    assert int(steps.min()) < syncs.passes
+    assert syncs.reads <= syncs.passes + PER_SOLVE, (syncs.reads, syncs.passes)
+    assert syncs.nonzero == 0
+
+
+def test_one_host_read_per_pass_compact(monkeypatch: pytest.MonkeyPatch) -> None:
+    mu, y0, t = _problem()
+    with torch.no_grad(), counted(monkeypatch) as syncs:
+        sol = solve(vdp_in_state, torch.cat([y0, mu[:, None]], 1), t, rtol=1e-6, atol=1e-6,
+                    dense=False)
+    steps = sol.stats.n_accepted + sol.stats.n_rejected  # a sample's last pass
+    assert syncs.reads <= syncs.passes + PER_SOLVE, (syncs.reads, syncs.passes)
+    # the working set is rebuilt once after each pass in which a sample finished (not the last)
+    assert syncs.nonzero == len(set(steps.tolist())) - 1 < syncs.passes / 2
+
+
+def test_event_passes_read_a_few_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 balls, each hitting the ground once: the passes with a crossing read a few more
+    (the root finding's), every other pass one."""
+    heights = torch.linspace(1.0, 3.0, 64, dtype=F64)
+    y0 = torch.stack([heights, torch.zeros_like(heights)], 1)
+
+    def ball(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], torch.full_like(t, -9.81)], 1)
+
+    event = Event(lambda t, y: y[:, 0], direction=-1, tol=1e-10)
+    with torch.no_grad(), counted(monkeypatch) as syncs:
+        sol = solve(ball, y0, torch.tensor([0.0, 2.0], dtype=F64), event=event, rtol=1e-8,
+                    atol=1e-10, dense=False)
+    assert torch.allclose(sol.event_t, (2 * heights / 9.81).sqrt(), rtol=0, atol=1e-9)
+    event_passes = len(set((sol.stats.n_accepted + sol.stats.n_rejected).tolist()))
+    assert syncs.reads <= syncs.passes + PER_SOLVE + 2 * event_passes, (
+        syncs.reads, syncs.passes, event_passes)
