@@ -62,7 +62,8 @@ class EventCheck:
         """``dense`` the solver's dense-output matrix."""
         self.events, self.f, self.dense, self.compact = events, f, dense, compact
         batch, dev = y0.shape[0], y0.device
-        self.g_prev = [ev.value(t0, y0).detach() if isinstance(ev, Event) else None
+        # each event function at the rows' last accepted step ends, (1, batch)
+        self.g_prev = [ev.value(t0, y0).detach().unsqueeze(0) if isinstance(ev, Event) else None
                        for ev in events]
         self.event_t = torch.full((batch,), float("nan"), dtype=t0.dtype, device=dev)
         self.event_index = torch.full((batch,), -1, dtype=torch.long, device=dev)
@@ -95,7 +96,7 @@ class EventCheck:
             return t1, y1
         m = y.shape[0]
         theta, weights = self._sample_weights(n, exact)
-        ts = torch.addcmul(t.unsqueeze(0), theta, h.unsqueeze(0))
+        ts = torch.addcmul(t, theta, h)  # (n - 1, m)
         if exact:
             basis = hk.reshape(hk.shape[0], -1)
         else:
@@ -125,13 +126,15 @@ class EventCheck:
                 n = ev.samples_per_step
                 if n not in points:
                     points[n] = self._points(n, t, h, y, y1, t1, k_end, hk, self._exact)
-                g = ev.value(*points[n]).detach().view(n, -1)
+                g = ev.value(*points[n])
+                g = (g.detach() if g.requires_grad else g).view(n, -1)
                 prev = self.g_prev[j]
                 assert prev is not None
-                gw = _take(prev, rows)
-                samples = torch.cat([gw.to(g.dtype).unsqueeze(0), g])
+                gw = prev if rows is None else prev.index_select(1, rows)
+                samples = torch.cat([gw.to(g.dtype), g])
                 cross = ev.crossed(samples[:-1], samples[1:]) & acc
-                self.g_prev[j] = _put(prev, torch.where(acc, g[-1], gw), rows)
+                kept = torch.where(acc, g[-1:], gw)
+                self.g_prev[j] = kept if rows is None else prev.index_copy_(1, rows, kept)
                 self._g.append(samples)
                 self._cross.append(cross)
                 cand = cross.any(0) if cand is None else cand | cross.any(0)
