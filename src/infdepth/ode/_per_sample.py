@@ -144,10 +144,17 @@ def integrate_per_sample(
     buffer = StageBuffer()
     want_acc = keep_dense or on_accept is not None
     passes, n_running, rows, grid_w, end_w = 0, batch, None, grid, t_end
+    # the working set's state (its rows: all of the batch while rows is None), kept from pass
+    # to pass; with compaction written back to the batch's tensors when the set changes
+    tw, hw, yw, kw, slot_w, steps_w, acc_w, prev_w = (t, h, y, k1, next_slot, steps, accepted,
+                                                      prev_r)
     while n_running:
         if compact and n_running < batch and (rows is None or rows.shape[0] != n_running):
-            rows = (~done).nonzero().squeeze(1)  # only when a sample finished
-            grid_w, end_w = grid.index_select(0, rows), t_end.index_select(0, rows)
+            rows = (~done).nonzero().squeeze(1)  # only after a pass in which a sample finished
+            grid_w, end_w, tw, hw, yw, kw, slot_w, steps_w, acc_w = (x.index_select(0, rows) for x in (
+                grid, t_end, t, h, y, k1, next_slot, steps, accepted))
+            if control.pi:
+                prev_w = prev_r.index_select(0, rows)
         dead = None if rows is not None or n_running == batch else done  # masked, finished
 
         def take(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
@@ -161,11 +168,10 @@ def integrate_per_sample(
                 return full.index_copy(0, rows, vals)
             return full.index_copy_(0, rows, vals)
 
-        tw, hw, yw, kw = take(t), take(h), take(y), take(k1)
         signed, last, under = control.next_step(tw, end_w, hw, direction)
         passes += 1
         if passes > max_steps:  # only then can a sample have taken max_steps steps
-            under = under | (take(steps) >= max_steps)
+            under = under | (steps_w >= max_steps)
         if dead is not None:  # masked: finished rows take empty steps
             signed = signed.masked_fill(dead, 0.0)
         if checkpoint and grad:  # keep the step's inputs, retake it in backward
@@ -174,7 +180,7 @@ def integrate_per_sample(
         else:
             y1, hk, err, k_last = step_per_sample(f, tw, signed, yw, kw, plan, buffer)
         r = control.ratio(err, yw, y1)
-        ok, h_next, prev_next = control.judge(r, signed, take(prev_r) if control.pi else prev_r)
+        ok, h_next, prev_next = control.judge(r, signed, prev_w)
         # failed rows (underflow, max_steps, a non-finite r) stop where they are; `ok`
         # (r <= 1) is false for a non-finite r, and booleans order False < True:
         trouble = (r < math.inf) <= under  # under, or r not finite
@@ -187,7 +193,7 @@ def integrate_per_sample(
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
         ended = acc & last
-        slot = take(next_slot)
+        slot = slot_w
         cand = event_here = None
         if check is not None:  # the event functions sampled inside the steps
             cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
@@ -214,7 +220,7 @@ def integrate_per_sample(
             halted = under if dead is None else under & live
             attempted = ~halted if dead is None else live & ~halted
             empty = trouble if dead is None else dead | trouble
-            code = torch.where(take(steps) >= max_steps, int(Status.MAX_STEPS), torch.where(
+            code = torch.where(steps_w >= max_steps, int(Status.MAX_STEPS), torch.where(
                 under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE)))
             status = put(status, torch.where(trouble, code, take(status)))
         if check is not None and cand is not None and got[3]:
@@ -236,18 +242,22 @@ def integrate_per_sample(
                 records.append(rec)
             if on_accept is not None:
                 on_accept(rec)
-        t = put(t, stop_t)
-        y = put(y, y_new)
-        k1 = put(k1, torch.where(acc_rows, k_last, kw))
-        h = put(h, h_next)  # a finished row's h is never used (its steps are empty)
-        if control.pi:
-            prev_r = put(prev_r, prev_next)
-        next_slot = put(next_slot, slot)
+        tw, yw, kw, slot_w = stop_t, y_new, torch.where(acc_rows, k_last, kw), slot
+        hw, prev_w = h_next, prev_next  # a finished row's h is never used (its steps are empty)
+        steps_w = steps_w.add_(1 if attempted is None else attempted)
+        acc_w = acc_w.add_(acc)
+        if rows is None:
+            t, h, y, k1, next_slot, steps, accepted, prev_r = (tw, hw, yw, kw, slot_w, steps_w,
+                                                               acc_w, prev_w)
+        elif n_ended or n_trouble:  # the working set changes: its rows go back to the batch
+            t, h, y, k1, next_slot, steps, accepted = (put(*pair) for pair in (
+                (t, tw), (h, hw), (y, yw), (k1, kw), (next_slot, slot_w), (steps, steps_w),
+                (accepted, acc_w)))
+            if control.pi:
+                prev_r = put(prev_r, prev_w)
         if n_ended or n_trouble:
             done = put(done, take(done) | ended | trouble)
             n_running -= n_ended + n_trouble
-        steps = _count(steps, rows, attempted)
-        accepted = _count(accepted, rows, acc)
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
     ys = _assemble(ys, y, status, next_slot // batch, n_out, batch)
@@ -272,13 +282,9 @@ def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, slot: torch.Tensor
         batch, rounding_mode="floor")
 
 
-def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor | None
-           ) -> torch.Tensor:
-    """``counter`` (never differentiated) plus ``add`` (a mask or counts; ``None``: one) at
-    ``rows``, in place."""
-    if rows is None:
-        return counter.add_(1 if add is None else add)
-    return counter.index_add_(0, rows, torch.ones_like(rows) if add is None else add.long())
+def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
+    """``counter`` (never differentiated) plus ``add`` at ``rows``, in place."""
+    return counter.add_(add) if rows is None else counter.index_add_(0, rows, add.long())
 
 
 def _store_outputs(
