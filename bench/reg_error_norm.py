@@ -109,12 +109,56 @@ def diagnose(model: torch.nn.Sequential, x: torch.Tensor, seed: int, verbose: bo
     return out
 
 
+def evaluation_cost(rounds: int = 20) -> None:
+    """Seconds per evaluation of the block's field, plain and augmented (KE + JF), in the
+    forward solve (no grad) and in the adjoint's backward (a vector-Jacobian product of it),
+    interleaved, median over ``rounds``; untrained digits ODE-Net, batch 64."""
+    import statistics
+    import time
+
+    from infdepth.ode._adjoint import _vjp
+
+    data = load_images("digits")
+    torch.manual_seed(0)
+    model = odenet(32, 8, rtol=1e-3, atol=1e-3, classes=data.classes, in_channels=1,
+                   regularisers=[KineticEnergy(0.01), JacobianFrobenius(0.001)])
+    block = ode_block(model)
+    assert block is not None
+    idx = next(i for i, m in enumerate(model) if m is block)
+    with torch.no_grad():
+        h0 = model[:idx](data.x_train[:64])
+    field, z0 = augment(block._field, h0, block.regularisers)
+    params = tuple(block.func.parameters())
+    t = torch.tensor(0.5)
+    cases = {
+        "forward, plain": lambda: block._field(t, h0),
+        "forward, KE + JF": lambda: field(t, z0),
+        "adjoint backward, plain": lambda: _vjp(block._field, t, h0, h0, params),
+        "adjoint backward, KE + JF": lambda: _vjp(field, t, z0, z0, params),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for name, run in cases.items():
+            start = time.perf_counter()
+            with torch.no_grad():
+                run()
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"{name}: {1e3 * statistics.median(ts):.2f} ms per evaluation")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", default="1,6,12", help="diagnose after these epochs")
     parser.add_argument("--batches", type=int, default=2, help="training batches per diagnosis")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cost", action="store_true",
+                        help="only time one evaluation of the field, plain and augmented")
     args = parser.parse_args()
+    if args.cost:
+        torch.set_num_threads(1)
+        evaluation_cost()
+        return
     at = sorted(int(e) for e in args.epochs.split(","))
     torch.set_num_threads(1)
     config = Config(dataset="digits", models=("odenet",), kinetic_energy=0.01,
