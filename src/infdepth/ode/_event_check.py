@@ -4,8 +4,9 @@
 batched call per event: ``samples_per_step`` points per row) and says which rows may fire;
 :meth:`EventCheck.resolve` brackets the first sign change of each event in those rows,
 root-finds the terminal events whose bracket can come first, stops each sample at the
-earliest, and records the non-terminal crossings up to there. Host reads: one per pass in
-``detect`` (whether any row may fire), a few more per pass with a crossing.
+earliest, and records the non-terminal crossings up to there. Host reads: none in
+``detect`` (whether any row may fire is part of the loop's one read per pass), a few per
+pass with a crossing.
 """
 
 from __future__ import annotations

@@ -6,9 +6,17 @@ finished (reached their last output time, hit their event, or failed) cost nothi
 with ``compact=True``: ``f`` is called on the running rows only (it must then treat rows
 independently, as any batched network does). With ``compact=False`` ``f`` always sees the
 whole batch (finished rows are frozen): use it when ``f`` holds per-sample data indexed by
-row. Host synchronisation: a few reads per pass (whether any sample still runs, whether
-one failed, whether an output or an event falls inside a step), one more per output time
-beyond the first inside a step, and the root finding's per iteration.
+row. The working set's state is kept from pass to pass and written back to the batch's
+tensors only when a sample finished (then its rows are selected again: one ``nonzero``).
+
+Host synchronisation: **one read per pass**, a stacked tensor of counts (rows that failed,
+rows that reached their end, rows whose step may hold an event, the most output times a
+step passed: a ``searchsorted`` of each row's grid, so the outputs are stored without
+asking again); a pass in which an event fires reads a few more (the root finding's), and
+DOP853 one more (whether any step needs its dense stages). The controller, the failures'
+bookkeeping and the outputs are tensor operations on ``(n,)`` vectors without a branch on
+the host: about 130 aten operations per pass for Dopri5 on a 2-component field (42 of
+them the field's), pinned by ``tests/ode/test_per_sample_syncs.py``.
 """
 
 from __future__ import annotations
