@@ -46,6 +46,11 @@ from infdepth.ode._per_sample_step import (
 from infdepth.ode._solvers import RungeKutta
 from infdepth.ode._stepping import Stats, VectorField, first_eval
 
+COMPACT_AT = 8
+"""With ``compact=True`` the working set is compacted once ``1 / COMPACT_AT`` of its rows
+finished (until then they take empty steps): a compaction costs a ``nonzero`` and a gather
+and scatter of every per-row tensor, an empty row a share of ``f``."""
+
 
 class Status(IntEnum):
     """How each sample's solve ended."""
@@ -151,30 +156,42 @@ def integrate_per_sample(
     n_dense = len(solver.tableau.dense_c)
     buffer = StageBuffer()
     want_acc = keep_dense or on_accept is not None
-    passes, n_running, rows, grid_w, end_w = 0, batch, None, grid, t_end
-    # the working set's state (its rows: all of the batch while rows is None), kept from pass
-    # to pass; with compaction written back to the batch's tensors when the set changes
+    passes, n_running, n_set, rows, grid_w, end_w = 0, batch, batch, None, grid, t_end
+    # the working set: its rows (all of the batch while rows is None) and their state, kept
+    # from pass to pass; its finished rows take empty steps until it is compacted
     tw, hw, yw, kw, slot_w, steps_w, acc_w, prev_w = (t, h, y, k1, next_slot, steps, accepted,
                                                       prev_r)
+
+    def write_back() -> None:  # the working set's rows go back to the batch's tensors
+        nonlocal t, h, y, k1, next_slot, steps, accepted, prev_r
+        assert rows is not None
+        t, h, y, k1, next_slot, steps, accepted = (_scatter(full, part, rows, grad) for full, part in (
+            (t, tw), (h, hw), (y, yw), (k1, kw), (next_slot, slot_w), (steps, steps_w),
+            (accepted, acc_w)))
+        if control.pi:
+            prev_r = _scatter(prev_r, prev_w, rows, grad)
+
     while n_running:
-        if compact and n_running < batch and (rows is None or rows.shape[0] != n_running):
-            rows = (~done).nonzero().squeeze(1)  # only after a pass in which a sample finished
-            grid_w, end_w, tw, hw, yw, kw, slot_w, steps_w, acc_w = (x.index_select(0, rows) for x in (
-                grid, t_end, t, h, y, k1, next_slot, steps, accepted))
+        if compact and (n_set - n_running) * COMPACT_AT >= n_set > n_running:
+            if rows is not None:
+                write_back()
+            rows = (~done).nonzero().squeeze(1)
+            n_set = n_running
+            grid_w, end_w, tw, hw, yw, kw, slot_w, steps_w, acc_w = (
+                x.index_select(0, rows) for x in (
+                    grid, t_end, t, h, y, k1, next_slot, steps, accepted))
             if control.pi:
                 prev_w = prev_r.index_select(0, rows)
-        dead = None if rows is not None or n_running == batch else done  # masked, finished
+        dead = None  # finished rows still in the working set (masked)
+        if n_set > n_running:
+            dead = done if rows is None else done.index_select(0, rows)
 
         def take(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
             return x if rows is None else x.index_select(0, rows)
 
         def put(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor | None = rows
                 ) -> torch.Tensor:
-            if rows is None:
-                return vals
-            if grad and (full.requires_grad or vals.requires_grad):
-                return full.index_copy(0, rows, vals)
-            return full.index_copy_(0, rows, vals)
+            return vals if rows is None else _scatter(full, vals, rows, grad)
 
         signed, last, under = control.next_step(tw, end_w, hw, direction)
         passes += 1
@@ -257,17 +274,13 @@ def integrate_per_sample(
         if rows is None:
             t, h, y, k1, next_slot, steps, accepted, prev_r = (tw, hw, yw, kw, slot_w, steps_w,
                                                                acc_w, prev_w)
-        elif n_ended or n_trouble:  # the working set changes: its rows go back to the batch
-            t, h, y, k1, next_slot, steps, accepted = (put(*pair) for pair in (
-                (t, tw), (h, hw), (y, yw), (k1, kw), (next_slot, slot_w), (steps, steps_w),
-                (accepted, acc_w)))
-            if control.pi:
-                prev_r = put(prev_r, prev_w)
         if n_ended or n_trouble:
             done = put(done, take(done) | ended | trouble)
             n_running -= n_ended + n_trouble
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
+    if rows is not None:
+        write_back()
     ys = _assemble(ys, y, status, next_slot // batch, n_out, batch)
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     if check is None:
@@ -288,6 +301,14 @@ def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, slot: torch.Tensor
     end = (end if direction > 0 else -end).unsqueeze(1)
     return torch.searchsorted(grid, end, right=True).squeeze(1) - slot.div(
         batch, rounding_mode="floor")
+
+
+def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: bool
+             ) -> torch.Tensor:
+    """``full`` with ``vals`` at ``rows``: in place unless autograd records either."""
+    if grad and (full.requires_grad or vals.requires_grad):
+        return full.index_copy(0, rows, vals)
+    return full.index_copy_(0, rows, vals)
 
 
 def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
