@@ -27,8 +27,12 @@ Gradients with respect to the output times are those of the continuous problem, 
 sample: ``dL/dt_i = dL/dy(t_i) . f(t_i, y(t_i))`` and ``-a(t_0) . f(t_0, y0)`` for the start
 (with ``a(t_0)`` the adjoint without the cotangent of the output at ``t_0``).
 
-Not implemented (refused by :func:`~infdepth.ode.solve` with an ``InputError``): events
-(``Event``, ``SteadyState``). A sample that failed under ``throw=False`` gets the gradient
+Terminal events (one or several, and ``SteadyState``): the forward solve stops each sample
+at its event; the backward solve of a stopped sample starts at its own stopping time ``t*``
+with the adjoint given by the implicit function theorem (:mod:`._adjoint_events`), its
+outputs at and after ``t*`` (which hold ``y(t*)``) adding their cotangents there. Not
+implemented (refused by :func:`~infdepth.ode.solve` with an ``InputError``): non-terminal
+events (their crossing times). A sample that failed under ``throw=False`` gets the gradient
 of the outputs it reached (its outputs not reached, NaN, are skipped).
 """
 
@@ -42,8 +46,10 @@ from typing import Any
 import torch
 
 from infdepth.ode._adjoint import Adjoint
+from infdepth.ode._adjoint_events import event_adjoint
 from infdepth.ode._controller import PIController
 from infdepth.ode._errors import SolverError
+from infdepth.ode._events import Event, SteadyState
 from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
 from infdepth.ode._per_sample_step import _rows
 from infdepth.ode._solvers import RungeKutta
@@ -62,6 +68,7 @@ class _Setup:
     max_steps: int
     compact: bool
     keep_dense: bool
+    events: tuple[Event | SteadyState, ...] = ()
     raw: Raw | None = None
 
 
@@ -69,52 +76,56 @@ def adjoint_per_sample(
     f: VectorField, y0: torch.Tensor, tgrid: torch.Tensor, direction: float,
     solver: RungeKutta, ctrl: PIController, *, method: Adjoint,
     params: tuple[torch.Tensor, ...], max_steps: int, compact: bool, keep_dense: bool,
+    events: tuple[Event | SteadyState, ...] = (),
 ) -> Raw:
-    """The per-sample solve of ``f`` from ``y0`` over ``tgrid`` ``(T, batch)`` whose outputs
-    (and final states) carry the per-sample continuous adjoint's gradients with respect to
-    ``y0``, ``tgrid`` and ``params``."""
+    """The per-sample solve of ``f`` from ``y0`` over ``tgrid`` ``(T, batch)`` (stopping each
+    sample at its first terminal event of ``events``) whose outputs, final states and event
+    times carry the per-sample continuous adjoint's gradients with respect to ``y0``,
+    ``tgrid`` and ``params`` (those of ``f`` and of the event functions)."""
     back = dataclasses.replace(
         ctrl,
         rtol=ctrl.rtol if method.rtol is None else method.rtol,
         atol=ctrl.atol if method.atol is None else method.atol,
     )
-    s = _Setup(f, solver, ctrl, back, direction, max_steps, compact, keep_dense)
-    ys: torch.Tensor = _PerSampleAdjointFn.apply(s, y0, tgrid, *params)
+    s = _Setup(f, solver, ctrl, back, direction, max_steps, compact, keep_dense, events)
+    ys, event_t = _PerSampleAdjointFn.apply(s, y0, tgrid, *params)
     assert s.raw is not None
     raw = s.raw
-    s.raw = dataclasses.replace(raw, records=[])  # backward reads the status only
-    ok = raw.status == int(Status.OK)
-    y_stop = torch.where(_rows(ok, ys[-1]), ys[-1], raw.y_stop)  # its end state: differentiable
-    return dataclasses.replace(raw, ys=ys, y_stop=y_stop)
+    s.raw = dataclasses.replace(raw, records=[])  # backward reads the status and stops only
+    ok = (raw.status == int(Status.OK)) | (raw.status == int(Status.EVENT))
+    # its end state (an event state is held by the outputs after the event): differentiable
+    y_stop = torch.where(_rows(ok, ys[-1]), ys[-1], raw.y_stop)
+    return dataclasses.replace(raw, ys=ys, y_stop=y_stop, event_t=event_t)
 
 
 class _PerSampleAdjointFn(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, s: _Setup, y0: torch.Tensor, tgrid: torch.Tensor, *params: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             raw = integrate_per_sample(s.f, y0, tgrid, s.direction, s.solver, s.ctrl,
-                                       max_steps=s.max_steps, event=None, compact=s.compact,
-                                       keep_dense=s.keep_dense)
+                                       max_steps=s.max_steps, event=s.events or None,
+                                       compact=s.compact, keep_dense=s.keep_dense)
         s.raw = raw
         ctx.s = s
         ctx.save_for_backward(raw.ys, tgrid, raw.y_stop, *params)
-        return raw.ys
+        return raw.ys, raw.event_t
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, g: torch.Tensor, g_t: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
         s: _Setup = ctx.s
         ys, tgrid, y_stop, *params_l = ctx.saved_tensors
         with torch.no_grad():
-            a, t_grad, pg = _backward(s, ys, tgrid.detach(), y_stop, tuple(params_l), g,
+            a, t_grad, pg = _backward(s, ys, tgrid.detach(), y_stop, tuple(params_l), g, g_t,
                                       bool(ctx.needs_input_grad[2]))
         return (None, a, t_grad, *pg)
 
 
 def _backward(
     s: _Setup, ys: torch.Tensor, tgrid: torch.Tensor, y_stop: torch.Tensor,
-    params: tuple[torch.Tensor, ...], g: torch.Tensor, need_t: bool,
+    params: tuple[torch.Tensor, ...], g: torch.Tensor, g_t: torch.Tensor | None, need_t: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     n_out, batch = tgrid.shape
     shape = ys.shape[2:]
@@ -127,11 +138,19 @@ def _backward(
     a = torch.zeros(batch, width, dtype=ys.dtype, device=ys.device)
     pg = [torch.zeros_like(q) for q in params]
     quad = _Quadrature(s, params, pg, width, shape)
+    start = _event_starts(s, tgrid, y_stop, params, pg, g, g_t, safe, reached)
     for i in range(n_out - 1, 0, -1):
         a = a + g[i]
         here = reached[i]
+        t_i = tgrid[i]
+        if start is not None:  # a stopped sample starts at its stop with its event adjoint
+            first, t_stop, a_stop = start
+            at = first == i
+            a = torch.where(at.unsqueeze(1), a + a_stop, a)
+            here = here & (first >= i)
+            t_i = torch.where(at, t_stop, t_i)
         z0 = torch.cat([safe[i], a], 1)
-        tseg = torch.stack([tgrid[i], tgrid[i - 1]])
+        tseg = torch.stack([t_i, tgrid[i - 1]])
         if bool(here.all()):
             a = _segment(s, quad, z0, tseg, None, shape, width)[:, width:]
         elif s.compact:  # only the samples that reached output i
@@ -152,6 +171,41 @@ def _backward(
         slope = s.f(tgrid[0], safe[0].view(batch, *shape)).reshape(batch, -1)
         t_grad[0] = -((a - g[0]) * slope).sum(1).to(tgrid.dtype)
     return a.view(batch, *shape), t_grad, pg
+
+
+def _event_starts(
+    s: _Setup, tgrid: torch.Tensor, y_stop: torch.Tensor, params: tuple[torch.Tensor, ...],
+    pg: list[torch.Tensor], g: torch.Tensor, g_t: torch.Tensor | None, safe: torch.Tensor,
+    reached: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """For samples stopped by an event: the index ``e`` of their first output at or after
+    the stop (``n_out`` for the others), their stopping times and the adjoint there, with
+    the cotangents of those outputs moved into it (``g``, ``safe`` and ``reached`` updated
+    in place: the outputs after ``e`` take no solve, output ``e`` starts at the stop)."""
+    raw = s.raw
+    assert raw is not None
+    stopped = raw.status == int(Status.EVENT)
+    if not s.events or not bool(stopped.any()):
+        return None
+    n_out, batch = tgrid.shape
+    t_stop = torch.where(stopped, raw.t_stop.to(tgrid.dtype), tgrid[-1])
+    before = s.direction * (tgrid - t_stop) < 0  # outputs strictly before the stop
+    first = torch.where(stopped, before.sum(0), n_out)
+    after = torch.arange(n_out, device=tgrid.device).unsqueeze(1) >= first  # (T, batch)
+    g_y = (g * after.unsqueeze(2)).sum(0)
+    g.masked_fill_(after.unsqueeze(2), 0.0)
+    y_star = y_stop.reshape(batch, -1)
+    rows = first.clamp(max=n_out - 1)
+    safe[rows, torch.arange(batch, device=rows.device)] = torch.where(
+        stopped.unsqueeze(1), y_star, safe[rows, torch.arange(batch, device=rows.device)])
+    reached.masked_fill_(after & (torch.arange(n_out, device=tgrid.device).unsqueeze(1)
+                                  > first), False)
+    index = raw.event_index if raw.event_index is not None else torch.zeros_like(first)
+    index = torch.where(stopped, index, -1)
+    g_time = (torch.zeros_like(t_stop) if g_t is None else
+              torch.where(stopped, g_t.to(t_stop.dtype), 0.0))
+    a_stop = event_adjoint(s.f, s.events, index, t_stop, y_stop, g_y, g_time, params, pg)
+    return first, t_stop, torch.where(stopped.unsqueeze(1), a_stop, 0.0)
 
 
 def _segment(

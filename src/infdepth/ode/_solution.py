@@ -19,6 +19,7 @@ from infdepth.ode._adjoint import (
     check_params_visible,
     find_params,
 )
+from infdepth.ode._adjoint_events import check_events_for_adjoint, event_params
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
 from infdepth.ode._events import EventSpec, as_events
@@ -168,11 +169,6 @@ def _problem_checks(solver: object, controller: object, rtol: float, atol: float
     if adjoint is not None and not isinstance(adjoint, (Backprop, Checkpointed, Adjoint)):
         raise InputError(f"adjoint={adjoint!r} is not accepted; expected Backprop(), "
                          "Checkpointed() or Adjoint()")
-    if isinstance(adjoint, Adjoint) and event is not None:
-        raise InputError(
-            f"adjoint={adjoint!r} is not accepted with event={type(event).__name__}(...): "
-            "events under the continuous adjoint are not implemented; use Backprop() or "
-            "Checkpointed() (the same gradients, the latter without storing f's activations)")
     as_events(event)  # raises for anything but events
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise InputError(f"max_steps={max_steps!r} is not accepted; expected an integer >= 1")
@@ -243,8 +239,10 @@ def solve(
             backwards per sample (own steps, own error norm, the tolerances of the
             ``Adjoint``), memory independent of the step count; gradients with respect to
             ``y0``, the parameters of ``f`` (those of its module, or ``Adjoint(params=...)``)
-            and the output times (those of the continuous problem). Not with ``event``
-            (refused); :meth:`Solution.evaluate` is then not differentiated.
+            and the output times (those of the continuous problem); with terminal events
+            also the event times and states (implicit function theorem; the parameters of
+            event functions that are modules), not with non-terminal ones (refused);
+            :meth:`Solution.evaluate` is then not differentiated.
         max_steps: attempted steps per sample before it stops with ``Status.MAX_STEPS``.
         compact: evaluate ``f`` on the running samples only (finished ones cost nothing).
         dense: keep the steps for :meth:`Solution.evaluate` (memory grows with the steps).
@@ -266,9 +264,12 @@ def solve(
     calls = _Calls(f, y0.shape[0])
     if isinstance(adjoint, Adjoint):
         check_params_visible(f, adjoint, y0, tgrid[0])
+        events = as_events(event)
+        check_events_for_adjoint(events, adjoint.params is not None, tgrid[0], y0)
         raw = adjoint_per_sample(calls, y0, tgrid, direction, solver, ctrl, method=adjoint,
-                                 params=find_params(f, adjoint), max_steps=max_steps,
-                                 compact=compact, keep_dense=dense)
+                                 params=event_params(events, find_params(f, adjoint)),
+                                 max_steps=max_steps, compact=compact, keep_dense=dense,
+                                 events=events)
     else:
         raw = integrate_per_sample(calls, y0, tgrid, direction, solver, ctrl,
                                    max_steps=max_steps, event=event, compact=compact,
