@@ -142,8 +142,9 @@ def test_an_event_module_joins_the_blocks_parameters() -> None:
     assert float(g) == pytest.approx(int(reached.sum()), rel=1e-9)  # y* = level: gradient 1 each
 
 
-@pytest.mark.parametrize("adjoint", [Backprop(), Checkpointed()], ids=["backprop", "checkpointed"])
-def test_gradients_match_finite_differences(adjoint: Backprop | Checkpointed) -> None:
+@pytest.mark.parametrize("adjoint", [Backprop(), Checkpointed(), Adjoint()],
+                         ids=["backprop", "checkpointed", "adjoint"])
+def test_gradients_match_finite_differences(adjoint: Backprop | Checkpointed | Adjoint) -> None:
     """The output ``y(t_stop) = (b/k)(1 - e^{-k t_stop})``: its gradients at each sample's own
     stopping time (the step-end stop is not differentiated), within 2e-7 of those of the
     steady state ``b/k`` (``1/k`` in ``b``, ``-b/k^2`` in ``k``), and against float64 central
@@ -174,7 +175,7 @@ def test_gradients_match_finite_differences(adjoint: Backprop | Checkpointed) ->
         lo = blk(h0)[:, 0].sum()
         field.b.add_(eps)
     assert float(g_b) == pytest.approx(float((hi - lo) / (2 * eps)), rel=1e-6)
-    assert (blk.nfe_backward > 0) == isinstance(adjoint, Checkpointed)
+    assert (blk.nfe_backward > 0) == (not isinstance(adjoint, Backprop))
 
 
 def test_a_sample_not_converged_by_t1_stops_there_with_the_gradient_in_t1() -> None:
@@ -197,10 +198,82 @@ def test_a_sample_not_converged_by_t1_stops_there_with_the_gradient_in_t1() -> N
     ({"until": SteadyState(atol=TOL), "solver": RK4()}, "solver=RK4"),
     ({"until": SteadyState(atol=TOL), "solver": KenCarp4()}, "solver=KenCarp4"),
     ({"until": SteadyState(atol=TOL), "step_size": 0.1}, "step_size=0.1"),
-    ({"until": SteadyState(atol=TOL), "adjoint": Adjoint()}, "adjoint=Adjoint"),
     ({"until": SteadyState(atol=TOL), "regularisers": [KineticEnergy(0.1)]}, "regularisers"),
     ({"until": Event(lambda t, h: h[:, 0], terminal=False)}, "terminal=False"),
+    ({"until": []}, r"until=\[\] is not accepted"),
+    ({"until": [SteadyState(atol=TOL), "steady"]}, r"until\[1\]='steady'"),
+    ({"until": [SteadyState(atol=TOL), Event(lambda t, h: h[:, 0], terminal=False)]},
+     r"until\[1\]=Event\(\.\.\., terminal=False\)"),
 ])
 def test_bad_until_input_names_the_argument(kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         ODEBlock(Relax(), t1=1.0, **kwargs)
+
+
+class Level(nn.Module):
+    """``h_0 - level``: an event function holding a parameter."""
+
+    def __init__(self, level: float = LEVEL) -> None:
+        super().__init__()
+        self.level = nn.Parameter(torch.tensor(level, dtype=F64))
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return h[:, 0] - self.level
+
+
+def test_a_list_of_conditions_stops_each_sample_at_its_earliest() -> None:
+    """``until=[SteadyState, Event(level), Event(never)]``: ``y`` rises from 0 to ``1/k``; the
+    samples with ``level k < 1`` cross the level first (analytic time), the one with ``k = 4``
+    (``1/k = 0.25 < level``) stops on the steady state; ``last_depths.event`` says which."""
+    level = Level()
+    never = Level(5.0)
+    blk = block([SteadyState(atol=TOL), Event(level, direction=1), Event(never, direction=1)])
+    assert any(p is level.level for p in blk.parameters())
+    assert any(p is never.level for p in blk.parameters())
+    h0 = start()
+    out = blk(h0)
+    depths = blk.last_depths
+    assert depths is not None
+    k = h0[:, 1]
+    assert depths.event.tolist() == [1, 1, 1, 0]
+    assert depths.converged.all()
+    crosses = k * LEVEL < 1
+    torch.testing.assert_close(depths.t[crosses], -torch.log(1 - LEVEL * k[crosses]) / k[crosses],
+                               rtol=1e-8, atol=0)
+    torch.testing.assert_close(out[crosses, 0], torch.full_like(k[crosses], LEVEL), rtol=0,
+                               atol=1e-9)
+    assert float(depths.t[3]) >= float(time_to_tol(k[3:]))
+    # a sample alone stops as in the batch
+    for b in range(len(RATES)):
+        alone = blk(h0[b : b + 1])
+        assert blk.last_depths is not None and blk.last_depths.event.tolist() == [
+            depths.event[b].item()]
+        torch.testing.assert_close(alone[0], out[b], rtol=0, atol=1e-14)
+    # t1 before every stop: each sample runs to it, event -1
+    short = block([SteadyState(atol=TOL), Event(Level(), direction=1)], t1=0.1)
+    short(h0)
+    assert short.last_depths is not None and short.last_depths.event.tolist() == [-1] * 4
+    assert not short.last_depths.converged.any()
+
+
+@pytest.mark.parametrize("adjoint", [Checkpointed(), Adjoint()], ids=["checkpointed", "adjoint"])
+def test_a_list_of_conditions_gradients_match_backprop(adjoint: Checkpointed | Adjoint) -> None:
+    """The gradients in ``h0``, the field's ``b``, the level (an event module's parameter) and
+    a learned ``t1`` that one sample reaches: every method the same (float64)."""
+    grads = []
+    for method in (Backprop(), adjoint):
+        field, level = Relax(), Level(1.0)
+        blk = block([SteadyState(atol=TOL), Event(level, direction=1)], t1=2.0, field=field,
+                    learn_t1=True, adjoint=method)
+        # y = (1 - e^{-k t}) / k crosses 1 at 1.05 and 1.39 (k = 0.1, 0.5), not before t1 = 2
+        # for k = 0.9 (at 2.56), and k = 12 (1/k < 1) is steady at 1.51
+        h0 = start((0.1, 0.5, 0.9, 12.0)).requires_grad_(True)
+        out = blk(h0)
+        assert blk.last_depths is not None
+        assert blk.last_depths.event.tolist() == [1, 1, -1, 0]
+        w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=F64)
+        loss = (out[:, 0] * w).sum() + out[:, 0].square().sum()
+        grads.append(torch.autograd.grad(loss, (h0, field.b, level.level, blk.t1)))
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-9)
+    assert float(grads[0][2].abs()) > 0.1 and float(grads[0][3].abs()) > 0.01

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from infdepth.errors import InputError
-from infdepth.ode._adjoint import Adjoint, Backprop, Checkpointed, GradientMethod
+from infdepth.ode._adjoint import Adjoint, Checkpointed, GradientMethod
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL
-from infdepth.ode._events import Event, SteadyState
+from infdepth.ode._events import Event, SteadyState, as_events
 from infdepth.ode._odeint import solve
 from infdepth.ode._per_sample import Status
 from infdepth.ode._regularisers import Regulariser, augment, check_regularisers, split
@@ -32,11 +32,14 @@ class Depths:
         converged: ``(batch,)`` bool, whether its ``until`` condition held before ``t1``
             (``False``: it ran to ``t1``).
         stats: per-sample evaluations and accepted / rejected steps.
+        event: ``(batch,)`` long: which ``until`` condition stopped each sample (its position
+            in the ``until`` list, ``0`` for a single one), ``-1`` where it ran to ``t1``.
     """
 
     t: torch.Tensor
     converged: torch.Tensor
     stats: SampleStats
+    event: torch.Tensor
 
 
 class ODEBlock(nn.Module):
@@ -91,14 +94,16 @@ class ODEBlock(nn.Module):
         until: depth until converged. ``SteadyState(atol, rtol)`` stops each sample at the
             end of its first accepted step where ``rms(func(t, h)) < atol + rtol * rms(h)``;
             a terminal ``Event(fn, ...)`` stops it where ``fn`` changes sign, located by root
-            finding (time and state differentiable). ``t1`` is then the largest depth. The
+            finding (time and state differentiable); a list of them stops each sample at the
+            earliest (``last_depths.event`` says which). ``t1`` is then the largest depth. The
             block solves with a step size per sample (:func:`infdepth.ode.solve`), so a
             sample's output does not depend on its batch, and returns each sample's state
             where it stopped; :attr:`last_depths` records the stopping times. ``func`` is
             then called with ``t`` of shape ``(n,)`` on the ``n`` samples still running and
             must treat rows independently (no BatchNorm). It needs an explicit adaptive
-            solver, ``step_size=None``, ``Backprop()`` or ``Checkpointed()``, and no
-            regularisers.
+            solver, ``step_size=None`` and no regularisers; every gradient method works
+            (``Adjoint()``: each sample's backward solve starts at its own stop). The
+            parameters of event functions that are modules join the block's.
     """
 
     def __init__(
@@ -117,7 +122,7 @@ class ODEBlock(nn.Module):
         max_steps: int = 10_000,
         regularisers: Sequence[Regulariser] = (),
         control_integrals: bool = False,
-        until: SteadyState | Event | None = None,
+        until: SteadyState | Event | Sequence[SteadyState | Event] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(func, nn.Module):
@@ -154,9 +159,17 @@ class ODEBlock(nn.Module):
             raise InputError(f"control_integrals={control_integrals!r} is not accepted; expected "
                              "True or False")
         self.control_integrals = control_integrals
-        self.until = _check_until(until, self.solver, step_size, adjoint, self.regularisers)
+        self.until = _check_until(until, self.solver, step_size, self.regularisers)
         if isinstance(until, Event) and isinstance(until.fn, nn.Module):
             self.until_fn = until.fn  # its parameters train and move with the block
+        elif self.until is not None and not isinstance(self.until, (Event, SteadyState)):
+            fns: list[nn.Module] = []
+            for ev in self.until:
+                if isinstance(ev, Event) and isinstance(ev.fn, nn.Module) and all(
+                        ev.fn is not m for m in fns):
+                    fns.append(ev.fn)
+            if fns:
+                self.until_fns = nn.ModuleList(fns)
         self._regularisation: torch.Tensor | None = None  # of the last training forward
         self.last_depths: Depths | None = None
         """Where each sample stopped in the last forward with ``until`` (``None`` before)."""
@@ -216,7 +229,8 @@ class ODEBlock(nn.Module):
         if not torch.compiler.is_compiling():
             stopped = sol.status == Status.EVENT
             depth = torch.where(stopped, sol.event_t.detach(), sol.ts[-1].detach())
-            self.last_depths = Depths(depth, stopped, sol.stats)
+            self.last_depths = Depths(depth, stopped, sol.stats,
+                                      torch.where(stopped, sol.event_index, -1))
         # after its stop a sample's outputs hold the state it stopped in
         return sol.ys[-1]
 
@@ -235,16 +249,22 @@ class ODEBlock(nn.Module):
 
 
 def _check_until(until: object, solver: RungeKutta, step_size: float | None,
-                 adjoint: GradientMethod | None, regularisers: Sequence[Regulariser]
-                 ) -> SteadyState | Event | None:
+                 regularisers: Sequence[Regulariser]
+                 ) -> SteadyState | Event | tuple[SteadyState | Event, ...] | None:
     if until is None:
         return None
-    if not isinstance(until, (SteadyState, Event)):
-        raise InputError(f"until={until!r} is not accepted; expected SteadyState(atol, rtol) "
-                         "or a terminal Event(fn, ...)")
-    if isinstance(until, Event) and not until.terminal:
-        raise InputError("until=Event(..., terminal=False) is not accepted: it would not stop "
-                         "a sample; pass a terminal Event")
+    if not isinstance(until, (SteadyState, Event, list, tuple)):
+        raise InputError(f"until={until!r} is not accepted; expected SteadyState(atol, rtol), "
+                         "a terminal Event(fn, ...) or a list of them")
+    try:
+        events = as_events(until)
+    except InputError as exc:
+        raise InputError(str(exc).replace("event", "until", 1)) from exc
+    for j, ev in enumerate(events):
+        if isinstance(ev, Event) and not ev.terminal:
+            where = "" if isinstance(until, Event) else f"[{j}]"
+            raise InputError(f"until{where}=Event(..., terminal=False) is not accepted: it "
+                             "would not stop a sample; pass a terminal Event")
     if (not isinstance(solver, RungeKutta) or type(solver).tensors is not RungeKutta.tensors
             or not solver.adaptive or not solver.fsal):  # implicit solvers have their own
         raise InputError(f"solver={solver!r} is not accepted with until=: each sample stops on "
@@ -253,10 +273,7 @@ def _check_until(until: object, solver: RungeKutta, step_size: float | None,
     if step_size is not None:
         raise InputError(f"step_size={step_size!r} is not accepted with until=: the steps are "
                          "adaptive, one sequence per sample")
-    if adjoint is not None and not isinstance(adjoint, (Backprop, Checkpointed)):
-        raise InputError(f"adjoint={adjoint!r} is not accepted with until=: Backprop() and "
-                         "Checkpointed() differentiate the per-sample solve")
     if regularisers:
         raise InputError("regularisers are not accepted with until=: their integrals would "
                          "join the state whose slope decides convergence")
-    return until
+    return until if isinstance(until, (SteadyState, Event)) else events
