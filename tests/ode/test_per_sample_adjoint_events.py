@@ -254,3 +254,62 @@ def test_non_terminal_events_and_hidden_event_parameters_are_refused() -> None:
     sol.event_t.sum().backward()
     # t* = sqrt(2 (1 - level) / g) past v0 = 1: x = 1 + t - g t^2 / 2 = level
     assert level.grad is not None and float(level.grad) < 0
+
+
+@pytest.mark.parametrize("compact", [True, False], ids=["compact", "masked"])
+def test_backwards_in_time_and_masked_rows_match_backprop(compact: bool) -> None:
+    """The ball integrated backwards from ``t = 0`` (``x = h - g t^2 / 2`` reaches 0 at
+    ``t* = -sqrt(2h/g)``), outputs on both sides of the stops, a sample that never stops
+    (``h`` beyond reach by ``t = -1``), under ``compact`` and with ``f`` seeing the whole
+    batch: the adjoint equals backprop, and ``t*`` its analytic gradient in ``h``."""
+    grads = {}
+    for method in (Backprop(), Adjoint()):
+        field = Ball()
+        h = torch.tensor([0.5, 2.0, 1.0, 9.0], dtype=F64, requires_grad=True)
+        y0 = torch.stack([h, torch.zeros_like(h)], 1)
+        sol = solve(field, y0, torch.tensor([0.0, -0.4, -1.0], dtype=F64), rtol=1e-11,
+                    atol=1e-13, event=Event(lambda t, y: y[:, 0], direction=-1, tol=1e-12),
+                    adjoint=method, compact=compact)
+        assert sol.event_index.tolist() == [0, 0, 0, -1]
+        w = torch.tensor([1.0, 2.0, -1.5, 0.0], dtype=F64)
+        loss = ((torch.nan_to_num(sol.event_t) * w).sum() + (sol.ys[1:] * 0.3).sum()
+                + sol.event_y[:, 1].square().sum())
+        grads[type(method).__name__] = torch.autograd.grad(loss, (h, field.g))
+    for adj, bp in zip(grads["Adjoint"], grads["Backprop"], strict=True):
+        torch.testing.assert_close(adj, bp, rtol=1e-7, atol=1e-8)
+    field = Ball()
+    h = torch.tensor([0.5, 2.0], dtype=F64, requires_grad=True)
+    sol = solve(field, torch.stack([h, torch.zeros_like(h)], 1),
+                torch.tensor([0.0, -1.0], dtype=F64), rtol=1e-11, atol=1e-13,
+                event=Event(lambda t, y: y[:, 0], direction=-1, tol=1e-12), adjoint=Adjoint(),
+                compact=compact)
+    (gh,) = torch.autograd.grad(sol.event_t.sum(), h)
+    torch.testing.assert_close(gh, -1 / torch.sqrt(2 * G * h.detach()), rtol=1e-8, atol=0)
+
+
+class StiffBall(Ball):
+    """The ball with a decaying third component ``z' = -k z``, ``k`` the fourth (constant)."""
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z, k = y[:, 2], y[:, 3]
+        return torch.cat([super().forward(t, y[:, :2]), torch.stack([-k * z, 0 * k], 1)], 1)
+
+
+def test_a_failed_sample_beside_stopped_ones_keeps_the_outputs_it_reached() -> None:
+    """``throw=False``: a stiff sample that hits ``max_steps`` gets the gradient of the
+    outputs it reached, the stopped one its own (as backprop gives)."""
+    grads = {}
+    for method in (Backprop(), Adjoint()):
+        field = StiffBall()
+        h = torch.tensor([1.0, 1.0], dtype=F64, requires_grad=True)
+        y0 = torch.stack([h, torch.zeros_like(h), torch.ones_like(h),
+                          torch.tensor([0.0, 1e4], dtype=F64)], 1)
+        sol = solve(field, y0, torch.tensor([0.0, 0.3, 5.0], dtype=F64), rtol=1e-9,
+                    atol=1e-11, max_steps=40, throw=False, adjoint=method,
+                    event=Event(lambda t, y: y[:, 0], direction=-1, tol=1e-12))
+        assert sol.status.tolist() == [1, 2]  # EVENT, MAX_STEPS
+        reached = torch.isfinite(sol.ys)
+        loss = sol.ys[reached].sum() + sol.event_t[0] * 2.0
+        grads[type(method).__name__] = torch.autograd.grad(loss, (h, field.g))
+    for adj, bp in zip(grads["Adjoint"], grads["Backprop"], strict=True):
+        torch.testing.assert_close(adj, bp, rtol=1e-7, atol=1e-8)
