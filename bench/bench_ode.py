@@ -71,6 +71,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -618,9 +619,12 @@ def _vdp_spread(h: Harness, mu_max: float) -> None:
     goals = {"torchode": SPEEDUP_PER_SAMPLE_VS_TORCHODE, "ours_shared": 1.0}
     run_case(h, key, contenders, cost.probes, overhead_goal=False, peer_goals=False,
              speedup_goals=goals)
-    ops = {name: _count_ops(c.run) for name, c in contenders.items()}
+    counts = {name: _count_ops(c.run, reads=True) for name, c in contenders.items()}
+    ops = {name: n for name, (n, _) in counts.items()}
     h.note(f"{key} tensor operations per solve: "
            + ", ".join(f"{n} {v}" for n, v in ops.items()))
+    h.note(f"{key} host reads per solve (item/bool/int/tolist): "
+           + ", ".join(f"{n} {r}" for n, (_, r) in counts.items()))
     for name in ops:
         if name != "ours":
             h.ratio(f"{key}_tensor_ops_{name}_over_ours", ops[name] / ops["ours"],
@@ -630,20 +634,34 @@ def _vdp_spread(h: Harness, mu_max: float) -> None:
         for n, v in per_sample_nfe.items()))
 
 
-def _count_ops(run: Callable[[], object]) -> int:
-    """The aten operations one run dispatches: a load-independent measure of loop overhead."""
+def _count_ops(run: Callable[[], object], reads: bool = False) -> Any:
+    """The aten operations one run dispatches: a load-independent measure of loop overhead;
+    with ``reads``, ``(operations, host reads)``: ``aten._local_scalar_dense`` (``item``,
+    ``bool``, ``int``, ``float``) and ``Tensor.tolist`` (which reads without dispatching)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
         n = 0
+        reads = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
             Count.n += 1
+            Count.reads += func.__name__.startswith("_local_scalar_dense")
             return func(*args, **(kwargs or {}))
 
-    with Count():
-        run()
-    return Count.n
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self: torch.Tensor) -> Any:
+        Count.reads += 1
+        return tolist(self)
+
+    torch.Tensor.tolist = counted_tolist  # type: ignore[method-assign]
+    try:
+        with Count():
+            run()
+    finally:
+        torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+    return (Count.n, Count.reads) if reads else Count.n
 
 
 class SpeedField(nn.Module):
