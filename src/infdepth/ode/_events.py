@@ -10,7 +10,9 @@ The event time and state are then made differentiable by the implicit function t
 with ``g(t*, y(t*; p); p) = 0``, ``dt*/dp = -(dg/dp) / (dg/dt + dg/dy . f(t*, y*))``, so
 gradients reach the solution's inputs and any parameters ``fn`` holds (a module's
 parameters need not sit in the state). A solve may have several events
-(:func:`as_events`); each sample stops at the earliest terminal one.
+(:func:`as_events`); each sample stops at the earliest terminal one. Under the continuous
+adjoint the same gradient enters as the start of each stopped sample's backward solve
+(:mod:`._adjoint_events`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class Event:
         fn: ``fn(t, y) -> (n,)`` for ``n`` samples with times ``t`` of shape ``(n,)``
             and states ``y`` of shape ``(n, ...)``; rows must not mix (a sample's value
             depends on its own row only). It may hold parameters (an ``nn.Module``):
-            the event time and state are differentiable in them.
+            the event time and state are differentiable in them (under backprop,
+            checkpointing and, for terminal events, ``Adjoint()``).
         direction: ``1`` stops where ``fn`` goes from negative to ``>= 0``, ``-1`` from
             positive to ``<= 0``, ``0`` either.
         tol: the crossing is located to this width in time (absolute, > 0); the event
