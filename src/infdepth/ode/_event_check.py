@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from infdepth.ode._constants import cached
 from infdepth.ode._events import (
     Event,
     PolynomialFit,
@@ -38,6 +39,10 @@ def _put(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor | None) -> t
     if full.requires_grad or vals.requires_grad:
         return full.index_copy(0, rows, vals)
     return full.index_copy_(0, rows, vals)
+
+
+def _detached(x: torch.Tensor) -> torch.Tensor:
+    return x.detach() if x.requires_grad else x
 
 
 def _sample_weights(n: int, exact: bool, dense: torch.Tensor, t_dtype: torch.dtype,
@@ -64,16 +69,15 @@ class EventCheck:
         self.events, self.f, self.dense, self.compact = events, f, dense, compact
         batch, dev = y0.shape[0], y0.device
         # each event function at the rows' last accepted step ends, (1, batch)
-        self.g_prev = [ev.value(t0, y0).detach().unsqueeze(0) if isinstance(ev, Event) else None
-                       for ev in events]
+        self.g_prev = [_detached(ev.value(t0, y0)).unsqueeze(0) if isinstance(ev, Event)
+                       else None for ev in events]
         self.event_t = torch.full((batch,), float("nan"), dtype=t0.dtype, device=dev)
         self.event_index = torch.full((batch,), -1, dtype=torch.long, device=dev)
         self.found: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         self._dtypes = (t0.dtype, y0.dtype, dev)
-        # constants of this solve (its solver, dtypes and device), built at first use; they
-        # live as long as the solve, so nothing is shared between solves
+        # constants of this solve (its solver, dtypes and device), built at first use (the
+        # polynomial fits are kept between solves: _constants)
         self._weights: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._fits: dict[int, PolynomialFit] = {}
         # per pass: each event's samples (n + 1, m) (row 0 the step's start) and crossings
         self._g: list[torch.Tensor | None] = []
         self._cross: list[torch.Tensor] = []
@@ -85,9 +89,9 @@ class EventCheck:
         return self._weights[n, exact]
 
     def _fit(self, w: int) -> PolynomialFit:
-        if w not in self._fits:
-            self._fits[w] = polynomial_fit(w)
-        return self._fits[w]
+        dev = self._dtypes[2]
+        return cached(("polynomial_fit", w, dev), None,
+                      lambda: tuple(x.to(dev) for x in polynomial_fit(w)))  # type: ignore[return-value]
 
     def _points(self, n: int, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
                 y1: torch.Tensor, t1: torch.Tensor, k_end: torch.Tensor, hk: torch.Tensor,

@@ -29,6 +29,7 @@ from enum import IntEnum
 import torch
 import torch.utils.checkpoint
 
+from infdepth.ode._constants import cached
 from infdepth.ode._controller import PIController
 from infdepth.ode._event_check import EventCheck
 from infdepth.ode._events import EventSpec, as_events
@@ -96,6 +97,7 @@ class Raw:
     records: list[Record] = field(default_factory=list)
     event_index: torch.Tensor | None = None  # (B,) which event stopped each sample, -1: none
     crossing_event: torch.Tensor | None = None  # (K,) the event of each crossing
+    failed: int | None = None  # samples that failed, counted on the host (None: not counted)
 
 
 def integrate_per_sample(
@@ -123,27 +125,24 @@ def integrate_per_sample(
     """
     n_out, batch = tgrid.shape
     dev, long = y0.device, torch.long
-    tabs = solver.tensors(y0.dtype, y0.device)
-    plan, dense = StagePlan.of(solver, tabs, tgrid.dtype), tabs.dense
+    plan, dense = _stage_plan(solver, y0, tgrid.dtype)
     control = PerSampleSteps(ctrl, solver.order, norm, direction)
     grad = torch.is_grad_enabled()
-    t, t_end = tgrid[0].clone(), tgrid[-1]
+    # without autograd the loop updates its tensors in place, but only those it made: the
+    # batch's t, y and k1 are replaced by new tensors in every pass before the first
+    # compaction writes into them, so y0 and tgrid are never written
+    t, t_end = tgrid[0], tgrid[-1]
     k1 = first_eval(f, t, y0, Stats())
     h = PerSampleSteps.initial(ctrl, f, t, y0, k1, solver.order, direction, norm)
     prev_r = torch.ones_like(h)
-    if not grad:  # without autograd the loop's tensors are updated in place
-        y0, k1 = y0.clone(), k1.clone()
     y = y0
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
-    status = torch.zeros(batch, dtype=long, device=dev)
-    steps = torch.zeros(batch, dtype=long, device=dev)
-    accepted = torch.zeros(batch, dtype=long, device=dev)
-    extra_nfe = torch.zeros(batch, dtype=long, device=dev)  # dense stages, events
+    status, steps, accepted, extra_nfe = torch.zeros(4, batch, dtype=long, device=dev).unbind()
     # outputs are addressed by slot j * B + b (sample b's output j); slots T * B + b, past the
     # last output time (+-inf), are discarded. A row writes its interpolant to its next slot
     # at every output pass, inside or not: a slot not reached yet is written again when it
     # is, and one never reached is filled by _assemble.
-    times = torch.cat([tgrid, torch.full_like(tgrid[:1], direction * math.inf)]).reshape(-1)
+    times = torch.nn.functional.pad(tgrid, (0, 0, 0, 1), value=direction * math.inf).view(-1)
     next_slot = torch.arange(batch, 2 * batch, device=dev)
     # each row's output times, increasing (negated backwards): how many a step passed is one
     # searchsorted, so the pass knows how many outputs to store before it reads anything
@@ -157,6 +156,7 @@ def integrate_per_sample(
     buffer = StageBuffer()
     want_acc = keep_dense or on_accept is not None
     passes, n_running, n_set, rows, grid_w, end_w = 0, batch, batch, None, grid, t_end
+    n_failed = 0
     # the working set: its rows (all of the batch while rows is None) and their state, kept
     # from pass to pass; its finished rows take empty steps until it is compacted
     tw, hw, yw, kw, slot_w, steps_w, acc_w, prev_w = (t, h, y, k1, next_slot, steps, accepted,
@@ -277,11 +277,12 @@ def integrate_per_sample(
         if n_ended or n_trouble:
             done = put(done, take(done) | ended | trouble)
             n_running -= n_ended + n_trouble
+            n_failed += n_trouble
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
     if rows is not None:
         write_back()
-    ys = _assemble(ys, y, status, next_slot // batch, n_out, batch)
+    ys = _assemble(ys, y, status if n_failed else None, next_slot // batch, n_out, batch)
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     if check is None:
         check = EventCheck((), f, tgrid[0], y0, dense, compact)
@@ -289,7 +290,20 @@ def integrate_per_sample(
     return Raw(ys=ys, status=status, t_stop=t, y_stop=y, event_t=check.event_t, nfe=nfe,
                accepted=accepted, rejected=steps - accepted, dense=dense, records=records,
                crossings=(rows_c, times_c), event_index=check.event_index,
-               crossing_event=index_c)
+               crossing_event=index_c, failed=n_failed)
+
+
+def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
+                ) -> tuple[StagePlan, torch.Tensor]:
+    """The solver's stage plan and dense-output matrix in ``y0``'s dtype and device, kept
+    between solves (one per tableau, dtype and device: :mod:`._constants`)."""
+    tableau = solver.tableau
+
+    def build() -> tuple[StagePlan, torch.Tensor]:
+        tabs = solver.tensors(y0.dtype, y0.device)
+        return StagePlan.of(solver, tabs, t_dtype), tabs.dense
+
+    return cached(("stage_plan", id(tableau), y0.dtype, y0.device, t_dtype), tableau, build)
 
 
 def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, slot: torch.Tensor,
@@ -358,12 +372,14 @@ def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torc
     return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])
 
 
-def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor,
+def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor | None,
               reached: torch.Tensor, n_out: int, batch: int) -> torch.Tensor:
     """``(T, B, ...)`` outputs: those reached (``ys[:reached[b], b]``), then a stopped sample's
-    last state (its event state), NaN for a sample that failed."""
-    failed = (status != Status.OK) & (status != Status.EVENT)
-    held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
+    last state (its event state), NaN for a sample that failed (``status`` None: none did)."""
+    held = y_stop
+    if status is not None:
+        failed = status > Status.EVENT  # MAX_STEPS, DT_UNDERFLOW, NONFINITE
+        held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
     out = ys[: n_out * batch].view(n_out, *y_stop.shape)
     index = torch.arange(n_out, device=ys.device).unsqueeze(1)
     missing = (index >= reached.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))

@@ -176,23 +176,42 @@ def _problem_checks(solver: object, controller: object, rtol: float, atol: float
         raise InputError("y0 must be a floating-point tensor of shape (batch, ...)")
 
 
-def _times(t: torch.Tensor, y0: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``(T, batch)`` output times in float64 and the direction of integration."""
-    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise InputError("t must be a floating-point tensor of times, shape (T,) or (T, batch)")
+def _times(t: torch.Tensor, y0: torch.Tensor, pending: InputError | None = None
+           ) -> tuple[torch.Tensor, float]:
+    """``(T, batch)`` output times in float64 and the direction of integration, after checking
+    that ``y0`` is finite (that error first, then ``pending``, then those of ``t``): one host
+    read for all."""
     batch = y0.shape[0]
-    if t.ndim not in (1, 2) or t.shape[0] < 2 or (t.ndim == 2 and t.shape[1] != batch):
-        raise InputError(f"t has shape {tuple(t.shape)}; expected (T,) or (T, batch={batch}) "
-                         "with T >= 2")
-    if not bool(torch.isfinite(t.detach()).all()):
+    bad_t = None
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        bad_t = "t must be a floating-point tensor of times, shape (T,) or (T, batch)"
+    elif t.ndim not in (1, 2) or t.shape[0] < 2 or (t.ndim == 2 and t.shape[1] != batch):
+        bad_t = (f"t has shape {tuple(t.shape)}; expected (T,) or (T, batch={batch}) "
+                 "with T >= 2")
+    tt = None
+    if bad_t is None:
+        tt = t.to(device=y0.device, dtype=torch.float64)
+        tt = tt.unsqueeze(1).expand(-1, batch).contiguous() if tt.ndim == 1 else tt.contiguous()
+    with torch.no_grad():  # x * 0 sums to 0 exactly when every x is finite (NaN otherwise)
+        flags = [y0.mul(0).sum()]
+        if tt is not None:
+            flags.append(t.to(device=y0.device, dtype=torch.float64).mul(0).sum())
+            if batch:  # the steps between output times, at least one
+                flags.extend(torch.aminmax(tt[1:] - tt[:-1]))
+        got = torch.stack(flags).tolist()
+    if got[0] != 0:
+        raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
+    if pending is not None:
+        raise pending
+    if bad_t is not None:
+        raise InputError(bad_t)
+    assert tt is not None
+    if got[1] != 0:
         raise InputError("t contains NaN or infinite times; expected finite times")
-    tt = t.to(device=y0.device, dtype=torch.float64)
-    tt = tt.unsqueeze(1).expand(-1, batch) if tt.ndim == 1 else tt
-    diff = tt[1:].detach() - tt[:-1].detach()
-    if bool((diff > 0).all()):
-        return tt.contiguous(), 1.0
-    if bool((diff < 0).all()):
-        return tt.contiguous(), -1.0
+    if len(got) == 2 or got[2] > 0:  # no sample: increasing, as every step of none is
+        return tt, 1.0
+    if got[3] < 0:
+        return tt, -1.0
     raise InputError("t must be strictly increasing or strictly decreasing along its first "
                      "axis, every sample in the same direction")
 
@@ -257,10 +276,14 @@ def solve(
     for name, flag in (("compact", compact), ("dense", dense), ("throw", throw)):
         if not isinstance(flag, bool):
             raise InputError(f"{name}={flag!r} is not accepted; expected True or False")
-    if not bool(torch.isfinite(y0.detach()).all()):
-        raise InputError("y0 contains NaN or infinite values; expected a finite initial state")
-    ctrl = controller if controller is not None else PIController(rtol=rtol, atol=atol)
-    tgrid, direction = _times(t, y0)
+    ctrl, pending = controller, None
+    if ctrl is None:
+        try:
+            ctrl = PIController(rtol=rtol, atol=atol)
+        except InputError as exc:  # raised after the check of y0, as it always was
+            pending = exc
+    tgrid, direction = _times(t, y0, pending)  # checks y0 too
+    assert ctrl is not None
     calls = _Calls(f, y0.shape[0])
     if isinstance(adjoint, Adjoint):
         check_params_visible(f, adjoint, y0, tgrid[0])
@@ -291,7 +314,9 @@ def _or_none(index: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
 
 
 def _raise_failures(raw: Raw) -> None:
-    failed = (raw.status != Status.OK) & (raw.status != Status.EVENT)
+    if raw.failed == 0:  # counted by the loop: no read
+        return
+    failed = raw.status > Status.EVENT  # MAX_STEPS, DT_UNDERFLOW, NONFINITE
     if not bool(failed.any()):
         return
     b = int(failed.nonzero()[0, 0])
