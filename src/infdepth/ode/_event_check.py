@@ -181,27 +181,38 @@ class EventCheck:
         return locate(ev, t[r], h[r], y[r], hk[:, r], self.dense, lo, hi, samples[i, r],
                       samples[i + 1, r], guess)
 
-    def _resolve_one(self, rows: torch.Tensor | None, cand: torch.Tensor, t: torch.Tensor,
-                     h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor, stop_t: torch.Tensor,
-                     y_new: torch.Tensor
+    def _resolve_one(self, rows: torch.Tensor | None, cand: torch.Tensor, n_cand: int,
+                     t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
+                     stop_t: torch.Tensor, y_new: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`resolve` for a solve whose only event is a terminal :class:`Event` with
-        exact samples: every row in ``cand`` stops in its first sub-interval with a crossing
-        (the same result, fewer operations)."""
+        exact samples: every row in ``cand`` (``n_cand`` of them) stops in its first
+        sub-interval with a crossing (the same result, fewer operations; fewer still when
+        every row of the working set stops: no selection of rows)."""
         ev, samples = self.events[0], self._g[0]
         assert isinstance(ev, Event) and samples is not None
-        n = ev.samples_per_step
-        r = cand.nonzero().squeeze(1)
-        i = self._cross[0][:, r].to(torch.uint8).argmax(0)
-        tr, hr, yr, hkr = t[r], h[r], y[r], hk[:, r]
+        n, m = ev.samples_per_step, t.shape[0]
+        every = n_cand == m
+        r = torch.arange(m, device=t.device) if every else cand.nonzero().squeeze(1)
+        cross = self._cross[0] if every else self._cross[0][:, r]
+        i = cross.to(torch.uint8).argmax(0)
+        tr, hr, yr, hkr = (t, h, y, hk) if every else (t[r], h[r], y[r], hk[:, r])
         lo = i.to(t.dtype) / n
-        guess = polynomial_guess(samples, i, r, n, self._fit) if n > 1 else None
+        guess = (polynomial_guess(samples, i, None if every else r, n, self._fit) if n > 1
+                 else None)
         theta = locate(ev, tr, hr, yr, hkr, self.dense, lo, lo + 1.0 / n, samples[i, r],
                        samples[i + 1, r], guess)
         y_star = dense_per_sample(theta, yr, hkr, self.dense)
         t_ev, y_ev = differentiable_event(ev, self._slope(t, y, r), tr + theta * hr, y_star)
-        extra = torch.zeros(t.shape[0], dtype=torch.long, device=t.device)
-        if torch.is_grad_enabled():  # the gradient evaluated f at the event
+        grad = torch.is_grad_enabled()  # then the gradient evaluated f at the event
+        if every:
+            extra = (torch.ones if grad else torch.zeros)(m, dtype=torch.long, device=t.device)
+            self.event_t = _put(self.event_t, t_ev, rows)
+            self.event_index = _put(self.event_index, torch.zeros_like(cand, dtype=torch.long),
+                                    rows)  # a copy: the loop's tensors update in place
+            return _detached(t_ev).clone(), y_ev, cand, extra
+        extra = torch.zeros(m, dtype=torch.long, device=t.device)
+        if grad:
             extra = extra.index_fill(0, r, 1)
         self.event_t = _put(self.event_t, _take(self.event_t, rows).index_put((r,), t_ev), rows)
         self.event_index = _put(self.event_index,
@@ -234,15 +245,16 @@ class EventCheck:
 
     def resolve(self, rows: torch.Tensor | None, acc: torch.Tensor, cand: torch.Tensor,
                 t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
-                t1: torch.Tensor, stop_t: torch.Tensor, y_new: torch.Tensor
+                t1: torch.Tensor, stop_t: torch.Tensor, y_new: torch.Tensor, n_cand: int = -1
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stops and crossings in the rows ``cand``: ``(stop_t, y_new, stopped, extra)``, the
+        """Stops and crossings in the rows ``cand`` (``n_cand`` of them, -1: not counted):
+        ``(stop_t, y_new, stopped, extra)``, the
         working set's stopping times and states (at the earliest terminal event where one
         fired), which stopped, and the evaluations of ``f`` the gradients took."""
         one = self.events[0]
         if (self._exact and len(self.events) == 1 and isinstance(one, Event)
                 and one.terminal):
-            return self._resolve_one(rows, cand, t, h, y, hk, stop_t, y_new)
+            return self._resolve_one(rows, cand, n_cand, t, h, y, hk, stop_t, y_new)
         m, dev, grad = t.shape[0], t.device, torch.is_grad_enabled()
         extra = torch.zeros(m, dtype=torch.long, device=dev)
         if not self._exact and hk.shape[0] == self.dense.shape[0]:

@@ -245,7 +245,7 @@ def polynomial_fit(w: int) -> PolynomialFit:
             basis.transpose(1, 2).contiguous())
 
 
-def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n: int,
+def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor | None, n: int,
                      fit_of: Callable[[int], PolynomialFit] = polynomial_fit,
                      newton: int = 2) -> torch.Tensor:
     """A first guess of the crossing in sub-interval ``i`` of rows ``r``: the first root in it
@@ -253,12 +253,16 @@ def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n:
     at the fractions ``0, 1/n, ..., 1``): its first sign change on a grid of ``GRID`` cells,
     the secant point there, then ``newton`` Newton steps, kept inside the sub-interval (no
     host read). Exact for an event linear in the state with a dense output of degree <= 4
-    (Dopri5, Tsit5, Bosh3) at ``n >= 4``."""
+    (Dopri5, Tsit5, Bosh3) at ``n >= 4``. ``r`` None: every row, ``i`` one per row."""
     w = min(5, n + 1)
-    start = (i - (w - 2) // 2).clamp_(0, n + 1 - w)
-    local = i - start
-    idx = start.unsqueeze(1) + torch.arange(w, device=i.device)  # (k, w)
-    g = samples.T[r].gather(1, idx).to(torch.float64)
+    rows = samples.T if r is None else samples.T[r]
+    start = None  # w = n + 1: the polynomial goes through every sample (it starts at 0)
+    local = i
+    if w < n + 1:
+        start = (i - (w - 2) // 2).clamp_(0, n + 1 - w)
+        local = i - start
+        rows = rows.gather(1, start.unsqueeze(1) + torch.arange(w, device=i.device))
+    g = rows.to(torch.float64)
     fit, slope_fit, basis = (x.to(g.device) for x in fit_of(w))
     values = torch.bmm(g.unsqueeze(1), basis[local]).squeeze(1)  # (k, GRID + 1)
     after = values * values[:, :1].sign() <= 0
@@ -271,7 +275,7 @@ def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor, n:
         powers = torch.linalg.vander(u, N=w)
         step = (powers * coef).sum(1) / (powers[:, :-1] * slope_coef).sum(1)
         u = torch.minimum(torch.maximum(u - step, a), a + 1)  # NaN stays NaN: unused
-    return (start.to(g.dtype) + u) / n
+    return (u + 0.0 if start is None else start.to(g.dtype) + u) / n  # + 0.0: as 0 + u
 
 
 def differentiable_event(event: Event, f: VectorField, t_star: torch.Tensor, y_star: torch.Tensor

@@ -250,7 +250,7 @@ def integrate_per_sample(
             status = put(status, torch.where(trouble, code, take(status)))
         if check is not None and cand is not None and got[3]:
             stop_t, y_new, event_here, extra = check.resolve(rows, acc, cand, tw, signed, yw, hk,
-                                                             t_new, stop_t, y_new)
+                                                             t_new, stop_t, y_new, got[3])
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
             ended = ended | event_here
