@@ -7,7 +7,9 @@ which an event fires reads a few more. A change that adds a ``bool(...)``, ``.it
 source: ``aten._local_scalar_dense`` (``item``, ``bool``, ``int``, ``float``) through a
 ``TorchDispatchMode``, and ``Tensor.tolist`` (which reads without dispatching). With
 ``compact=True`` the working set's ``nonzero`` (a synchronisation on a GPU) runs only after a
-pass in which a sample finished.
+pass in which a sample finished. Outside the loop a solve reads once (its input checks) and
+its setup stays under ``SETUP_OPS`` operations: one call per bounce makes that the fixed cost
+of issue 26's bouncing ball.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import infdepth.ode._constants as constants
 import infdepth.ode._per_sample as per_sample
 from infdepth.ode import Event, solve
 
 F64 = torch.float64
-PER_SOLVE = 4  # reads outside the loop: input checks (2), the event-free crossings, status
+PER_SOLVE = 1  # reads outside the loop: the input checks of y0 and t, one stacked read
+SETUP_OPS = 80  # aten operations before the first step of a bouncing ball's solve (issue 26)
 
 
 @dataclass
@@ -32,6 +36,9 @@ class Syncs:
     reads: int = 0
     nonzero: int = 0
     passes: int = 0
+    ops: int = 0
+    at_first_pass: tuple[int, int] | None = None  # (reads, ops) before the first step
+    at_loop_end: tuple[int, int] | None = None  # ... when the loop ended
 
 
 class _Count(TorchDispatchMode):
@@ -41,6 +48,7 @@ class _Count(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         name = func.__name__
+        self.syncs.ops += 1
         if name.startswith("_local_scalar_dense"):
             self.syncs.reads += 1
         elif name.startswith("nonzero"):
@@ -60,12 +68,20 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Iterator[Syncs]:
         return tolist(self)
 
     def counted_step(*args: object, **kwargs: object) -> object:
+        if syncs.at_first_pass is None:
+            syncs.at_first_pass = (syncs.reads, syncs.ops)
         syncs.passes += 1
         return step(*args, **kwargs)  # type: ignore[arg-type]
 
+    def counted_assemble(*args: object, **kwargs: object) -> object:
+        syncs.at_loop_end = (syncs.reads, syncs.ops)
+        return assemble(*args, **kwargs)  # type: ignore[arg-type]
+
+    assemble = per_sample._assemble
     with monkeypatch.context() as patch:
         patch.setattr(torch.Tensor, "tolist", counted_tolist)
         patch.setattr(per_sample, "step_per_sample", counted_step)
+        patch.setattr(per_sample, "_assemble", counted_assemble)
         with _Count(syncs):
             yield syncs
 
@@ -149,3 +165,64 @@ def test_event_passes_read_a_few_more(monkeypatch: pytest.MonkeyPatch) -> None:
     event_passes = len(set((sol.stats.n_accepted + sol.stats.n_rejected).tolist()))
     assert syncs.reads <= syncs.passes + PER_SOLVE + 2 * event_passes, (
         syncs.reads, syncs.passes, event_passes)
+
+
+def test_a_solve_reads_once_outside_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed cost of one call (issue 26's bouncing ball makes one call per bounce): before
+    its first step a solve reads the host once (y0 finite, t finite and monotone: one stacked
+    read) in at most SETUP_OPS operations (the checks, the first step size and its evaluation
+    of f, the loop's state); after its loop it reads nothing when no sample failed."""
+    ball = _bounce_field()
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.tensor([[0.0], [10.0]], dtype=F64)
+    event = Event(lambda t, y: y[:, 0], direction=-1, tol=1e-10)
+    with torch.no_grad():
+        solve(ball, y0, t, event=event, rtol=1e-8, atol=1e-10, dense=False)  # constants built
+        for grid in (t, t[:, 0]):
+            with counted(monkeypatch) as syncs:
+                sol = solve(ball, y0, grid, event=event, rtol=1e-8, atol=1e-10, dense=False)
+            assert sol.status.tolist() == [1]
+            assert syncs.at_first_pass is not None and syncs.at_loop_end is not None
+            reads, ops = syncs.at_first_pass
+            assert reads == PER_SOLVE and ops <= SETUP_OPS, syncs
+            assert syncs.reads == syncs.at_loop_end[0], syncs  # nothing read after the loop
+    with counted(monkeypatch) as syncs:  # a failed sample (throw=False): no read either
+        sol = solve(ball, y0, t, rtol=1e-8, atol=1e-10, max_steps=2, throw=False)
+    assert sol.status.tolist() == [2]
+    assert syncs.at_first_pass is not None and syncs.at_loop_end is not None
+    assert syncs.at_first_pass[0] == PER_SOLVE and syncs.reads == syncs.at_loop_end[0], syncs
+
+
+def _bounce_field() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.stack([y[:, 1], torch.full_like(y[:, 1], -9.81)], 1)
+
+    return f
+
+
+def test_constants_kept_between_solves_serve_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage plan and the events' polynomial fits are kept between solves: built first
+    under ``torch.inference_mode`` they are still plain tensors, so a later solve under
+    autograd differentiates through them (the falling ball's dt/dh = 1 / sqrt(2 g h))."""
+    monkeypatch.setattr(constants, "_CACHE", {})
+    ball, event = _bounce_field(), Event(lambda t, y: y[:, 0], direction=-1, tol=1e-10)
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    with torch.inference_mode():
+        solve(ball, torch.tensor([[2.0, 0.0]], dtype=F64), t, event=event, rtol=1e-8, atol=1e-10)
+    assert constants._CACHE and all(  # both kinds of constants, none an inference tensor
+        not x.is_inference() for _, value in constants._CACHE.values()
+        for x in _tensors(value))
+    h = torch.tensor([2.0], dtype=F64, requires_grad=True)
+    sol = solve(ball, torch.stack([h, torch.zeros_like(h)], 1), t, event=event, rtol=1e-8,
+                atol=1e-10)
+    (grad,) = torch.autograd.grad(sol.event_t.sum(), h)
+    assert torch.allclose(grad, 1 / (2 * 9.81 * h.detach()).sqrt(), rtol=1e-6)
+    assert {key[0] for key in constants._CACHE} == {"stage_plan", "polynomial_fit"}
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple):
+        return [x for v in value for x in _tensors(v)]
+    return []
