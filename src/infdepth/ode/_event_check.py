@@ -15,7 +15,6 @@ import math
 
 import torch
 
-from infdepth.ode._constants import cached
 from infdepth.ode._events import (
     Event,
     PolynomialFit,
@@ -75,9 +74,10 @@ class EventCheck:
         self.event_index = torch.full((batch,), -1, dtype=torch.long, device=dev)
         self.found: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         self._dtypes = (t0.dtype, y0.dtype, dev)
-        # constants of this solve (its solver, dtypes and device), built at first use (the
-        # polynomial fits are kept between solves: _constants)
+        # constants of this solve (its solver, dtypes and device), built at first use; they
+        # live as long as the solve, so nothing is shared between solves
         self._weights: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._fits: dict[int, PolynomialFit] = {}
         # per pass: each event's samples (n + 1, m) (row 0 the step's start) and crossings
         self._g: list[torch.Tensor | None] = []
         self._cross: list[torch.Tensor] = []
@@ -89,9 +89,9 @@ class EventCheck:
         return self._weights[n, exact]
 
     def _fit(self, w: int) -> PolynomialFit:
-        dev = self._dtypes[2]
-        return cached(("polynomial_fit", w, dev), None,
-                      lambda: tuple(x.to(dev) for x in polynomial_fit(w)))  # type: ignore[return-value]
+        if w not in self._fits:  # once per solve
+            self._fits[w] = polynomial_fit(w, self._dtypes[2])
+        return self._fits[w]
 
     def _points(self, n: int, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
                 y1: torch.Tensor, t1: torch.Tensor, k_end: torch.Tensor, hk: torch.Tensor,

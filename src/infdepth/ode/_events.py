@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from infdepth.errors import InputError
@@ -232,17 +233,28 @@ GRID = 64
 PolynomialFit = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def polynomial_fit(w: int) -> PolynomialFit:
+def _fit_table(w: int) -> tuple[list[list[float]], list[list[float]], list[list[list[float]]]]:
     """For samples at ``u = 0, ..., w - 1``: the matrices giving the coefficients of their
     interpolating polynomial (``u^0..u^(w-1)``) and of its derivative, and its values on
     ``GRID + 1`` points of each unit sub-interval ``[a, a + 1]`` (``(w - 1, w, GRID + 1)``,
-    the Lagrange basis there); float64, on the host."""
-    u = torch.arange(w, dtype=torch.float64)
-    inv = torch.linalg.inv(u.unsqueeze(1) ** torch.arange(w, dtype=torch.float64))
-    grid = u[:-1].unsqueeze(1) + torch.arange(GRID + 1, dtype=torch.float64) / GRID
-    basis = (grid.unsqueeze(2) ** torch.arange(w, dtype=torch.float64)) @ inv  # (w-1, G+1, w)
-    return (inv.T.contiguous(), (inv[1:] * torch.arange(1, w).unsqueeze(1)).T.contiguous(),
-            basis.transpose(1, 2).contiguous())
+    the Lagrange basis there), as numbers (float64)."""
+    u = np.arange(w, dtype=np.float64)
+    inv = np.linalg.inv(u[:, None] ** np.arange(w))
+    grid = u[:-1, None] + np.arange(GRID + 1) / GRID
+    basis = (grid[:, :, None] ** np.arange(w)) @ inv  # (w - 1, GRID + 1, w)
+    return (inv.T.tolist(), (inv[1:] * np.arange(1, w)[:, None]).T.tolist(),
+            basis.transpose(0, 2, 1).tolist())
+
+
+POLYNOMIAL_FITS = {w: _fit_table(w) for w in range(2, 6)}
+"""The interpolation tables of :func:`polynomial_guess` for its 2-5 samples: constants of
+the method (as the Butcher tableaus are), computed once at import from numbers alone."""
+
+
+def polynomial_fit(w: int, device: torch.device | str = "cpu") -> PolynomialFit:
+    """:data:`POLYNOMIAL_FITS` ``[w]`` as float64 tensors on ``device``."""
+    return tuple(torch.tensor(x, dtype=torch.float64, device=device)  # type: ignore[return-value]
+                 for x in POLYNOMIAL_FITS[w])
 
 
 def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor | None, n: int,

@@ -29,7 +29,6 @@ from enum import IntEnum
 import torch
 import torch.utils.checkpoint
 
-from infdepth.ode._constants import cached
 from infdepth.ode._controller import PIController
 from infdepth.ode._event_check import EventCheck
 from infdepth.ode._events import EventSpec, as_events
@@ -295,15 +294,10 @@ def integrate_per_sample(
 
 def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
                 ) -> tuple[StagePlan, torch.Tensor]:
-    """The solver's stage plan and dense-output matrix in ``y0``'s dtype and device, kept
-    between solves (one per tableau, dtype and device: :mod:`._constants`)."""
-    tableau = solver.tableau
-
-    def build() -> tuple[StagePlan, torch.Tensor]:
-        tabs = solver.tensors(y0.dtype, y0.device)
-        return StagePlan.of(solver, tabs, t_dtype), tabs.dense
-
-    return cached(("stage_plan", id(tableau), y0.dtype, y0.device, t_dtype), tableau, build)
+    """The solver's stage plan and dense-output matrix in ``y0``'s dtype and device (built
+    per solve from the tableau's numbers: a few small tensors, nothing kept between solves)."""
+    tabs = solver.tensors(y0.dtype, y0.device)
+    return StagePlan.of(solver, tabs, t_dtype), tabs.dense
 
 
 def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, slot: torch.Tensor,
