@@ -41,7 +41,7 @@ import torch
 MIN_REPEATS = 5
 LOAD_LIMIT = 0.5
 OTHERS_LIMIT = 0.1  # cores' worth of CPU that other processes may use while a bench times
-WINDOW_S = 3.0
+WINDOW_S = 2.0
 SETTLE_S = 90.0
 
 
