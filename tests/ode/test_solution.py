@@ -98,3 +98,10 @@ def test_float32_states_keep_float64_times() -> None:
     sol = solve(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]))
     assert sol.ys.dtype == torch.float32 and sol.ts.dtype == F64
     torch.testing.assert_close(sol.ys[-1], y0 * math.exp(-1), rtol=1e-5, atol=0)
+
+
+def test_the_failure_codes_come_after_the_ends_that_are_not_failures() -> None:
+    # the solve and Solution tell a failed sample by `status > Status.EVENT`
+    ended_well = {Status.OK, Status.EVENT}
+    assert all((s > Status.EVENT) == (s not in ended_well) for s in Status)
+    assert max(ended_well) == Status.EVENT

@@ -53,7 +53,12 @@ and scatter of every per-row tensor, an empty row a share of ``f``."""
 
 
 class Status(IntEnum):
-    """How each sample's solve ended."""
+    """How each sample's solve ended.
+
+    The failures come last (``MAX_STEPS`` and after), so ``status > Status.EVENT`` marks a
+    failed sample in one comparison; a new code goes before ``MAX_STEPS`` if it is not a
+    failure (``tests/ode/test_solution.py`` pins the order).
+    """
 
     OK = 0
     """Reached its last output time."""
