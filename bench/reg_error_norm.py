@@ -26,7 +26,7 @@ from infdepth.data.images import load_images
 from infdepth.experiments._common import epoch_batches, steps_per_epoch
 from infdepth.experiments.ode.params import Config, training_set
 from infdepth.models.odenet import ode_block, odenet
-from infdepth.ode import JacobianFrobenius, KineticEnergy
+from infdepth.ode import JacobianFrobenius, KineticEnergy, ODEBlock
 from infdepth.ode._controller import AdaptiveSteps, PIController
 from infdepth.ode._integrate import integrate
 from infdepth.ode._odeint import _output_grid
@@ -111,6 +111,21 @@ def diagnose(model: torch.nn.Sequential, x: torch.Tensor, seed: int, verbose: bo
     return out
 
 
+def _untrained_block(ke: float, jf: float) -> tuple[ODEBlock, torch.Tensor]:
+    """The untrained digits ODE-Net's block (regularisers KE ``ke`` and JF ``jf``, seed 0)
+    and its input for the first 64 training images."""
+    data = load_images("digits")
+    torch.manual_seed(0)
+    model = odenet(32, 8, rtol=1e-3, atol=1e-3, classes=data.classes, in_channels=1,
+                   regularisers=[KineticEnergy(ke), JacobianFrobenius(jf)])
+    block = ode_block(model)
+    assert block is not None
+    idx = next(i for i, m in enumerate(model) if m is block)
+    with torch.no_grad():
+        h0 = model[:idx](data.x_train[:64])
+    return block, h0
+
+
 def evaluation_cost(rounds: int = 20) -> None:
     """Seconds per evaluation of the block's field, plain and augmented (KE + JF), in the
     forward solve (no grad) and in the adjoint's backward (a vector-Jacobian product of it),
@@ -120,15 +135,7 @@ def evaluation_cost(rounds: int = 20) -> None:
 
     from infdepth.ode._adjoint import _vjp
 
-    data = load_images("digits")
-    torch.manual_seed(0)
-    model = odenet(32, 8, rtol=1e-3, atol=1e-3, classes=data.classes, in_channels=1,
-                   regularisers=[KineticEnergy(0.01), JacobianFrobenius(0.001)])
-    block = ode_block(model)
-    assert block is not None
-    idx = next(i for i, m in enumerate(model) if m is block)
-    with torch.no_grad():
-        h0 = model[:idx](data.x_train[:64])
+    block, h0 = _untrained_block(0.01, 0.001)
     field, z0 = augment(block._field, h0, block.regularisers)
     params = tuple(block.func.parameters())
     t = torch.tensor(0.5)
@@ -155,15 +162,7 @@ def integral_accuracy(draws: int = 5) -> None:
     mean over draws of ``eps`` (untrained digits ODE-Net, batch 64)."""
     from infdepth.ode._odeint import solve
 
-    data = load_images("digits")
-    torch.manual_seed(0)
-    model = odenet(32, 8, rtol=1e-3, atol=1e-3, classes=data.classes, in_channels=1,
-                   regularisers=[KineticEnergy(1.0), JacobianFrobenius(1.0)])
-    block = ode_block(model)
-    assert block is not None
-    idx = next(i for i, m in enumerate(model) if m is block)
-    with torch.no_grad():
-        h0 = model[:idx](data.x_train[:64])
+    block, h0 = _untrained_block(1.0, 1.0)
 
     def integrals(control: bool, tol: float, seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
