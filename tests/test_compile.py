@@ -124,18 +124,21 @@ def test_compiled_depth_makes_no_graph_break_and_one_graph_per_depth() -> None:
     assert graphs[-1] - graphs[0] <= 2 and graphs[1] == graphs[0], graphs  # new depths: 3 and 4
 
 
+class _TanhField(nn.Module):
+    """``dh/dt = net(h)``: a small tanh MLP of ``width`` features, ``hidden`` units."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, width))
+
+    def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
 def test_compiled_ode_block_matches_eager() -> None:
     torch.manual_seed(0)
 
-    class Field(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
-
-        def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            return self.net(h)
-
-    block = ODEBlock(Field(), t1=0.7, learn_t1=True, t1_l2=0.1, solver=RK4(), step_size=0.1)
+    block = ODEBlock(_TanhField(3, 16), t1=0.7, learn_t1=True, t1_l2=0.1, solver=RK4(), step_size=0.1)
     model = nn.Sequential(nn.Linear(2, 3), block, nn.Linear(3, 1))
     x = torch.randn(8, 2)
     dynamo.reset()
@@ -158,15 +161,7 @@ def test_compiled_ode_block_matches_eager() -> None:
 
 @pytest.mark.parametrize("learn_t1", [False, True])
 def test_a_fixed_step_ode_block_breaks_the_graph_only_to_read_its_times(learn_t1: bool) -> None:
-    class Field(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
-
-        def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-            return self.net(h)
-
-    block = ODEBlock(Field(), t1=1.5, learn_t1=learn_t1, solver=RK4(), step_size=0.05)
+    block = ODEBlock(_TanhField(2, 8), t1=1.5, learn_t1=learn_t1, solver=RK4(), step_size=0.05)
     dynamo.reset()
     explained = dynamo.explain(block)(torch.randn(16, 2))
     # the one host read of the time grid (t1's value decides the number of steps), seen from
