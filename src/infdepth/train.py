@@ -357,6 +357,9 @@ def fit(
                 window, window_steps = {}, 0
                 record["w"] = ws
                 record["active_blocks"] = {name or "layer": layer.active_blocks for name, layer in layers}
+                fixed = [name or "layer" for name, layer in layers if layer.frozen_gates is not None]
+                if fixed:  # layers whose depth fix_depth froze: they train as fixed stacks from here
+                    record["depth_fixed"] = fixed
                 if is_eval:  # on every rank: histories stay identical, so do resumes
                     assert evaluate is not None
                     raw.eval()

@@ -46,6 +46,8 @@ def test_depth_is_fixed_at_the_step_and_a_resume_continues_exactly(tmp_path) -> 
     ws = [r["w"]["1"] for r in records]
     assert ws[0] != ws[1]  # w learns before step 6 ...
     assert ws[1] == ws[2] == ws[3]  # ... and not after (records at steps 3, 6, 9, 12)
+    # metrics.jsonl says which layers train as fixed stacks, from the record at the fix on
+    assert [r.get("depth_fixed") for r in records] == [None, ["1"], ["1"], ["1"]]
     assert straight[1].frozen_gates is not None
     for stop in (3, 9):  # interrupted before and after the fix
         train(tmp_path / f"b{stop}", stop)

@@ -11,7 +11,8 @@ from infdepth.cli import main as cli_main
 from infdepth.experiments.depth import study as study_module
 from infdepth.experiments.depth import study_report
 from infdepth.experiments.depth.study import verdict
-from infdepth.experiments.depth.study_speed import epochs_at_depth, fixed_depths
+from infdepth.experiments.depth.study_speed import epochs_at_depth, epochs_per_network, fixed_depths
+from infdepth.models.going_deeper import LAYERS
 
 BASE = ["study", "--dataset", "digits", "--epochs", "1", "--fixed-depths", "0,1", "--no-progress"]
 
@@ -159,6 +160,18 @@ def test_epochs_are_counted_at_the_depth_each_one_ended_with(tmp_path) -> None:
     assert fixed_depths(config) == (1, 1, 2)
     config.write_text(json.dumps({"fixed_depth": 3, "layer_depths": None}))
     assert fixed_depths(config) == (3, 3, 3)
+
+
+def test_a_learn_then_fix_member_is_charged_the_frozen_stack_after_its_fix(tmp_path) -> None:
+    member = tmp_path / "learn-then-fix-s0"
+    member.mkdir()
+    (member / "config.json").write_text(json.dumps({"epochs": 5, "fix_depth_at": 0.5}))
+    depths = [(1, 2, 2), (1, 2, 3), (1, 2, 3), (1, 2, 2), (1, 2, 2)]  # fixed in epoch 3 at 1 / 2 / 2
+    records = [{"epoch": float(e), "active_blocks": dict(zip(LAYERS, d))} for e, d in enumerate(depths, 1)]
+    (member / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert epochs_per_network(member) == {"learned:1-2-2": 1, "learned:1-2-3": 2, "frozen:1-2-2": 2}
+    (member / "config.json").write_text(json.dumps({"epochs": 5, "fix_depth_at": None}))
+    assert epochs_per_network(member) == {"learned:1-2-2": 3, "learned:1-2-3": 2}
 
 
 def test_the_verdict_judges_the_cnns_by_precise_bn_accuracy() -> None:

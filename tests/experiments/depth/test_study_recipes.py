@@ -33,6 +33,14 @@ def test_recipes_search_and_proxy_flags_through_the_cli(tmp_path, capsys) -> Non
     # the search trained every depth at least one epoch and is charged for what it trained
     search = members["search-sha-s0"]
     assert set(search["search_epochs"]) == {"1", "2"} and search["compute_seconds"] > 0
+    # learn-then-fix pays the gated network's rate up to its fix (epoch 1 of 2), the frozen stack's after
+    rates, n_train = summary["speed"]["images_per_second"], 1437
+    fixed_at = tuple(members["learn-then-fix-s0"]["active_blocks"].values())
+    frozen = "frozen:" + "-".join(map(str, fixed_at))
+    learned = [k for k in rates if k.startswith("learned:")]
+    charged = members["learn-then-fix-s0"]["compute_seconds"]
+    assert frozen in rates and any(
+        charged == pytest.approx(n_train / rates[k] + n_train / rates[frozen]) for k in learned)
     # the verdict of issue 24 has every recipe, paired over both seeds, and the search
     v = summary["verdict"]["recipes"]
     assert set(v["recipes"]) == {"learned", "zero-init", "learn-then-fix"}

@@ -30,6 +30,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "w0-3+fix": {"w0": 3.0, "fix_depth_at": 0.5},
     "w0-3+zero-init+fix": {"w0": 3.0, "zero_init": True, "fix_depth_at": 0.5},
     "w-lr10+zero-init+fix": {"w_lr": 10.0, "zero_init": True, "fix_depth_at": 0.5},
+    # zero-init opens the gates within the first epochs (full scale, seed 0: 2 / 3 / 3 active
+    # sub-layers from epoch 1 to 6) and then overshoots; fix the depth after a fifth of the budget
+    "zero-init+early-fix": {"zero_init": True, "fix_depth_at": 0.2},
 }
 
 

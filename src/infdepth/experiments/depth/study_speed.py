@@ -11,6 +11,7 @@ all alike) on real training images, and charges each member
 - a fixed-depth CNN trains one network all along;
 - the learned CNN trains the network of its active sub-layers ``ceil(w)`` per layer, read
   epoch by epoch from its ``metrics.jsonl``, so a run that grows pays for the depth it had;
+  a learn-then-fix recipe pays for its stack with frozen gates after the fix;
 - an ODE-Net's cost follows its number of function evaluations, which adapts as it trains:
   its step is timed with the weights (and ``t1``) of its last checkpoint.
 """
@@ -75,14 +76,19 @@ def _frozen_lr(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
-def cnn_step(base: images.Config, data: ImageData, depths: Depths, *, learned: bool) -> Callable[[], None]:
-    """A training step of the study CNN with ``depths`` sub-layers per layer (gated if ``learned``)."""
+def cnn_step(base: images.Config, data: ImageData, depths: Depths, *, learned: bool,
+             frozen: bool = False) -> Callable[[], None]:
+    """A training step of the study CNN with ``depths`` sub-layers per layer (gated if ``learned``;
+    with the gates frozen by ``fix_depth`` as well if ``frozen``: learn-then-fix after the fix)."""
     if learned:
         cfg = replace(base, fixed_depth=None, layer_depths=None)
         model = images.build_model(cfg, data.image_shape, data.classes)
         with torch.no_grad():  # w just below the depth: ceil(w) sub-layers run
             for (_, layer), k in zip(depth_layers(model), depths):
                 layer.w.fill_(k - 0.5)
+        if frozen:  # threshold 0 keeps all ceil(w) = k sub-layers (the last gate is 1 - exp(-0.5))
+            for _, layer in depth_layers(model):
+                layer.fix_depth(threshold=0.0)
     else:
         cfg = replace(base, fixed_depth=None, layer_depths=tuple(depths))
         model = images.build_model(cfg, data.image_shape, data.classes)
@@ -106,16 +112,39 @@ def ode_step(member: Path, config: Any, data: ImageData) -> Callable[[], None]:
     return training_step(model, optimizer, x.to(config.device), y.to(config.device))
 
 
-def epochs_at_depth(metrics: Path) -> dict[Depths, int]:
-    """Epochs the learned member spent at each active depth (``ceil(w)`` per layer, at the epoch's end)."""
+def depth_per_epoch(metrics: Path) -> dict[int, Depths]:
+    """The active depth (``ceil(w)`` per layer) each epoch of a gated member ended with."""
     by_epoch: dict[int, Depths] = {}
     for line in metrics.read_text().splitlines():
         record = json.loads(line)
-        if "epoch" in record and record.get("active_blocks"):
+        if "epoch" in record and record.get("active_blocks"):  # a resumed epoch: its last record
             by_epoch[round(record["epoch"])] = tuple(int(record["active_blocks"][n]) for n in LAYERS)
+    return by_epoch
+
+
+def epochs_at_depth(metrics: Path) -> dict[Depths, int]:
+    """Epochs the learned member spent at each active depth (``ceil(w)`` per layer, at the epoch's end)."""
     counts: dict[Depths, int] = {}
-    for depths in by_epoch.values():
+    for depths in depth_per_epoch(metrics).values():
         counts[depths] = counts.get(depths, 0) + 1
+    return counts
+
+
+def epochs_per_network(member: Path) -> dict[str, int]:
+    """Epochs a gated member trained on each network, keyed as :func:`measure` times them.
+
+    An epoch counts at the active depth it ended with; a learn-then-fix member
+    (``fix_depth_at`` in its ``config.json``) trains a stack with frozen gates after its fix,
+    charged as such (``frozen:``) from the first epoch that starts after the fix (the epoch
+    the fix falls in counts as gated).
+    """
+    saved = json.loads((member / "config.json").read_text())
+    fix = saved.get("fix_depth_at")
+    fixed_after = math.inf if fix is None else math.ceil(fix * int(saved["epochs"]))
+    counts: dict[str, int] = {}
+    for epoch, depths in depth_per_epoch(member / "metrics.jsonl").items():
+        key = _key("frozen" if epoch > fixed_after else "learned", depths)
+        counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -129,6 +158,11 @@ def fixed_depths(config: Path) -> Depths:
 
 def _key(kind: str, depths: Depths) -> str:
     return f"{kind}:" + "-".join(map(str, depths))
+
+
+def _parse_key(key: str) -> tuple[str, Depths]:
+    kind, depths = key.split(":")
+    return kind, tuple(int(k) for k in depths.split("-"))
 
 
 def measure(
@@ -165,18 +199,17 @@ def measure(
             continue
         learned = r["contender"] == "learned" or r.get("recipe") is not None  # a gated CNN
         if r["kind"] == "search":  # every epoch it trained, pruned depths included
-            counts = {(int(k),) * len(LAYERS): int(e) for k, e in r["search_epochs"].items()}
+            counts = {_key("fixed", (int(k),) * len(LAYERS)): int(e) for k, e in r["search_epochs"].items()}
         elif learned:
-            counts = epochs_at_depth(out / r["member"] / "metrics.jsonl")
+            counts = epochs_per_network(out / r["member"])
         else:
-            counts = {fixed_depths(out / r["member"] / "config.json"): int(r["epochs"])}
-        plan[r["member"]] = {}
-        for depths, epochs in counts.items():
-            key = _key("learned" if learned else "fixed", depths)
+            counts = {_key("fixed", fixed_depths(out / r["member"] / "config.json")): int(r["epochs"])}
+        plan[r["member"]] = counts
+        for key in counts:
             if key not in steps:
-                steps[key] = cnn_step(base, data, depths, learned=learned)
+                kind, depths = _parse_key(key)
+                steps[key] = cnn_step(base, data, depths, learned=kind != "fixed", frozen=kind == "frozen")
                 batch[key] = base.batch_size or 512
-            plan[r["member"]][key] = epochs
     load_start = os.getloadavg()[0]
     seconds = time_steps(steps, rounds)
     rates = {key: batch[key] / s for key, s in seconds.items()}
