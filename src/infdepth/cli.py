@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from infdepth._interrupt import _is_command
+from infdepth._interrupt import TermWatch, _is_command
 from infdepth.errors import DivergenceError, InputError, brief, check_device
 
 # name -> (module exposing ``register(subparsers: argparse._SubParsersAction) -> None``, its
@@ -59,10 +59,12 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def _settle() -> None:
+def _settle(watch: TermWatch | None) -> None:
     """The command is ending (its one line is next): a SIGTERM now must not raise into it."""
     if threading_main():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if watch is not None:
+        watch.settled()
 
 
 def _peer_lost(exc: RuntimeError) -> bool:
@@ -159,25 +161,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     on_term = signal.getsignal(signal.SIGTERM)
+    watch = None
     if threading_main():
         signal.signal(signal.SIGTERM, _terminate)
+        if _is_command():  # this process is the command: a SIGTERM ends it, even blocked in C
+            watch = TermWatch(name)
     code = 2  # until the command says otherwise: refused (or an unexpected error, whose traceback is a bug)
     try:
         if world > 1:
             distributed.setup(check_device("--device", str(getattr(args, "device", "cpu"))))
         code = int(args.func(args) or 0)
     except InputError as exc:
-        _settle()
+        _settle(watch)
         # one line: what was wrong and what is accepted (`infdepth <command> --help` lists every flag)
         print(f"infdepth {name}: error: {exc}", file=sys.stderr)
     except (DivergenceError, SolverError) as exc:
-        _settle()
+        _settle(watch)
         # a run that diverged (or whose ODE solve could not go on): one line, exit code 1
         what = "training diverged" if getattr(args, "data_parallel", False) else "the solve failed"
         print(f"infdepth {name}: {what}: {exc}", file=sys.stderr)
         code = 1
     except OSError as exc:
-        _settle()
+        _settle(watch)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the run could not go on: exit 1, as a divergence
             print(f"infdepth {name}: stopped: {_os_error(exc)}; the checkpoints written before are intact: "
                   "free space, then --resume", file=sys.stderr)
@@ -185,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # a path that cannot be used (permissions, a name too long, a folder in a file's place)
             print(f"infdepth {name}: error: {_os_error(exc)}", file=sys.stderr)
     except RuntimeError as exc:
-        _settle()
+        _settle(watch)
         if world <= 1 or not _peer_lost(exc):
             raise
         # another rank died (killed, out of memory): the survivors say so in one line each
@@ -193,14 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               "checkpoint is intact: --resume continues it, with any process count", file=sys.stderr)
         code = 1
     except Terminated:
-        _settle()
+        _settle(watch)
         print(f"infdepth {name}: terminated; the last checkpoint is intact", file=sys.stderr)
         code = 143
     except KeyboardInterrupt:
-        _settle()
+        _settle(watch)
         print(f"infdepth {name}: interrupted; the last checkpoint is intact", file=sys.stderr)
         code = 130
     finally:
+        if watch is not None:
+            watch.close()
         if threading_main():
             signal.signal(signal.SIGTERM, on_term)
             if _is_command():  # this process is the command, and it is ending: a Ctrl-C that
