@@ -361,6 +361,8 @@ def test_a_killed_torchrun_rank_leaves_one_line_on_the_survivor(tmp_path: Path) 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     ours = [line for line in err.splitlines() if line.startswith("infdepth xor:")]
-    assert len(ours) == 1 and "another process of this run stopped" in ours[0], err[-3000:]
+    # the collective fails ("another process of this run stopped"), or, where the survivor is
+    # blocked in C past torchrun's SIGTERM, its TermWatch says "terminated by torchrun (a process ...)"
+    assert len(ours) == 1 and "process of this run stopped" in ours[0], err[-3000:]
     assert not any(line.startswith("[rank0]:") for line in err.splitlines()), "rank 0 printed a traceback"
     assert train.load_checkpoint(out / "k3_seed0" / train.CHECKPOINT)["step"] % 10 == 0

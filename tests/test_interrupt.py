@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -24,9 +25,9 @@ time.sleep(30 if sys.argv[1] != "closed" else 3)
 """
 
 
-def run(mode: str) -> tuple[int, str, float]:
+def run(mode: str, world: int = 1) -> tuple[int, str, float]:
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, WORLD_SIZE=str(world)))
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     start = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -38,6 +39,12 @@ def test_a_lost_clean_exit_ends_the_command_with_one_line_after_the_grace() -> N
     code, err, seconds = run("plain")
     assert code == 143 and err == "infdepth xor: terminated; the last checkpoint is intact\n"
     assert 0.5 <= seconds < 10
+
+
+def test_under_torchrun_the_line_says_why_the_survivor_was_terminated() -> None:
+    code, err, _ = run("plain", world=2)
+    assert code == 143 and err == ("infdepth xor: terminated by torchrun (a process of this run stopped, "
+                                   "or torchrun did); the last checkpoint is intact\n")
 
 
 def test_a_command_that_said_its_line_exits_silently() -> None:

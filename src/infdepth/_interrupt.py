@@ -65,7 +65,9 @@ class TermWatch:
                 if self._stop.is_set():
                     return
                 if not self._said.is_set():
-                    line = f"infdepth {self._name}: terminated; the last checkpoint is intact\n"
+                    why = " by torchrun (a process of this run stopped, or torchrun did)" if (
+                        int(os.environ.get("WORLD_SIZE", "1") or 1) > 1) else ""
+                    line = f"infdepth {self._name}: terminated{why}; the last checkpoint is intact\n"
                     os.write(2, line.encode())
                 os._exit(143)
 
