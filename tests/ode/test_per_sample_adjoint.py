@@ -21,9 +21,7 @@ from infdepth.ode import (
     Bosh3,
     Dopri5,
     Dopri8,
-    Event,
     SolverError,
-    SteadyState,
     Tsit5,
     odeint,
     solve,
@@ -309,18 +307,6 @@ def test_backward_failure_raises_naming_the_adjoint() -> None:
     assert int(sol.stats.n_accepted.max()) < 20
     with pytest.raises(SolverError, match="adjoint's backward solve failed.*max_steps"):
         sol.ys.sum().backward()
-
-
-@pytest.mark.parametrize("event", [
-    Event(lambda t, y: y[:, 0], terminal=False),
-    [SteadyState(), Event(lambda t, y: y[:, 0] - 0.5, direction=-1, terminal=False)]])
-def test_non_terminal_events_under_the_adjoint_are_refused(event: object) -> None:
-    """Terminal events and steady states work (tests/ode/test_per_sample_adjoint_events.py);
-    the crossing times of non-terminal ones are not differentiated by the adjoint."""
-    with pytest.raises(InputError, match=r"terminal=False.*adjoint=Adjoint.*not implemented"
-                                         r".*Backprop"):
-        solve(lambda t, y: -y, torch.ones(2, 1), torch.tensor([0.0, 1.0]), adjoint=Adjoint(),
-              event=event)  # type: ignore[arg-type]
 
 
 def test_hidden_parameters_are_refused() -> None:

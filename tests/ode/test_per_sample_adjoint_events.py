@@ -237,13 +237,10 @@ def test_a_steady_state_stop_gives_backprops_gradient() -> None:
         torch.testing.assert_close(adj, bp, rtol=1e-7, atol=1e-9)
 
 
-def test_non_terminal_events_and_hidden_event_parameters_are_refused() -> None:
+def test_hidden_event_parameters_are_refused() -> None:
+    """(Non-terminal events are accepted since issue 26: tests/ode/test_adjoint_crossings.py.)"""
     y0 = torch.ones(2, 2, dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    with pytest.raises(InputError, match=r"event\[1\].*terminal=False.*not accepted with "
-                                         r"adjoint=Adjoint.*Backprop"):
-        solve(Ball(), y0, t, adjoint=Adjoint(),
-              event=[ground(), Event(lambda t, y: y[:, 1], terminal=False)])
     level = torch.tensor(0.5, dtype=F64, requires_grad=True)
     hidden = Event(lambda t, y: y[:, 0] - level, direction=-1)
     with pytest.raises(InputError, match=r"event\[0\]'s fn uses tensors that require grad"):

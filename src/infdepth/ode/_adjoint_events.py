@@ -50,19 +50,12 @@ def event_params(events: Sequence[Event | SteadyState], params: tuple[torch.Tens
 
 def check_events_for_adjoint(events: Sequence[Event | SteadyState], explicit: bool,
                              t0: torch.Tensor, y0: torch.Tensor) -> None:
-    """Refuse what the adjoint would silently not differentiate: a non-terminal event (its
-    crossing times would need restarts of the backward solve at each), and an event function
-    that is no module and uses tensors that require grad (unless ``Adjoint(params=...)``
-    names the tensors to differentiate)."""
+    """Refuse what the adjoint would silently not differentiate: an event function that is
+    no module and uses tensors that require grad (unless ``Adjoint(params=...)`` names the
+    tensors to differentiate)."""
     for j, ev in enumerate(events):
         if not isinstance(ev, Event):
             continue
-        if not ev.terminal:
-            raise InputError(
-                f"event[{j}]=Event(..., terminal=False) is not accepted with adjoint=Adjoint(): "
-                "the crossing times of non-terminal events are not implemented under the "
-                "continuous adjoint (terminal events and SteadyState are); use Backprop() or "
-                "Checkpointed()")
         owner = ev.fn if isinstance(ev.fn, torch.nn.Module) else getattr(ev.fn, "__self__", None)
         if explicit or isinstance(owner, torch.nn.Module) or not torch.is_grad_enabled():
             continue

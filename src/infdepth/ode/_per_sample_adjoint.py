@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from infdepth.ode._adjoint import Adjoint
+from infdepth.ode._adjoint_crossings import crossing_jump, plan_crossings
 from infdepth.ode._adjoint_events import event_adjoint
 from infdepth.ode._controller import PIController
 from infdepth.ode._errors import SolverError
@@ -72,6 +73,15 @@ class _Setup:
     raw: Raw | None = None
 
 
+def backward_controller(ctrl: PIController, method: Adjoint) -> PIController:
+    """``ctrl`` with the tolerances of ``method`` (those of ``ctrl`` where it gives none)."""
+    return dataclasses.replace(
+        ctrl,
+        rtol=ctrl.rtol if method.rtol is None else method.rtol,
+        atol=ctrl.atol if method.atol is None else method.atol,
+    )
+
+
 def adjoint_per_sample(
     f: VectorField, y0: torch.Tensor, tgrid: torch.Tensor, direction: float,
     solver: RungeKutta, ctrl: PIController, *, method: Adjoint,
@@ -82,27 +92,24 @@ def adjoint_per_sample(
     sample at its first terminal event of ``events``) whose outputs, final states and event
     times carry the per-sample continuous adjoint's gradients with respect to ``y0``,
     ``tgrid`` and ``params`` (those of ``f`` and of the event functions)."""
-    back = dataclasses.replace(
-        ctrl,
-        rtol=ctrl.rtol if method.rtol is None else method.rtol,
-        atol=ctrl.atol if method.atol is None else method.atol,
-    )
-    s = _Setup(f, solver, ctrl, back, direction, max_steps, compact, keep_dense, events)
-    ys, event_t = _PerSampleAdjointFn.apply(s, y0, tgrid, *params)
+    s = _Setup(f, solver, ctrl, backward_controller(ctrl, method), direction, max_steps,
+               compact, keep_dense, events)
+    ys, event_t, cross_t = _PerSampleAdjointFn.apply(s, y0, tgrid, *params)
     assert s.raw is not None
     raw = s.raw
     s.raw = dataclasses.replace(raw, records=[])  # backward reads the status and stops only
     ok = (raw.status == int(Status.OK)) | (raw.status == int(Status.EVENT))
     # its end state (an event state is held by the outputs after the event): differentiable
     y_stop = torch.where(_rows(ok, ys[-1]), ys[-1], raw.y_stop)
-    return dataclasses.replace(raw, ys=ys, y_stop=y_stop, event_t=event_t)
+    return dataclasses.replace(raw, ys=ys, y_stop=y_stop, event_t=event_t,
+                               crossings=(raw.crossings[0], cross_t))
 
 
 class _PerSampleAdjointFn(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, s: _Setup, y0: torch.Tensor, tgrid: torch.Tensor, *params: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             raw = integrate_per_sample(s.f, y0, tgrid, s.direction, s.solver, s.ctrl,
                                        max_steps=s.max_steps, event=s.events or None,
@@ -110,24 +117,29 @@ class _PerSampleAdjointFn(torch.autograd.Function):
         s.raw = raw
         ctx.s = s
         ctx.save_for_backward(raw.ys, tgrid, raw.y_stop, *params)
-        return raw.ys, raw.event_t
+        return raw.ys, raw.event_t, raw.crossings[1]
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor, g_t: torch.Tensor | None
-                 ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, g: torch.Tensor, g_t: torch.Tensor | None,
+                 g_c: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         s: _Setup = ctx.s
         ys, tgrid, y_stop, *params_l = ctx.saved_tensors
         with torch.no_grad():
             a, t_grad, pg = _backward(s, ys, tgrid.detach(), y_stop, tuple(params_l), g, g_t,
-                                      bool(ctx.needs_input_grad[2]))
+                                      bool(ctx.needs_input_grad[2]), g_c)
         return (None, a, t_grad, *pg)
 
 
 def _backward(
     s: _Setup, ys: torch.Tensor, tgrid: torch.Tensor, y_stop: torch.Tensor,
     params: tuple[torch.Tensor, ...], g: torch.Tensor, g_t: torch.Tensor | None, need_t: bool,
+    g_c: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    """``dL/dy0``, ``dL/dtgrid`` (``need_t``) and ``dL/dparams`` from the cotangents of the
+    outputs ``g``, of the event times ``g_t`` and of the crossing times ``g_c``; ``s.raw``
+    (``None``: no events) gives the stops and crossings."""
     n_out, batch = tgrid.shape
+    raw = s.raw
     shape = ys.shape[2:]
     width = math.prod(shape)
     # outputs a failed sample (throw=False) did not reach are NaN: no cotangent, no solve
@@ -139,6 +151,10 @@ def _backward(
     pg = [torch.zeros_like(q) for q in params]
     quad = _Quadrature(s, params, pg, width, shape)
     start = _event_starts(s, tgrid, y_stop, params, pg, g, g_t, safe, reached)
+    jumps = None if raw is None else plan_crossings(
+        s.events, raw.crossings[0], raw.crossings[1], raw.crossing_event, g_c, tgrid, reached,
+        s.direction)
+    d = s.direction
     for i in range(n_out - 1, 0, -1):
         a = a + g[i]
         here = reached[i]
@@ -149,17 +165,16 @@ def _backward(
             a = torch.where(at.unsqueeze(1), a + a_stop, a)
             here = here & (first >= i)
             t_i = torch.where(at, t_stop, t_i)
-        z0 = torch.cat([safe[i], a], 1)
-        tseg = torch.stack([t_i, tgrid[i - 1]])
-        if bool(here.all()):
-            a = _segment(s, quad, z0, tseg, None, shape, width)[:, width:]
-        elif s.compact:  # only the samples that reached output i
-            sel = here.nonzero().squeeze(1)
-            if sel.numel():
-                z1 = _segment(s, quad, z0[sel], tseg[:, sel], None, shape, width, sel)
-                a = a.index_copy(0, sel, z1[:, width:])
-        else:  # f sees the whole batch: the others are frozen (their field is zero)
-            a = _segment(s, quad, z0, tseg, ~here, shape, width)[:, width:]
+        z = torch.cat([safe[i], a], 1)
+        spare = torch.where(d * (tgrid[i] - tgrid[i - 1]) > 0, tgrid[i], tgrid[i - 1] + d)
+        if jumps is not None:  # stop at each crossing, add its jump (_adjoint_crossings)
+            for target, ks in jumps.steps(i, tgrid[i - 1]):
+                z = _carry(s, quad, z, t_i, target, here, spare, shape, width)
+                t_i = torch.where(here, target, t_i)  # at its crossing, or at t_{i-1}
+                jump = crossing_jump(s.f, jumps, ks, t_i, z[:, :width].view(batch, *shape),
+                                     s.compact, params, pg)
+                z = z + torch.cat([torch.zeros_like(a), jump], 1)
+        a = _carry(s, quad, z, t_i, tgrid[i - 1], here, spare, shape, width)[:, width:]
     a = a + g[0]
     t_grad = None
     if need_t:
@@ -173,6 +188,33 @@ def _backward(
     return a.view(batch, *shape), t_grad, pg
 
 
+def _carry(
+    s: _Setup, quad: _Quadrature, z: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor,
+    here: torch.Tensor, spare: torch.Tensor, shape: torch.Size, width: int,
+) -> torch.Tensor:
+    """``z`` ``(batch, 2F)`` with the rows ``here`` that lie strictly before ``bottom``
+    (``top``: their times) carried back to ``bottom``; the other rows unchanged. Masked
+    (``compact=False``), those take empty steps over ``(spare, bottom)`` with a zero adjoint,
+    so that they add nothing to the parameter integral."""
+    move = here & (s.direction * (top - bottom) > 0)
+    tseg = torch.stack([top, bottom])
+    if bool(move.all()):
+        return _segment(s, quad, z, tseg, None, shape, width)
+    if s.compact:  # only the rows that move
+        sel = move.nonzero().squeeze(1)
+        if sel.numel():
+            z1 = _segment(s, quad, z[sel], tseg[:, sel], None, shape, width, sel)
+            z = z.index_copy(0, sel, z1)
+        return z
+    if not bool(move.any()):
+        return z
+    # f sees the whole batch: the others are frozen (their field is zero)
+    rest = _rows(~move, z)
+    z_in = torch.where(rest & (torch.arange(z.shape[1], device=z.device) >= width), 0.0, z)
+    tseg = torch.where(move, tseg, torch.stack([spare, bottom]))
+    return torch.where(rest, z, _segment(s, quad, z_in, tseg, ~move, shape, width))
+
+
 def _event_starts(
     s: _Setup, tgrid: torch.Tensor, y_stop: torch.Tensor, params: tuple[torch.Tensor, ...],
     pg: list[torch.Tensor], g: torch.Tensor, g_t: torch.Tensor | None, safe: torch.Tensor,
@@ -183,9 +225,10 @@ def _event_starts(
     the cotangents of those outputs moved into it (``g``, ``safe`` and ``reached`` updated
     in place: the outputs after ``e`` take no solve, output ``e`` starts at the stop)."""
     raw = s.raw
-    assert raw is not None
+    if raw is None or not s.events:
+        return None
     stopped = raw.status == int(Status.EVENT)
-    if not s.events or not bool(stopped.any()):
+    if not bool(stopped.any()):
         return None
     n_out, batch = tgrid.shape
     t_stop = torch.where(stopped, raw.t_stop.to(tgrid.dtype), tgrid[-1])

@@ -19,12 +19,13 @@ from infdepth.ode._adjoint import (
     check_params_visible,
     find_params,
 )
+from infdepth.ode._adjoint_evaluate import AdjointEvaluation
 from infdepth.ode._adjoint_events import check_events_for_adjoint, event_params
 from infdepth.ode._controller import DEFAULT_ATOL, DEFAULT_RTOL, ConstantStepSize, PIController
 from infdepth.ode._errors import NonFiniteStateError, SolverError
 from infdepth.ode._events import EventSpec, as_events
 from infdepth.ode._per_sample import Raw, Record, Status, integrate_per_sample
-from infdepth.ode._per_sample_adjoint import adjoint_per_sample
+from infdepth.ode._per_sample_adjoint import adjoint_per_sample, backward_controller
 from infdepth.ode._per_sample_step import dense_per_sample
 from infdepth.ode._solvers import Dopri5, RungeKutta
 from infdepth.ode._stepping import VectorField
@@ -110,6 +111,7 @@ class Solution:
     _records: tuple[Record, ...]
     _dense: torch.Tensor
     _direction: float
+    _adjoint: AdjointEvaluation | None = None
 
     @property
     def backward_nfe(self) -> int:
@@ -123,6 +125,11 @@ class Solution:
 
         Times outside a sample's accepted steps (before its start, after it stopped) give NaN.
         Raises :class:`InputError` when the solve ran with ``dense=False``.
+
+        Differentiable with every gradient method: under ``Backprop()`` and ``Checkpointed()``
+        through the interpolant; under ``Adjoint()`` by the continuous adjoint (``y0``,
+        ``f``'s parameters, ``t`` and the start times), at the cost of one backward solve
+        from ``t`` to the start per call whose result is differentiated.
         """
         if not self._records:
             raise InputError("Solution.evaluate needs solve(..., dense=True) (the default)")
@@ -144,7 +151,7 @@ class Solution:
             theta = (q[sel] - rec.t[sel]) / rec.h[sel]
             val = dense_per_sample(theta, rec.y[sel], rec.hk[:, sel], self._dense)
             out = out.index_copy(0, rec.rows[sel], val)
-        return out
+        return out if self._adjoint is None else self._adjoint.attach(tq, out)
 
 
 def _problem_checks(solver: object, controller: object, rtol: float, atol: float,
@@ -259,9 +266,9 @@ def solve(
             ``Adjoint``), memory independent of the step count; gradients with respect to
             ``y0``, the parameters of ``f`` (those of its module, or ``Adjoint(params=...)``)
             and the output times (those of the continuous problem); with terminal events
-            also the event times and states (implicit function theorem; the parameters of
-            event functions that are modules), not with non-terminal ones (refused);
-            :meth:`Solution.evaluate` is then not differentiated.
+            also the event times and states, and the times of non-terminal crossings
+            (implicit function theorem; the parameters of event functions that are
+            modules); :meth:`Solution.evaluate` too (one backward solve per call).
         max_steps: attempted steps per sample before it stops with ``Status.MAX_STEPS``.
         compact: evaluate ``f`` on the running samples only (finished ones cost nothing).
         dense: keep the steps for :meth:`Solution.evaluate` (memory grows with the steps).
@@ -285,14 +292,18 @@ def solve(
     tgrid, direction = _times(t, y0, pending)  # checks y0 too
     assert ctrl is not None
     calls = _Calls(f, y0.shape[0])
+    evaluation = None
     if isinstance(adjoint, Adjoint):
         check_params_visible(f, adjoint, y0, tgrid[0])
         events = as_events(event)
         check_events_for_adjoint(events, adjoint.params is not None, tgrid[0], y0)
+        params = find_params(f, adjoint)
         raw = adjoint_per_sample(calls, y0, tgrid, direction, solver, ctrl, method=adjoint,
-                                 params=event_params(events, find_params(f, adjoint)),
+                                 params=event_params(events, params),
                                  max_steps=max_steps, compact=compact, keep_dense=dense,
                                  events=events)
+        evaluation = AdjointEvaluation(calls, solver, backward_controller(ctrl, adjoint),
+                                       direction, max_steps, compact, y0, tgrid[0], params)
     else:
         raw = integrate_per_sample(calls, y0, tgrid, direction, solver, ctrl,
                                    max_steps=max_steps, event=event, compact=compact,
@@ -305,7 +316,8 @@ def solve(
         event_index=_or_none(raw.event_index, raw.status), crossing_event=_or_none(
             raw.crossing_event, raw.crossings[0]),
         stats=SampleStats(raw.nfe, raw.accepted, raw.rejected), crossings=raw.crossings,
-        _calls=calls, _records=tuple(raw.records), _dense=raw.dense, _direction=direction)
+        _calls=calls, _records=tuple(raw.records), _dense=raw.dense, _direction=direction,
+        _adjoint=evaluation)
 
 
 def _or_none(index: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
