@@ -336,7 +336,7 @@ def test_importing_the_library_leaves_ctrl_c_alone() -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_torchrun_rank_leaves_one_line_on_the_survivor(tmp_path: Path) -> None:
+def test_a_killed_torchrun_rank_leaves_one_line_on_the_survivor(tmp_path: Path, rank_pids) -> None:
     out = tmp_path / "xor"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
                 "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0"]
@@ -346,16 +346,7 @@ def test_a_killed_torchrun_rank_leaves_one_line_on_the_survivor(tmp_path: Path) 
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for([out / "k3_seed0" / train.CHECKPOINT], proc, limit=180)
-        ranks = {}
-        for entry in Path("/proc").iterdir():
-            try:
-                cmd, environ = (entry / "cmdline").read_bytes(), (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if str(out).encode() in cmd and b"torch.distributed.run" not in cmd:
-                ranks.update({int(kv[5:]): int(entry.name)
-                              for kv in environ.split(b"\0") if kv[:5] == b"RANK="})
-        os.kill(ranks[1], signal.SIGKILL)
+        os.kill(rank_pids(str(out))[1], signal.SIGKILL)
         err = proc.communicate(timeout=180)[1]
     finally:
         if proc.poll() is None:

@@ -102,24 +102,7 @@ def test_torchrun_xor_learns_depth_as_one_process_does(tmp_path: Path) -> None:
     assert w["two"] == pytest.approx(w["one"], abs=0.02), w
 
 
-def _rank_pids(marker: str) -> dict[int, int]:
-    pids = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in cmd and "infdepth" in cmd and "torch.distributed.run" not in cmd:
-            ranks = [e for e in environ if e.startswith(b"RANK=")]
-            if ranks:
-                pids[int(ranks[0].split(b"=")[1])] = int(proc.name)
-    return pids
-
-
-def test_killing_a_rank_fails_clearly_and_the_checkpoint_resumes(tmp_path: Path) -> None:
+def test_killing_a_rank_fails_clearly_and_the_checkpoint_resumes(tmp_path: Path, rank_pids) -> None:
     out = tmp_path / "xor"
     args = [
         "-m",
@@ -150,7 +133,7 @@ def test_killing_a_rank_fails_clearly_and_the_checkpoint_resumes(tmp_path: Path)
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert ckpt.exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
-    pids = _rank_pids(str(out))
+    pids = rank_pids(str(out))
     assert set(pids) == {0, 1}
     os.kill(pids[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=180)

@@ -135,25 +135,7 @@ def test_spiral_trains_once_and_prints_its_table_once(tmp_path: Path) -> None:
         assert a[key] == pytest.approx(b[key], rel=1e-3), key
 
 
-def _rank_pids(marker: str) -> dict[int, int]:
-    """RANK -> pid of the processes torchrun started for the run folder ``marker``."""
-    pids = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker in cmd and "infdepth" in cmd and "torch.distributed.run" not in cmd:
-            ranks = [e for e in environ if e.startswith(b"RANK=")]
-            if ranks:
-                pids[int(ranks[0].split(b"=")[1])] = int(proc.name)
-    return pids
-
-
-def test_killing_a_rank_ends_the_launch_and_the_checkpoint_resumes(tmp_path: Path) -> None:
+def test_killing_a_rank_ends_the_launch_and_the_checkpoint_resumes(tmp_path: Path, rank_pids) -> None:
     out = tmp_path / "killed"
     # a one-block ResNet: fast steps, 2 per epoch, a checkpoint after each epoch
     args = ["-m", "infdepth", "ode", "params", "--models", "resnet-1", "--epochs", "300",
@@ -166,7 +148,7 @@ def test_killing_a_rank_ends_the_launch_and_the_checkpoint_resumes(tmp_path: Pat
             while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
                 time.sleep(0.05)
             assert ckpt.exists() and proc.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
-            pids = _rank_pids(str(out))
+            pids = rank_pids(str(out))
             assert set(pids) == {0, 1}
             os.kill(pids[1], signal.SIGKILL)
             killed = time.time()
