@@ -141,16 +141,20 @@ def integrate_per_sample(
     prev_r = torch.ones_like(h)
     y = y0
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
-    status, steps, accepted, extra_nfe = torch.zeros(4, batch, dtype=long, device=dev).unbind()
+    status, steps, accepted, extra_nfe, written = torch.zeros(
+        5, batch, dtype=long, device=dev).unbind()
     # outputs are addressed by slot j * B + b (sample b's output j); slots T * B + b, past the
-    # last output time (+-inf), are discarded. A row writes its interpolant to its next slot
-    # at every output pass, inside or not: a slot not reached yet is written again when it
-    # is, and one never reached is filled by _assemble.
+    # last output time (+-inf), are discarded. Output 0 is y0; `written[b]` counts the later
+    # ones sample b passed, so its next slot is base[b] + written[b] * B (base = b + B). A
+    # row writes its interpolant to its next slot at every output pass, inside or not: a
+    # slot not reached yet is written again when it is, and one never reached is filled by
+    # _assemble.
     times = torch.nn.functional.pad(tgrid, (0, 0, 0, 1), value=direction * math.inf).view(-1)
-    next_slot = torch.arange(batch, 2 * batch, device=dev)
-    # each row's output times, increasing (negated backwards): how many a step passed is one
-    # searchsorted, so the pass knows how many outputs to store before it reads anything
-    grid = (tgrid if direction > 0 else -tgrid).detach().t().contiguous()
+    base = torch.arange(batch, 2 * batch, device=dev)
+    # each row's output times after the first, increasing (negated backwards): how many a
+    # step passed is one searchsorted, so the pass knows how many outputs to store before it
+    # reads anything
+    grid = (tgrid[1:] if direction > 0 else -tgrid[1:]).detach().t().contiguous()
     events = as_events(event)
     check = (EventCheck(events, f, t, y0, dense, compact)
              if events else None)
@@ -163,14 +167,15 @@ def integrate_per_sample(
     n_failed = 0
     # the working set: its rows (all of the batch while rows is None) and their state, kept
     # from pass to pass; its finished rows take empty steps until it is compacted
-    tw, hw, yw, kw, slot_w, steps_w, acc_w, prev_w = (t, h, y, k1, next_slot, steps, accepted,
-                                                      prev_r)
+    tw, hw, yw, kw, out_w, steps_w, acc_w, prev_w = (t, h, y, k1, written, steps, accepted,
+                                                     prev_r)
+    base_w = base
 
     def write_back() -> None:  # the working set's rows go back to the batch's tensors
-        nonlocal t, h, y, k1, next_slot, steps, accepted, prev_r
+        nonlocal t, h, y, k1, written, steps, accepted, prev_r
         assert rows is not None
-        t, h, y, k1, next_slot, steps, accepted = (_scatter(full, part, rows, grad) for full, part in (
-            (t, tw), (h, hw), (y, yw), (k1, kw), (next_slot, slot_w), (steps, steps_w),
+        t, h, y, k1, written, steps, accepted = (_scatter(full, part, rows, grad) for full, part in (
+            (t, tw), (h, hw), (y, yw), (k1, kw), (written, out_w), (steps, steps_w),
             (accepted, acc_w)))
         if control.pi:
             prev_r = _scatter(prev_r, prev_w, rows, grad)
@@ -181,9 +186,10 @@ def integrate_per_sample(
                 write_back()
             rows = (~done).nonzero().squeeze(1)
             n_set = n_running
-            grid_w, end_w, tw, hw, yw, kw, slot_w, steps_w, acc_w = (
+            grid_w, end_w, tw, hw, yw, kw, out_w, steps_w, acc_w = (
                 x.index_select(0, rows) for x in (
-                    grid, t_end, t, h, y, k1, next_slot, steps, accepted))
+                    grid, t_end, t, h, y, k1, written, steps, accepted))
+            base_w = rows + batch
             if control.pi:
                 prev_w = prev_r.index_select(0, rows)
         dead = None  # finished rows still in the working set (masked)
@@ -197,7 +203,7 @@ def integrate_per_sample(
                 ) -> torch.Tensor:
             return vals if rows is None else _scatter(full, vals, rows, grad)
 
-        signed, last, under = control.next_step(tw, end_w, hw, direction)
+        signed, last, under, ahead_t = control.next_step(tw, end_w, hw, direction)
         passes += 1
         if passes > max_steps:  # only then can a sample have taken max_steps steps
             under = under | (steps_w >= max_steps)
@@ -217,17 +223,18 @@ def integrate_per_sample(
         if dead is not None:
             live = ~dead
             trouble, acc = trouble & live, acc & live
-        t_new = torch.where(last, end_w, tw + signed)
+        t_new = torch.where(last, end_w, ahead_t)  # ahead_t = t + signed where not last
         stop_t = torch.where(acc, t_new, tw)
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
         ended = acc & last
-        slot = slot_w
+        slot = None  # the rows' next output slots, made when used
         cand = event_here = None
         if check is not None:  # the event functions sampled inside the steps
             cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
+            slot = torch.add(base_w, out_w, alpha=batch)
             need = acc & (direction * (t_new - times.take(slot)) > 0)
             if cand is not None:
                 need = need | cand
@@ -236,7 +243,8 @@ def integrate_per_sample(
             hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
         # the pass's one host read: failed rows, rows that may fire an event, rows that
         # reached their end, the most outputs one step passed, accepted steps
-        ahead = _outputs_passed(grid_w, stop_t, slot, batch, direction)
+        passed = _outputs_passed(grid_w, stop_t, direction)
+        ahead = passed - out_w
         flags = [trouble.sum(), ended.sum(), ahead.amax()]
         if cand is not None:
             flags.append(cand.sum())
@@ -258,11 +266,14 @@ def integrate_per_sample(
             extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
             ended = ended | event_here
-            ahead = _outputs_passed(grid_w, stop_t, slot, batch, direction)
+            passed = _outputs_passed(grid_w, stop_t, direction)
+            ahead = passed - out_w
             n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
         if n_ahead:
-            ys, slot = _store_outputs(ys, times, batch, slot, ahead, n_ahead, t_new, tw, signed,
-                                      yw, y1, hk, dense, event_here, empty)
+            if slot is None:
+                slot = torch.add(base_w, out_w, alpha=batch)
+            ys = _store_outputs(ys, times, batch, slot, ahead, n_ahead, t_new, tw, signed, yw,
+                                y1, hk, dense, event_here, empty if grad else None)
         if want_acc and got[-1]:
             sel = acc.nonzero().squeeze(1)
             rec = Record(sel if rows is None else rows[sel], tw[sel], signed[sel], yw[sel],
@@ -271,13 +282,13 @@ def integrate_per_sample(
                 records.append(rec)
             if on_accept is not None:
                 on_accept(rec)
-        tw, yw, kw, slot_w = stop_t, y_new, torch.where(acc_rows, k_last, kw), slot
+        tw, yw, kw, out_w = stop_t, y_new, torch.where(acc_rows, k_last, kw), passed
         hw, prev_w = h_next, prev_next  # a finished row's h is never used (its steps are empty)
         steps_w = steps_w.add_(1 if attempted is None else attempted)
         acc_w = acc_w.add_(acc)
         if rows is None:
-            t, h, y, k1, next_slot, steps, accepted, prev_r = (tw, hw, yw, kw, slot_w, steps_w,
-                                                               acc_w, prev_w)
+            t, h, y, k1, written, steps, accepted, prev_r = (tw, hw, yw, kw, out_w, steps_w,
+                                                             acc_w, prev_w)
         if n_ended or n_trouble:
             done = put(done, take(done) | ended | trouble)
             n_running -= n_ended + n_trouble
@@ -286,7 +297,7 @@ def integrate_per_sample(
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
     if rows is not None:
         write_back()
-    ys = _assemble(ys, y, status if n_failed else None, next_slot // batch, n_out, batch)
+    ys = _assemble(ys, y, status if n_failed else None, written, n_out, batch)
     nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
     if check is None:
         check = EventCheck((), f, tgrid[0], y0, dense, compact)
@@ -305,15 +316,15 @@ def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
     return StagePlan.of(solver, tabs, t_dtype), tabs.dense
 
 
-def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, slot: torch.Tensor,
-                    batch: int, direction: float) -> torch.Tensor:
-    """How many output times each row passed (``grid`` its increasing times ``(n, T)``, those
-    up to ``stop_t`` written already before its next ``slot``): 0 where no step was accepted,
-    since a row's outputs up to its time ``t`` are written when it gets there."""
+def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, direction: float
+                    ) -> torch.Tensor:
+    """How many of its output times after the first each row reached at ``stop_t`` (``grid``
+    those times, increasing, ``(n, T - 1)``): less the row's count before the step, the
+    outputs its step passed (0 where no step was accepted: a row's outputs up to its time
+    ``t`` are written when it gets there)."""
     end = stop_t.detach() if stop_t.requires_grad else stop_t
     end = (end if direction > 0 else -end).unsqueeze(1)
-    return torch.searchsorted(grid, end, right=True).squeeze(1) - slot.div(
-        batch, rounding_mode="floor")
+    return torch.searchsorted(grid, end, right=True).squeeze(1)
 
 
 def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: bool
@@ -334,11 +345,12 @@ def _store_outputs(
     n_ahead: int, t_new: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
     y1: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor, event_here: torch.Tensor | None,
     empty_steps: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Store the ``ahead[b]`` outputs inside (or at the end of) row ``b``'s accepted step, up
     to where it stopped (``n_ahead`` the most of any row); ``slot[b]`` is its next output
     slot (``times`` flattened by slot); ``empty_steps`` marks rows that took no step (``h =
-    0``). Returns the outputs and each row's next slot."""
+    0``), whose values are then kept finite for autograd (``None`` without autograd: such a
+    row's slot is one it never reaches, filled by ``_assemble``, or past the last output)."""
     safe_h = None
     for i in range(n_ahead):
         tq = times.take(slot)
@@ -352,8 +364,9 @@ def _store_outputs(
             val = torch.where(_rows(at_end, y1), y1, dense_per_sample(theta, y, hk, dense))
         ys = ys.index_copy(0, slot, val) if ys.requires_grad or val.requires_grad else (
             ys.index_copy_(0, slot, val))
-        slot = torch.add(slot, ahead > i, alpha=batch)
-    return ys, slot
+        if i + 1 < n_ahead:
+            slot = torch.add(slot, ahead > i, alpha=batch)
+    return ys
 
 
 def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
@@ -372,14 +385,15 @@ def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torc
 
 
 def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor | None,
-              reached: torch.Tensor, n_out: int, batch: int) -> torch.Tensor:
-    """``(T, B, ...)`` outputs: those reached (``ys[:reached[b], b]``), then a stopped sample's
-    last state (its event state), NaN for a sample that failed (``status`` None: none did)."""
+              written: torch.Tensor, n_out: int, batch: int) -> torch.Tensor:
+    """``(T, B, ...)`` outputs: those reached (``ys[:written[b] + 1, b]``), then a stopped
+    sample's last state (its event state), NaN for a sample that failed (``status`` None:
+    none did)."""
     held = y_stop
     if status is not None:
         failed = status > Status.EVENT  # MAX_STEPS, DT_UNDERFLOW, NONFINITE
         held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
     out = ys[: n_out * batch].view(n_out, *y_stop.shape)
     index = torch.arange(n_out, device=ys.device).unsqueeze(1)
-    missing = (index >= reached.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))
+    missing = (index > written.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))
     return torch.where(missing, held.unsqueeze(0), out)

@@ -197,16 +197,19 @@ class PerSampleSteps:
             return h.clamp_(max=ctrl.dtmax) if math.isfinite(ctrl.dtmax) else h
 
     def next_step(self, t: torch.Tensor, t_end: torch.Tensor, h: torch.Tensor,
-                  direction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Signed steps from ``t``, whether each ends on ``t_end``, and which underflowed."""
+                  direction: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Signed steps from ``t``, whether each ends on ``t_end``, which underflowed, and
+        ``t`` plus the unclipped signed step (a step's end where it is not the last)."""
         left = t_end - t
         forward = h if direction > 0 else -h  # exact: the sign only
         last = (left if direction > 0 else -left) <= h * (1 + SLACK)
         signed = torch.where(last, left, forward)
-        under = (t + forward) == t
+        ahead = t + forward
+        under = ahead == t
         if self.ctrl.dtmin > 0:
             under = under | (h < self.ctrl.dtmin)
-        return signed, last, under
+        return signed, last, under, ahead
 
     def ratio(self, err: torch.Tensor, y: torch.Tensor, y1: torch.Tensor) -> torch.Tensor:
         """Each sample's RMS (or ``norm``) of ``err / (atol + rtol * max(|y0|, |y1|))``, in
