@@ -11,9 +11,11 @@ first stage, and ``R(infinity) = 0`` (L-stable).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+from infdepth.ode._esdirk_dense import continuous_extension
 from infdepth.ode._tableaus import ButcherTableau
 
 
@@ -21,8 +23,10 @@ from infdepth.ode._tableaus import ButcherTableau
 class ESDIRKTableau(ButcherTableau):
     """An ESDIRK method: an explicit tableau's layout plus the diagonal ``gamma`` > 0.
 
-    ``c[i] = sum(a[i - 1]) + gamma`` for the implicit stages; dense output is the cubic
-    Hermite interpolant (``f(t1, y1)`` is the last stage).
+    ``c[i] = sum(a[i - 1]) + gamma`` for the implicit stages; dense output is ``dense`` where
+    given (KenCarp4 and Kvaerno5: an order-4 continuous extension,
+    :mod:`~infdepth.ode._esdirk_dense`), else the cubic Hermite interpolant (``f(t1, y1)`` is
+    the last stage).
     """
 
     gamma: float = 0.0
@@ -47,16 +51,22 @@ class ESDIRKTableau(ButcherTableau):
         )
 
 
+def _with_dense(tab: ESDIRKTableau, order: int, degree: int) -> ESDIRKTableau:
+    """``tab`` with its continuous extension of ``order`` as dense output (plain numbers)."""
+    return dataclasses.replace(tab, dense=continuous_extension(tab, order, degree))
+
+
 def _with_error(b: tuple[float, ...], embedded: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(x - y for x, y in zip(b, embedded, strict=True))
 
 
 # Kennedy & Carpenter (2003), ARK4(3)6L[2]SA, the implicit tableau ("KenCarp4"): order 4,
-# embedded order 3, L-stable, stiffly accurate, stage order 2, gamma = 1/4.
+# embedded order 3, L-stable, stiffly accurate, stage order 2, gamma = 1/4. Dense output: the
+# order-4 continuous extension of degree 4 (one free parameter, spent on order 5).
 _KC4_B = (82889 / 524892, 0.0, 15625 / 83664, 69875 / 102672, -2260 / 8211, 1 / 4)
 _KC4_EMBEDDED = (4586570599 / 29645900160, 0.0, 178811875 / 945068544,
                  814220225 / 1159782912, -3700637 / 11593932, 61727 / 225920)
-KENCARP4 = ESDIRKTableau(
+KENCARP4 = _with_dense(ESDIRKTableau(
     c=(0.0, 1 / 2, 83 / 250, 31 / 50, 17 / 20, 1.0),
     a=(
         (1 / 4,),
@@ -69,7 +79,7 @@ KENCARP4 = ESDIRKTableau(
     b=_KC4_B,
     b_error=_with_error(_KC4_B, _KC4_EMBEDDED),
     gamma=1 / 4,
-)
+), order=4, degree=4)
 
 # TR-BDF2 (Bank et al. 1985; Hosea & Shampine 1996) as an ESDIRK: a trapezoidal stage to
 # t0 + gamma h, then BDF2; order 2 with an order-3 embedded solution, gamma = 1 - 1/sqrt(2).
@@ -88,7 +98,9 @@ TRBDF2 = ESDIRKTableau(
 # Kvaerno (2004), "Singly diagonally implicit Runge-Kutta methods with an explicit first
 # stage", the ESDIRK 5(4) of 7 stages (constants as in diffrax's Kvaerno5): order 5, embedded
 # order 4 (stage 6, itself stiffly accurate), L-stable, gamma = 0.26. Stage 3 lies past the
-# step (c = 1.23): f is evaluated slightly beyond the end time.
+# step (c = 1.23): f is evaluated slightly beyond the end time. Dense output: the order-4
+# continuous extension of degree 4 (two free parameters, spent on order 5; there is no
+# order-5 one with 7 stages of stage order 2).
 _KV_G = 0.26
 _KV_A = (
     (_KV_G,),
@@ -101,10 +113,10 @@ _KV_A = (
      0.62993304899016403, 0.06962479448202728),
 )
 _KV_B = (*_KV_A[-1], _KV_G)
-KVAERNO5 = ESDIRKTableau(
+KVAERNO5 = _with_dense(ESDIRKTableau(
     c=(0.0, *(sum(row) + _KV_G for row in _KV_A)),
     a=_KV_A,
     b=_KV_B,
     b_error=_with_error(_KV_B, (*_KV_A[-2], _KV_G, 0.0)),
     gamma=_KV_G,
-)
+), order=4, degree=4)
