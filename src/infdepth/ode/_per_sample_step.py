@@ -58,23 +58,33 @@ class StagePlan(NamedTuple):
 
 
 class StageBuffer:
-    """The scaled stages ``(S, n * F)`` of a step without autograd, reused from pass to pass
-    while the working set keeps its size, with their row and prefix views made once."""
+    """The scaled stages ``(S, n * F)`` of a step without autograd and the states at which
+    its stages evaluate ``f`` (``S - 1`` of ``y``'s shape), reused from pass to pass while
+    the working set keeps its size, with their row, prefix and flat views made once.
+
+    So ``f`` gets, without autograd, a tensor that the next step overwrites: it must not keep
+    its input ``y`` beyond the call (as any field that computes a new output does not)."""
 
     def __init__(self) -> None:
         self.key: tuple[object, ...] = ()
 
     def views(self, s: int, y: torch.Tensor) -> tuple[
-            torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor]]:
-        """``(flat (S, n * F), hk (S, n, F), rows: hk[i] as (n, F), prefix: flat[:i])``."""
+            torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor],
+            list[tuple[torch.Tensor, torch.Tensor]]]:
+        """``(flat (S, n * F), hk (S, n, F), rows: hk[i] as (n, F), prefix: flat[:i],
+        states: (y_i of y's shape, y_i as (1, n * F)) for the stages 1..S-1)``."""
         key = (s, y.shape, y.dtype, y.device)
         if key != self.key:
             self.flat = y.new_empty(s, y.numel())
             self.hk = self.flat.view(s, y.shape[0], -1)
             self.rows = self.hk.unbind()
             self.prefix = [self.flat[:i] for i in range(s)]
+            # one allocation each: a BLAS kernel's rounding can depend on its output's
+            # alignment, which is then that of the fresh tensor addmm would have made
+            states = [y.new_empty(y.shape) for _ in range(s - 1)]
+            self.states = [(x, x.view(1, -1)) for x in states]
             self.key = key
-        return self.flat, self.hk, self.rows, self.prefix
+        return self.flat, self.hk, self.rows, self.prefix, self.states
 
 
 def step_per_sample(
@@ -95,7 +105,7 @@ def step_per_sample(
     ``(n,)``. The stage times are one ``addcmul`` (``t + c_i h``, rounded as
     ``torch.add(t, h, alpha=c_i)``). Without autograd the stages go into one buffer
     (``buffer``'s, reused: ``hk`` is then valid until the next step) and each stage is a
-    single ``addmm`` over the rows written so far.
+    single ``addmm`` over the rows written so far, into the buffer's stage states.
     """
     n, s = y.shape[0], len(plan.a) + 1
     yf = y.reshape(1, -1)
@@ -103,10 +113,11 @@ def step_per_sample(
     ts = torch.addcmul(t, plan.c_col, h).unbind()
     yi, ki = y, k1
     if not torch.is_grad_enabled():
-        flat, hk, rows, prefix = (buffer or StageBuffer()).views(s, y)
+        flat, hk, rows, prefix, states = (buffer or StageBuffer()).views(s, y)
         torch.mul(_flat(k1), hy, out=rows[0])
         for i in range(1, s):
-            yi = torch.addmm(yf, plan.a[i - 1], prefix[i]).view(y.shape)
+            yi, yi_flat = states[i - 1]
+            torch.addmm(yf, plan.a[i - 1], prefix[i], out=yi_flat)
             ki = f(ts[i - 1], yi)
             torch.mul(_flat(ki), hy, out=rows[i])
     else:
