@@ -16,7 +16,8 @@ function's parameters get ``-(c / D) dg/dp_g`` (one vector-Jacobian product per 
 the rows it stopped; autograd sums over the samples). A tangent crossing (``D = 0``) is
 treated as ``D = 1``, as :func:`~infdepth.ode._events.differentiable_event` does under
 backprop. A sample stopped by a :class:`SteadyState` (the end of a step, not
-differentiated in time) starts at its stopping time with ``a = G_y``.
+differentiated in time) starts at its stopping time with ``a = G_y``. The crossings of
+non-terminal events are differentiated by :mod:`._adjoint_crossings`.
 """
 
 from __future__ import annotations

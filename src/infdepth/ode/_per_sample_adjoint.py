@@ -30,10 +30,13 @@ sample: ``dL/dt_i = dL/dy(t_i) . f(t_i, y(t_i))`` and ``-a(t_0) . f(t_0, y0)`` f
 Terminal events (one or several, and ``SteadyState``): the forward solve stops each sample
 at its event; the backward solve of a stopped sample starts at its own stopping time ``t*``
 with the adjoint given by the implicit function theorem (:mod:`._adjoint_events`), its
-outputs at and after ``t*`` (which hold ``y(t*)``) adding their cotangents there. Not
-implemented (refused by :func:`~infdepth.ode.solve` with an ``InputError``): non-terminal
-events (their crossing times). A sample that failed under ``throw=False`` gets the gradient
-of the outputs it reached (its outputs not reached, NaN, are skipped).
+outputs at and after ``t*`` (which hold ``y(t*)``) adding their cotangents there.
+Non-terminal events: the backward solve of a sample stops at each of its crossings whose
+time has a cotangent and adds the implicit function theorem's jump to its adjoint there
+(:mod:`._adjoint_crossings`). A sample that failed under ``throw=False`` gets the gradient
+of the outputs it reached (its outputs not reached, NaN, are skipped; a crossing after them
+raises). ``Solution.evaluate`` is differentiated by :mod:`._adjoint_evaluate`, which runs
+:func:`_backward` on the grid ``(t_0, t_q)``.
 """
 
 from __future__ import annotations
