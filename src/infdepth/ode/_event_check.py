@@ -184,7 +184,7 @@ class EventCheck:
     def _resolve_one(self, rows: torch.Tensor | None, cand: torch.Tensor, n_cand: int,
                      t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
                      stop_t: torch.Tensor, y_new: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`resolve` for a solve whose only event is a terminal :class:`Event` with
         exact samples: every row in ``cand`` (``n_cand`` of them) stops in its first
         sub-interval with a crossing (the same result, fewer operations; fewer still when
@@ -206,14 +206,14 @@ class EventCheck:
         t_ev, y_ev = differentiable_event(ev, self._slope(t, y, r), tr + theta * hr, y_star)
         grad = torch.is_grad_enabled()  # then the gradient evaluated f at the event
         if every:
-            extra = (torch.ones if grad else torch.zeros)(m, dtype=torch.long, device=t.device)
+            extra = torch.ones(m, dtype=torch.long, device=t.device) if grad else None
             self.event_t = _put(self.event_t, t_ev, rows)
             self.event_index = _put(self.event_index, torch.zeros_like(cand, dtype=torch.long),
                                     rows)  # a copy: the loop's tensors update in place
             return _detached(t_ev).clone(), y_ev, cand, extra
-        extra = torch.zeros(m, dtype=torch.long, device=t.device)
+        extra = None
         if grad:
-            extra = extra.index_fill(0, r, 1)
+            extra = torch.zeros(m, dtype=torch.long, device=t.device).index_fill(0, r, 1)
         self.event_t = _put(self.event_t, _take(self.event_t, rows).index_put((r,), t_ev), rows)
         self.event_index = _put(self.event_index,
                                 _take(self.event_index, rows).index_fill(0, r, 0), rows)
@@ -246,11 +246,11 @@ class EventCheck:
     def resolve(self, rows: torch.Tensor | None, acc: torch.Tensor, cand: torch.Tensor,
                 t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
                 t1: torch.Tensor, stop_t: torch.Tensor, y_new: torch.Tensor, n_cand: int = -1
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Stops and crossings in the rows ``cand`` (``n_cand`` of them, -1: not counted):
         ``(stop_t, y_new, stopped, extra)``, the
         working set's stopping times and states (at the earliest terminal event where one
-        fired), which stopped, and the evaluations of ``f`` the gradients took."""
+        fired), which stopped, and the evaluations of ``f`` the gradients took (``None``: none)."""
         one = self.events[0]
         if (self._exact and len(self.events) == 1 and isinstance(one, Event)
                 and one.terminal):
@@ -349,8 +349,8 @@ class EventCheck:
         in the order of integration (``direction`` -1: decreasing times)."""
         dev = self.event_t.device
         if not self.found:
-            empty = torch.zeros(0, dtype=torch.long, device=dev)
-            return empty, self.event_t.new_zeros(0), empty.clone()
+            empty = torch.zeros(0, dtype=torch.long, device=dev)  # nothing to share
+            return empty, self.event_t.new_zeros(0), empty
         rows = torch.cat([r for r, _, _ in self.found])
         times = torch.cat([tt for _, tt, _ in self.found])
         index = torch.cat([torch.full_like(r, j) for r, _, j in self.found])

@@ -283,11 +283,12 @@ def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor | N
     a = local.to(g.dtype)
     u = a + (q.to(g.dtype) - ends[:, 1] / (ends[:, 1] - ends[:, 0])) / GRID
     coef, slope_coef = g @ fit, g @ slope_fit  # (k, w), (k, w - 1)
+    b = a + 1
     for _ in range(newton):
         powers = torch.linalg.vander(u, N=w)
         step = (powers * coef).sum(1) / (powers[:, :-1] * slope_coef).sum(1)
-        u = torch.minimum(torch.maximum(u - step, a), a + 1)  # NaN stays NaN: unused
-    return (u + 0.0 if start is None else start.to(g.dtype) + u) / n  # + 0.0: as 0 + u
+        u = torch.clamp(u - step, a, b)  # NaN stays NaN: unused
+    return (u if start is None else start.to(g.dtype) + u) / n
 
 
 def differentiable_event(event: Event, f: VectorField, t_star: torch.Tensor, y_star: torch.Tensor

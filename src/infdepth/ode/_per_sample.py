@@ -138,7 +138,7 @@ def integrate_per_sample(
     t, t_end = tgrid[0], tgrid[-1]
     k1 = first_eval(f, t, y0, Stats())
     h = PerSampleSteps.initial(ctrl, f, t, y0, k1, solver.order, direction, norm)
-    prev_r = torch.ones_like(h)
+    prev_r = torch.ones_like(h) if control.pi else h  # h: a placeholder, never read
     y = y0
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
     status, steps, accepted, extra_nfe, written = torch.zeros(
@@ -263,7 +263,8 @@ def integrate_per_sample(
         if check is not None and cand is not None and got[3]:
             stop_t, y_new, event_here, extra = check.resolve(rows, acc, cand, tw, signed, yw, hk,
                                                              t_new, stop_t, y_new, got[3])
-            extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
+            if extra is not None:  # evaluations of f the event's gradient took
+                extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
             ended = ended | event_here
             passed = _outputs_passed(grid_w, stop_t, direction)
@@ -298,7 +299,8 @@ def integrate_per_sample(
     if rows is not None:
         write_back()
     ys = _assemble(ys, y, status if n_failed else None, written, n_out, batch)
-    nfe = (2 if ctrl.dt0 is None else 1) + (solver.stages - 1) * steps + extra_nfe
+    nfe = torch.add(extra_nfe, steps, alpha=solver.stages - 1).add_(
+        2 if ctrl.dt0 is None else 1)
     if check is None:
         check = EventCheck((), f, tgrid[0], y0, dense, compact)
     rows_c, times_c, index_c = check.crossings(direction)

@@ -51,10 +51,14 @@ class StagePlan(NamedTuple):
     @staticmethod
     def of(solver: RungeKutta, tabs: StepTensors, t_dtype: torch.dtype = torch.float64
            ) -> StagePlan:
-        s, w = solver.stages, tabs.weights
+        """The rows ``a`` are ``w[i - 1 : i, :i]`` of the weights ``w``, each made as one view
+        (``as_strided``: the same strides as the two slices, so the same kernels)."""
+        s, w = solver.stages, tabs.weights.contiguous()
         c = tuple(solver.tableau.c)
-        return StagePlan(tuple(w[i - 1 : i, :i] for i in range(1, s)), w[s:], c,
-                         torch.tensor(c[1:s], dtype=t_dtype, device=w.device).unsqueeze(1))
+        width, start = w.shape[1], w.storage_offset()
+        a = tuple(w.as_strided((1, i), (width, 1), start + (i - 1) * width) for i in range(1, s))
+        return StagePlan(a, w[s:], c, torch.tensor([[x] for x in c[1:s]], dtype=t_dtype,
+                                                   device=w.device))
 
 
 class StageBuffer:
@@ -78,7 +82,7 @@ class StageBuffer:
             self.flat = y.new_empty(s, y.numel())
             self.hk = self.flat.view(s, y.shape[0], -1)
             self.rows = self.hk.unbind()
-            self.prefix = [self.flat[:i] for i in range(s)]
+            self.prefix = [self.flat] + [self.flat[:i] for i in range(1, s)]  # [0] unused
             # one allocation each: a BLAS kernel's rounding can depend on its output's
             # alignment, which is then that of the fresh tensor addmm would have made
             states = [y.new_empty(y.shape) for _ in range(s - 1)]
