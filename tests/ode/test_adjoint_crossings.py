@@ -48,13 +48,15 @@ class Level(nn.Module):
         return y[:, 0] - self.c
 
 
-@pytest.mark.parametrize("compact", [True, False], ids=["compact", "masked"])
-def test_thrown_ball_crossing_time_gradients_are_analytic(compact: bool) -> None:
+@pytest.mark.parametrize(("compact", "dense"), [(True, True), (False, True), (True, False)],
+                         ids=["compact", "masked", "no-dense-output"])
+def test_thrown_ball_crossing_time_gradients_are_analytic(compact: bool, dense: bool) -> None:
     """``x(s) = h + v0 s - g s^2 / 2`` with ``s = tau - t0``: the apex (``v = 0``) at ``s =
     v0 / g`` and the level ``c`` crossed up and down at ``s = (v0 -+ sqrt(v0^2 - 2 g (c -
     h))) / g``; by the implicit function theorem ``ds/dc = 1 / v``, ``ds/dh = -1 / v``,
     ``ds/dv0 = -s / v``, ``ds/dg = s^2 / (2 v)`` (``v = v0 - g s``) and ``dtau/dt0 = 1``.
-    Samples cross the level 2, 2, 0 times (one stays below it) and the apex once each."""
+    Samples cross the level 2, 2, 0 times (one stays below it) and the apex once each. The
+    backward solve needs no dense output (it re-integrates the state to each crossing)."""
     field, level = Ball(), Level(1.0)
     h = torch.tensor([0.2, 0.5, 0.1], dtype=F64, requires_grad=True)
     v0 = torch.tensor([6.0, 5.0, 1.0], dtype=F64, requires_grad=True)
@@ -63,7 +65,7 @@ def test_thrown_ball_crossing_time_gradients_are_analytic(compact: bool) -> None
     events = [Event(lambda t, y: y[:, 1], direction=-1, terminal=False, tol=1e-12),
               Event(level, terminal=False, tol=1e-12)]
     sol = solve(field, torch.stack([h, v0], 1), t, rtol=1e-11, atol=1e-13, event=events,
-                adjoint=Adjoint(), compact=compact)
+                adjoint=Adjoint(), compact=compact, dense=dense)
     rows, times = sol.crossings
     which = sol.crossing_event
     assert rows.tolist() == [0, 0, 0, 1, 1, 1, 2]
