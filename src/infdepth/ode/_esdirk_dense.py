@@ -9,8 +9,9 @@ is of order ``q`` for every ``theta`` in ``[0, 1]``: for every rooted tree ``t``
 ``q`` vertices, ``sum_i b_i(theta) Phi_i(t) = theta^|t| / gamma(t)``, where ``Phi_i`` is the
 tree's stage weight built from the full stage matrix (the diagonal ``gamma`` included). Those
 conditions are linear in the polynomial coefficients; this module adds the Hermite conditions
-``y(t1) = y1``, ``y'(t0) = k_1`` and ``y'(t1) = k_s`` (the methods are stiffly accurate, so
-``k_s = f(t1, y1)``): the output is continuous with a continuous derivative across steps. Where
+``y(t1) = y1``, ``y'(t1) = k_s`` (the methods are stiffly accurate, so ``k_s = f(t1, y1)``) and
+either ``y'(t0) = k_1`` (a continuous derivative across steps) or, for a method whose stiff
+components would suffer from it, a bounded stiff limit (``stiff_bounded``). Where
 freedom is left, it is spent on the next order: the coefficients minimise the integral over
 ``[0, 1]`` of the squared residuals of the order-``(q + 1)`` conditions (plus ``1e-3`` times
 their squared norm, which fixes directions no condition sees).
@@ -89,8 +90,27 @@ def full_stage_matrix(tab: ESDIRKTableau) -> np.ndarray:
     return a
 
 
-def continuous_extension(tab: ESDIRKTableau, order: int, degree: int) -> np.ndarray:
+def stiff_limit_stages(tab: ESDIRKTableau) -> np.ndarray:
+    """The stages of one step of ``y' = lambda y`` from ``y0 = 1`` as ``h lambda -> -inf``.
+
+    From ``(1 - gamma z) Y_i = 1 + z sum_{j<i} a_ij Y_j``: ``Y_1 = 1`` and
+    ``Y_i = -sum_{j<i} a_ij Y_j / gamma``; the slopes are ``h k_i = z Y_i``, unbounded.
+    """
+    a = full_stage_matrix(tab)
+    ys = np.ones(tab.stages)
+    for i in range(1, tab.stages):
+        ys[i] = -(a[i, :i] @ ys[:i]) / tab.gamma
+    return ys
+
+
+def continuous_extension(tab: ESDIRKTableau, order: int, degree: int,
+                         stiff_bounded: bool = False) -> np.ndarray:
     """Dense-output coefficients ``(s, degree)`` of order ``order`` (see the module docstring).
+
+    ``stiff_bounded`` replaces the condition ``y'(t0) = k_1`` by ``sum_i b_i(theta) Y_i = 0``
+    for the stages ``Y`` of :func:`stiff_limit_stages`: the output of ``y' = lambda y`` stays
+    bounded as ``h lambda -> -inf`` for every ``theta``, where an interpolant through
+    ``k_1 = f(t0, y0)`` multiplies the error of a stiff component of ``y0`` by ``h lambda``.
 
     Row ``i`` holds the coefficients of ``b_i(theta)`` in powers ``theta**1 .. theta**degree``
     (the layout of :attr:`~infdepth.ode._tableaus.ButcherTableau.dense`). Raises
@@ -116,8 +136,13 @@ def continuous_extension(tab: ESDIRKTableau, order: int, degree: int) -> np.ndar
     powers = np.arange(1, d + 1, dtype=np.float64)
     for i in range(s):
         condition(i, np.arange(d), 1.0, tab.b[i])  # y(t1) = y1
-        condition(i, np.array(0), 1.0, float(i == 0))  # y'(t0) = k_1
         condition(i, np.arange(d), powers, float(i == s - 1))  # y'(t1) = k_s = f(t1, y1)
+        if not stiff_bounded:
+            condition(i, np.array(0), 1.0, float(i == 0))  # y'(t0) = k_1
+    if stiff_bounded:
+        limit = stiff_limit_stages(tab)
+        for p in range(d):
+            condition(slice(None), np.array(p), limit, 0.0)
     m, r = np.array(rows), np.array(rhs)
     x0 = np.linalg.lstsq(m, r, rcond=None)[0]
     if np.abs(m @ x0 - r).max() > 1e-12:
