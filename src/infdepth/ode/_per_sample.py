@@ -205,8 +205,9 @@ def integrate_per_sample(
 
         signed, last, under, ahead_t = control.next_step(tw, end_w, hw, direction)
         passes += 1
-        if passes > max_steps:  # only then can a sample have taken max_steps steps
-            under = under | (steps_w >= max_steps)
+        # a running row attempted a step in every pass so far: passes - 1 steps
+        if passes > max_steps:  # every running row attempted max_steps steps
+            under = torch.ones_like(under)
         if dead is not None:  # masked: finished rows take empty steps
             signed = signed.masked_fill(dead, 0.0)
         if checkpoint and grad:  # keep the step's inputs, retake it in backward
@@ -252,13 +253,13 @@ def integrate_per_sample(
             flags.append(acc.sum())
         got = torch.stack(flags).tolist()
         n_trouble, n_ended, n_ahead = got[0], got[1], got[2]
-        attempted, empty = (None, None) if dead is None else (live, dead)
+        empty = dead
+        halted = None
         if n_trouble:  # such a row stops; its state stays at its last value
-            halted = under if dead is None else under & live
-            attempted = ~halted if dead is None else live & ~halted
+            halted = under if dead is None else under & live  # its step not attempted
             empty = trouble if dead is None else dead | trouble
-            code = torch.where(steps_w >= max_steps, int(Status.MAX_STEPS), torch.where(
-                under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE)))
+            code = int(Status.MAX_STEPS) if passes > max_steps else torch.where(
+                under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
             status = put(status, torch.where(trouble, code, take(status)))
         if check is not None and cand is not None and got[3]:
             stop_t, y_new, event_here, extra = check.resolve(rows, acc, cand, tw, signed, yw, hk,
@@ -285,13 +286,18 @@ def integrate_per_sample(
                 on_accept(rec)
         tw, yw, kw, out_w = stop_t, y_new, torch.where(acc_rows, k_last, kw), passed
         hw, prev_w = h_next, prev_next  # a finished row's h is never used (its steps are empty)
-        steps_w = steps_w.add_(1 if attempted is None else attempted)
         acc_w = acc_w.add_(acc)
         if rows is None:
             t, h, y, k1, written, steps, accepted, prev_r = (tw, hw, yw, kw, out_w, steps_w,
                                                              acc_w, prev_w)
-        if n_ended or n_trouble:
-            done = put(done, take(done) | ended | trouble)
+        if n_ended or n_trouble:  # a finished row attempted a step in every pass but
+            finished = ended | trouble  # this one when it halted; its count stays
+            steps_w = steps_w.masked_fill_(finished, passes)
+            if halted is not None:
+                steps_w = steps_w.masked_fill_(halted, passes - 1)
+            if rows is None:
+                steps = steps_w
+            done = put(done, take(done) | finished)
             n_running -= n_ended + n_trouble
             n_failed += n_trouble
         if need is not None:
