@@ -192,3 +192,18 @@ def test_no_graph_without_anything_to_differentiate() -> None:
     assert sol.evaluate(0.5).requires_grad
     with torch.no_grad():
         assert not sol.evaluate(0.5).requires_grad
+
+
+def test_query_times_alone_take_one_call_of_f_and_no_backward_solve() -> None:
+    """When only the query times need a gradient it is ``G . f(t_q, y(t_q))``, one batched
+    call of ``f``; outside a sample's steps it is zero."""
+    y0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    sol = solve(lambda t, y: -0.5 * y, y0, torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-10,
+                atol=1e-12, adjoint=Adjoint(params=[]))
+    tq = torch.tensor([0.4, 1.5], dtype=F64, requires_grad=True)
+    out = sol.evaluate(tq)
+    before = sol.backward_nfe
+    (gtq,) = torch.autograd.grad(torch.nan_to_num(out).sum() * 3.0, tq)
+    assert sol.backward_nfe == before + 1
+    torch.testing.assert_close(gtq, torch.tensor([3.0 * -0.5 * torch.exp(torch.tensor(
+        -0.2, dtype=F64)), 0.0], dtype=F64), rtol=1e-8, atol=0)

@@ -69,6 +69,9 @@ class _EvaluateFn(torch.autograd.Function):
         need_tq, need_y0, need_t0 = ctx.needs_input_grad[2:5]
         s = _Setup(ev.f, ev.solver, ev.back, ev.back, ev.direction, ev.max_steps, ev.compact,
                    False)
+        if not (need_y0 or need_t0 or any(ctx.needs_input_grad[5:])):
+            return (None, None, _query_time_grad(ev, values, tq, y0, g), None, None,
+                    *([None] * len(params_l)))
         with torch.no_grad():
             start = t0.detach()
             ok = torch.isfinite(values.reshape(batch, -1)).all(1)
@@ -82,3 +85,16 @@ class _EvaluateFn(torch.autograd.Function):
                 a.to(y0.dtype) if need_y0 else None,
                 t_grad[0].to(t0.dtype) if need_t0 and t_grad is not None else None,
                 *pg)
+
+
+def _query_time_grad(ev: AdjointEvaluation, values: torch.Tensor, tq: torch.Tensor,
+                     y0: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``G . f(t_q, y(t_q))`` per sample (zero outside its steps): the query times' gradient
+    alone needs no backward solve, one call of ``f`` (on the whole batch)."""
+    batch = values.shape[0]
+    with torch.no_grad():
+        ok = torch.isfinite(values.reshape(batch, -1)).all(1)
+        y = torch.where(ok.view(batch, *([1] * (values.ndim - 1))), values, y0.detach())
+        slope = ev.f(tq.detach(), y).reshape(batch, -1)
+        dot = (torch.where(ok.unsqueeze(1), g.reshape(batch, -1), 0.0) * slope).sum(1)
+    return dot.to(tq.dtype)
