@@ -135,10 +135,12 @@ class EventCheck:
                 g = (g.detach() if g.requires_grad else g).view(n, -1)
                 prev = self.g_prev[j]
                 assert prev is not None
-                gw = prev if rows is None else prev.index_select(1, rows)
-                samples = torch.cat([gw.to(g.dtype), g])
-                cross = ev.crossed(samples[:-1], samples[1:]) & acc
-                kept = torch.where(acc, g[-1:], gw)
+                gw = (prev if rows is None else prev.index_select(1, rows)).to(g.dtype)
+                # a rejected step's samples are its start's value: no crossing there
+                g = torch.where(acc, g, gw)
+                samples = torch.cat([gw, g])
+                cross = ev.crossed(samples[:-1], samples[1:])
+                kept = g[-1:]
                 self.g_prev[j] = kept if rows is None else prev.index_copy_(1, rows, kept)
                 self._g.append(samples)
                 self._cross.append(cross)

@@ -169,11 +169,12 @@ def integrate_per_sample(
     # from pass to pass; its finished rows take empty steps until it is compacted
     tw, hw, yw, kw, out_w, steps_w, acc_w, prev_w = (t, h, y, k1, written, steps, accepted,
                                                      prev_r)
-    base_w = base
+    base_w, done_w = base, done  # done_w: the working set's finished rows
 
     def write_back() -> None:  # the working set's rows go back to the batch's tensors
-        nonlocal t, h, y, k1, written, steps, accepted, prev_r
+        nonlocal t, h, y, k1, written, steps, accepted, prev_r, done
         assert rows is not None
+        done = done.index_copy_(0, rows, done_w)
         t, h, y, k1, written, steps, accepted = (_scatter(full, part, rows, grad) for full, part in (
             (t, tw), (h, hw), (y, yw), (k1, kw), (written, out_w), (steps, steps_w),
             (accepted, acc_w)))
@@ -190,11 +191,10 @@ def integrate_per_sample(
                 x.index_select(0, rows) for x in (
                     grid, t_end, t, h, y, k1, written, steps, accepted))
             base_w = rows + batch
+            done_w = torch.zeros_like(rows, dtype=torch.bool)  # the rows still running
             if control.pi:
                 prev_w = prev_r.index_select(0, rows)
-        dead = None  # finished rows still in the working set (masked)
-        if n_set > n_running:
-            dead = done if rows is None else done.index_select(0, rows)
+        dead = done_w if n_set > n_running else None  # finished rows in the working set
 
         def take(x: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
             return x if rows is None else x.index_select(0, rows)
@@ -297,7 +297,9 @@ def integrate_per_sample(
                 steps_w = steps_w.masked_fill_(halted, passes - 1)
             if rows is None:
                 steps = steps_w
-            done = put(done, take(done) | finished)
+            done_w = done_w | finished
+            if rows is None:
+                done = done_w
             n_running -= n_ended + n_trouble
             n_failed += n_trouble
         if need is not None:
