@@ -9,12 +9,15 @@ is of order ``q`` for every ``theta`` in ``[0, 1]``: for every rooted tree ``t``
 ``q`` vertices, ``sum_i b_i(theta) Phi_i(t) = theta^|t| / gamma(t)``, where ``Phi_i`` is the
 tree's stage weight built from the full stage matrix (the diagonal ``gamma`` included). Those
 conditions are linear in the polynomial coefficients; this module adds the Hermite conditions
-``y(t1) = y1``, ``y'(t1) = k_s`` (the methods are stiffly accurate, so ``k_s = f(t1, y1)``) and
-either ``y'(t0) = k_1`` (a continuous derivative across steps) or, for a method whose stiff
-components would suffer from it, a bounded stiff limit (``stiff_bounded``). Where
-freedom is left, it is spent on the next order: the coefficients minimise the integral over
-``[0, 1]`` of the squared residuals of the order-``(q + 1)`` conditions (plus ``1e-3`` times
-their squared norm, which fixes directions no condition sees).
+``y(t1) = y1``, ``y'(t0) = k_1`` and optionally ``y'(t1) = k_s`` (the methods are stiffly
+accurate, so ``k_s = f(t1, y1)``: a continuous derivative across steps), and optionally stiff
+conditions (:func:`stage_defects`): on a stiff component that follows a slow solution ``g``,
+the output is exact in the limit ``h lambda -> -inf`` for ``g`` a polynomial of degree up to
+``stiff_degree``, where the non-stiff conditions alone leave an error ``O(h^3)`` (the stage
+order is 2) of a size no order condition controls. Where freedom is left, it is spent on the
+next order: the coefficients minimise the integral over ``[0, 1]`` of the squared residuals of
+the order-``(q + 1)`` conditions (plus ``1e-3`` times their squared norm, which fixes
+directions no condition sees).
 
 The published interpolants for these methods are of lower order (Kennedy & Carpenter's
 ARK4(3)6L dense output is of order 3; Kvaerno's paper gives none); the cubic Hermite
@@ -90,27 +93,30 @@ def full_stage_matrix(tab: ESDIRKTableau) -> np.ndarray:
     return a
 
 
-def stiff_limit_stages(tab: ESDIRKTableau) -> np.ndarray:
-    """The stages of one step of ``y' = lambda y`` from ``y0 = 1`` as ``h lambda -> -inf``.
+def stage_defects(tab: ESDIRKTableau, m: int) -> np.ndarray:
+    """The stiff-limit stage errors for a slow solution ``g(t) = t^m`` (``h = 1``, ``t0 = 0``).
 
-    From ``(1 - gamma z) Y_i = 1 + z sum_{j<i} a_ij Y_j``: ``Y_1 = 1`` and
-    ``Y_i = -sum_{j<i} a_ij Y_j / gamma``; the slopes are ``h k_i = z Y_i``, unbounded.
+    On ``y' = lambda (y - g(t)) + g'(t)`` (Prothero & Robinson) the stages miss ``g`` by
+    ``E = (I - z A)^{-1} D`` with the defects ``D_i = g(0) - g(c_i) + sum_j a_ij g'(c_j)``
+    (zero for ``m`` up to the stage order); as ``z -> -inf``, ``z E`` tends to
+    ``-A_imp^{-1} D`` on the implicit stages (``A_imp`` the stage matrix without its first
+    row and column), which the dense output adds as ``sum_i b_i(theta) z E_i``.
     """
     a = full_stage_matrix(tab)
-    ys = np.ones(tab.stages)
-    for i in range(1, tab.stages):
-        ys[i] = -(a[i, :i] @ ys[:i]) / tab.gamma
-    return ys
+    c = np.asarray(tab.c)
+    defects = -(c**m) + m * (a @ c ** (m - 1))
+    out = np.zeros(tab.stages)
+    out[1:] = -np.linalg.solve(a[1:, 1:], defects[1:])
+    return out
 
 
-def continuous_extension(tab: ESDIRKTableau, order: int, degree: int,
-                         stiff_bounded: bool = False) -> np.ndarray:
+def continuous_extension(tab: ESDIRKTableau, order: int, degree: int, *,
+                         end_slope: bool = True, stiff_degree: int = 0) -> np.ndarray:
     """Dense-output coefficients ``(s, degree)`` of order ``order`` (see the module docstring).
 
-    ``stiff_bounded`` replaces the condition ``y'(t0) = k_1`` by ``sum_i b_i(theta) Y_i = 0``
-    for the stages ``Y`` of :func:`stiff_limit_stages`: the output of ``y' = lambda y`` stays
-    bounded as ``h lambda -> -inf`` for every ``theta``, where an interpolant through
-    ``k_1 = f(t0, y0)`` multiplies the error of a stiff component of ``y0`` by ``h lambda``.
+    ``end_slope``: impose ``y'(t1) = f(t1, y1)``; ``stiff_degree``: impose
+    ``sum_i b_i(theta) v_i = 0`` for every ``theta`` for the limits ``v`` of
+    :func:`stage_defects` of degrees ``1 .. stiff_degree`` (those up to the stage order are 0).
 
     Row ``i`` holds the coefficients of ``b_i(theta)`` in powers ``theta**1 .. theta**degree``
     (the layout of :attr:`~infdepth.ode._tableaus.ButcherTableau.dense`). Raises
@@ -136,13 +142,13 @@ def continuous_extension(tab: ESDIRKTableau, order: int, degree: int,
     powers = np.arange(1, d + 1, dtype=np.float64)
     for i in range(s):
         condition(i, np.arange(d), 1.0, tab.b[i])  # y(t1) = y1
-        condition(i, np.arange(d), powers, float(i == s - 1))  # y'(t1) = k_s = f(t1, y1)
-        if not stiff_bounded:
-            condition(i, np.array(0), 1.0, float(i == 0))  # y'(t0) = k_1
-    if stiff_bounded:
-        limit = stiff_limit_stages(tab)
+        condition(i, np.array(0), 1.0, float(i == 0))  # y'(t0) = k_1
+        if end_slope:
+            condition(i, np.arange(d), powers, float(i == s - 1))  # y'(t1) = k_s = f(t1, y1)
+    for deg in range(1, stiff_degree + 1):
+        defect = stage_defects(tab, deg)
         for p in range(d):
-            condition(slice(None), np.array(p), limit, 0.0)
+            condition(slice(None), np.array(p), defect, 0.0)
     m, r = np.array(rows), np.array(rhs)
     x0 = np.linalg.lstsq(m, r, rcond=None)[0]
     if np.abs(m @ x0 - r).max() > 1e-12:
