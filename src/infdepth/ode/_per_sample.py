@@ -144,17 +144,19 @@ def integrate_per_sample(
     status, steps, accepted, extra_nfe, written = torch.zeros(
         5, batch, dtype=long, device=dev).unbind()
     # outputs are addressed by slot j * B + b (sample b's output j); slots T * B + b, past the
-    # last output time (+-inf), are discarded. Output 0 is y0; `written[b]` counts the later
-    # ones sample b passed, so its next slot is base[b] + written[b] * B (base = b + B). A
-    # row writes its interpolant to its next slot at every output pass, inside or not: a
-    # slot not reached yet is written again when it is, and one never reached is filled by
-    # _assemble.
+    # last output time (+-inf), are discarded. Output 0 is y0 and the last one is filled by
+    # _assemble (with the state where the sample stopped: its end, or its event); `written[b]`
+    # counts the others sample b passed, so its next slot is base[b] + written[b] * B (base
+    # = b + B). A row writes its interpolant to its next slot at every output pass, inside or
+    # not: a slot not reached yet is written again when it is, and one never reached (or the
+    # last) is filled by _assemble.
     times = torch.nn.functional.pad(tgrid, (0, 0, 0, 1), value=direction * math.inf).view(-1)
     base = torch.arange(batch, 2 * batch, device=dev)
-    # each row's output times after the first, increasing (negated backwards): how many a
-    # step passed is one searchsorted, so the pass knows how many outputs to store before it
-    # reads anything
-    grid = (tgrid[1:] if direction > 0 else -tgrid[1:]).detach().t().contiguous()
+    # each row's output times between the first and the last, increasing (negated
+    # backwards): how many a step passed is one searchsorted, so the pass knows how many
+    # outputs to store before it reads anything (none to store with two output times)
+    grid = (tgrid[1:-1] if direction > 0 else -tgrid[1:-1]).detach().t().contiguous()
+    inner = grid.shape[1] > 0
     events = as_events(event)
     check = (EventCheck(events, f, t, y0, dense, compact)
              if events else None)
@@ -244,15 +246,20 @@ def integrate_per_sample(
             hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
         # the pass's one host read: failed rows, rows that may fire an event, rows that
         # reached their end, the most outputs one step passed, accepted steps
-        passed = _outputs_passed(grid_w, stop_t, direction)
-        ahead = passed - out_w
-        flags = [trouble.sum(), ended.sum(), ahead.amax()]
+        passed, ahead = out_w, None
+        flags = [trouble.sum(), ended.sum()]
+        if inner:
+            passed = _outputs_passed(grid_w, stop_t, direction)
+            ahead = passed - out_w
+            flags.append(ahead.amax())
         if cand is not None:
             flags.append(cand.sum())
         if want_acc:
             flags.append(acc.sum())
         got = torch.stack(flags).tolist()
-        n_trouble, n_ended, n_ahead = got[0], got[1], got[2]
+        n_trouble, n_ended = got[0], got[1]
+        n_ahead = got[2] if inner else 0
+        n_cand = got[2 + inner] if cand is not None else 0
         empty = dead
         halted = None
         if n_trouble:  # such a row stops; its state stays at its last value
@@ -261,17 +268,21 @@ def integrate_per_sample(
             code = int(Status.MAX_STEPS) if passes > max_steps else torch.where(
                 under, int(Status.DT_UNDERFLOW), int(Status.NONFINITE))
             status = put(status, torch.where(trouble, code, take(status)))
-        if check is not None and cand is not None and got[3]:
+        if check is not None and cand is not None and n_cand:
             stop_t, y_new, event_here, extra = check.resolve(rows, acc, cand, tw, signed, yw, hk,
-                                                             t_new, stop_t, y_new, got[3])
+                                                             t_new, stop_t, y_new, n_cand)
             if extra is not None:  # evaluations of f the event's gradient took
                 extra_nfe = put(extra_nfe, take(extra_nfe) + extra)
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
             ended = ended | event_here
-            passed = _outputs_passed(grid_w, stop_t, direction)
-            ahead = passed - out_w
-            n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
+            if inner:
+                passed = _outputs_passed(grid_w, stop_t, direction)
+                ahead = passed - out_w
+                n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
+            else:
+                n_ended = int(ended.sum())
         if n_ahead:
+            assert ahead is not None
             if slot is None:
                 slot = torch.add(base_w, out_w, alpha=batch)
             ys = _store_outputs(ys, times, batch, slot, ahead, n_ahead, t_new, tw, signed, yw,
