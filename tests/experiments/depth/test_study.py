@@ -281,3 +281,22 @@ def test_the_committed_fashion_study_verdict_follows_from_its_rows() -> None:
     assert f"{v['continuous_minus_discrete_points']:.2f} points above** the learned CNN" in doc
     assert f"Learning t1 gains **{v['learned_t1_minus_fixed_t1_points']:.2f} points**" in doc
     assert v["goal_met"] is False and "so it is **not met** (`goal_met: false`)" in doc
+
+
+def test_a_resumed_study_finishes_its_members_in_flight_before_it_starts_new_ones(tmp_path) -> None:
+    from infdepth.experiments._common import RunContext
+    from infdepth.experiments.depth.study_config import Config
+
+    cfg = Config(dataset="digits", epochs=2, seeds=(0, 1), fixed_depths=(1, 2), recipes=("zero-init",),
+                 search=True)
+    tasks = [(0, "images", {}), (1, "images", {}), (1, "images", {"fixed_depth": 2}),
+             (0, "images", {"recipe": "zero-init"}), (1, "images", {"recipe": "zero-init"}),
+             (0, "ode", {"learn_t1": True}), (0, "search", {"worker": 0}), (1, "search", {"worker": 0})]
+    for folder in ("zero-init-s0", "learned-s0", "search-sha-s0/depth1", "odenet-t1-s0/odenet"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "learned-s0" / "study_row.json").write_text("{}")  # finished: not in flight
+    (tmp_path / "learned-s1").mkdir()  # started, no checkpoint yet: starts again, in its turn
+    resumed = study_module._schedule(cfg, RunContext(out=tmp_path, resume=True), tasks)
+    assert resumed == [tasks[3], tasks[5], tasks[6], tasks[0], tasks[1], tasks[2], tasks[4], tasks[7]]
+    assert study_module._schedule(cfg, RunContext(out=tmp_path), tasks) == tasks  # a new study: as given

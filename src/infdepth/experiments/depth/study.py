@@ -32,6 +32,8 @@ from infdepth.io import read_jsonl, write_json
 from infdepth.runfolder import open_run
 from infdepth.train import CHECKPOINT
 
+Task = tuple[int, str, dict[str, Any]]  # (seed, "images", "ode" or "search", the member's settings)
+
 
 def _command(argv: list[str]) -> str:
     return "infdepth " + " ".join(shlex.quote(a) for a in argv)
@@ -76,10 +78,40 @@ def _finished(ctx: RunContext, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _contender(member: images.Config, recipe: str | None) -> str:
+    """A CNN member's contender name: its recipe (``paper`` aside) or its label (``learned``, ``fixed2``)."""
+    return recipe if recipe and recipe != "paper" else member.label
+
+
+def _member_name(cfg: Config, task: Task) -> str:
+    """The folder of ``task``'s member under the study's ``--out``."""
+    seed, kind, settings = task
+    if kind == "search":
+        return _search_name(seed)
+    if kind == "ode":
+        return f"odenet{'-t1' if settings['learn_t1'] else ''}-s{seed}"
+    return f"{_contender(_images_member(cfg, seed, **settings)[0], settings.get('recipe'))}-s{seed}"
+
+
+def _schedule(cfg: Config, ctx: RunContext, tasks: list[Task]) -> list[Task]:
+    """``tasks`` with the members in flight first (on ``--resume``), else in their order.
+
+    A member is in flight when it has a checkpoint (a search: any trial's) and no row yet:
+    a resumed study finishes what it started before it starts anything new, so a study
+    whose seed list grew does not leave a member half trained behind the new seed's.
+    """
+    def in_flight(task: Task) -> bool:
+        folder = ctx.out / _member_name(cfg, task)
+        return (ctx.resume and not (folder / "study_row.json").is_file()
+                and next(folder.rglob(CHECKPOINT), None) is not None)
+
+    return sorted(tasks, key=lambda task: not in_flight(task))  # stable: the order otherwise
+
+
 def _images_row(cfg: Config, ctx: RunContext, seed: int, data: ImageData, **depth: Any) -> dict[str, Any]:
     member, argv = _images_member(cfg, seed, **depth)
     recipe = depth.get("recipe")
-    contender = recipe if recipe and recipe != "paper" else member.label
+    contender = _contender(member, recipe)
     name = f"{contender}-s{seed}"
     done = _finished(ctx, name)
     if done is not None:
@@ -103,7 +135,7 @@ def _ode_config(cfg: Config, seed: int, learn_t1: bool) -> Any:
 def _ode_row(cfg: Config, ctx: RunContext, seed: int, learn_t1: bool) -> dict[str, Any]:
     from infdepth.experiments.ode import params
 
-    name = f"odenet{'-t1' if learn_t1 else ''}-s{seed}"
+    name = _member_name(cfg, (seed, "ode", {"learn_t1": learn_t1}))
     done = _finished(ctx, name)
     if done is not None:
         return done
@@ -160,9 +192,6 @@ def _search_row(cfg: Config, ctx: RunContext, seed: int) -> dict[str, Any]:
     if ctx.is_main:
         write_json(ctx.out / name / "study_row.json", row)
     return row
-
-
-Task = tuple[int, str, dict[str, Any]]  # (seed, "images", "ode" or "search", the member's settings)
 
 
 def _task_key(task: Task) -> str:
@@ -244,6 +273,7 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
                 _open_search(cfg, ctx, seed, resume=ctx.resume)
         workers = 1 if ctx.dist.enabled else cfg.jobs
         tasks += [(seed, "search", {"worker": k}) for seed in cfg.seeds for k in range(workers)]
+    tasks = _schedule(cfg, ctx, tasks)
     done.update(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
     later = [t for seed in cfg.seeds for t in rounded(seed) if _task_key(t) not in done]
     done.update(zip(map(_task_key, later), _train(cfg, ctx, later, data)))
