@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from infdepth.ode._interp import dense_eval
+from infdepth.ode._per_sample_step import dense_per_sample
 
 
 def bisect_left(keys: list[float], x: float, lo: int = 0) -> int:
@@ -177,3 +178,78 @@ def output_groups(grid: OutputGrid, lo: int) -> tuple[list[float], list[Group]]:
         groups.append((j, j_end))
         j = j_end
     return keys, groups
+
+
+PENDING_STEPS = 16
+"""Steps with outputs inside that the per-sample loop gathers before storing them all at once
+(:class:`SampleOutputs`), fewer where their stages would pass :data:`PENDING_BYTES`."""
+
+PENDING_BYTES = 16 * 2**20
+
+
+class SampleOutputs:
+    """The per-sample loop's outputs: ``ys`` ``((T + 1) * B, ...)``, sample ``b``'s output
+    ``j`` at slot ``j * B + b``; the block ``T`` takes the writes that store nothing.
+
+    The steps that passed output times are kept (their start, size, state, stages, end) and
+    evaluated together every :data:`PENDING_STEPS` of them, at a compaction and at the end
+    (:meth:`flush`): one dense output and one ``index_copy`` for all of them instead of one
+    per pass. A row's slots are written once each (by the step that passed them), so the
+    order of the writes does not matter; rows that store nothing in a round write to their
+    own slot of block ``T``, which is discarded.
+    """
+
+    def __init__(self, ys: torch.Tensor, times: torch.Tensor, batch: int, n_out: int,
+                 dense: torch.Tensor) -> None:
+        """``times`` the output times by slot (block ``T`` at infinity); ``dense`` the
+        solver's dense-output matrix."""
+        self.ys, self.times, self.batch, self.n_out, self.dense = ys, times, batch, n_out, dense
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+        self.most = 0  # the most outputs one pending step passed
+
+    def add(self, base: torch.Tensor, written: torch.Tensor, ahead: torch.Tensor, n_ahead: int,
+            t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: torch.Tensor,
+            y_end: torch.Tensor, t_end: torch.Tensor) -> None:
+        """Rows ``base - B`` of the batch; ``written`` outputs of each stored before its step
+        from ``t`` of size ``h`` (nonzero: a row that took no step has any other) from state
+        ``y`` with scaled stages ``hk`` ``(R, n, F)`` (kept: not written afterwards), ending at
+        ``t_end`` (NaN: not at an output) with state ``y_end``, passed ``ahead`` more output
+        times (``n_ahead`` the most of any row)."""
+        if self.pending and self.pending[0][6].shape[0] != hk.shape[0]:
+            self.flush()  # DOP853: steps with and without the dense output's stages
+        self.pending.append((base, written, ahead, t, h, y, hk, y_end, t_end))
+        self.most = max(self.most, n_ahead)
+        if len(self.pending) >= max(1, min(PENDING_STEPS, PENDING_BYTES // max(
+                hk.numel() * hk.element_size(), 1))):
+            self.flush()
+
+    def flush(self) -> None:
+        """Store the pending steps' outputs."""
+        if not self.pending:
+            return
+        if len(self.pending) == 1:
+            base, written, ahead, t, h, y, hk, y_end, t_end = self.pending[0]
+        else:
+            parts = list(zip(*self.pending, strict=True))
+            base, written, ahead, t, h, y, y_end, t_end = (
+                torch.cat(parts[i]) for i in (0, 1, 2, 3, 4, 5, 7, 8))
+            hk = torch.cat(parts[6], 1)
+        batch = self.batch
+        slot = torch.add(base, written, alpha=batch)
+        discard = base + (self.n_out - 1) * batch  # row b's slot of block T
+        ys = self.ys
+        for i in range(self.most):
+            stores = ahead > i
+            tq = self.times.take(slot)
+            if hk.shape[0] < self.dense.shape[0]:  # only step ends: no dense stages computed
+                val = y_end
+            else:
+                theta = ((tq - t) / h).clamp(0.0, 1.0)
+                at_end = (tq == t_end).view(-1, *([1] * (y.ndim - 1)))
+                val = torch.where(at_end, y_end, dense_per_sample(theta, y, hk, self.dense))
+            target = torch.where(stores, slot, discard)
+            ys = ys.index_copy(0, target, val) if ys.requires_grad or val.requires_grad else (
+                ys.index_copy_(0, target, val))
+            if i + 1 < self.most:
+                slot = torch.add(slot, stores, alpha=batch)
+        self.ys, self.pending, self.most = ys, [], 0

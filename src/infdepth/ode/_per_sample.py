@@ -32,13 +32,13 @@ import torch.utils.checkpoint
 from infdepth.ode._controller import PIController
 from infdepth.ode._event_check import EventCheck
 from infdepth.ode._events import EventSpec, as_events
+from infdepth.ode._outputs import SampleOutputs
 from infdepth.ode._per_sample_step import (
     PerSampleSteps,
     RowNorm,
     StageBuffer,
     StagePlan,
     _rows,
-    dense_per_sample,
     dense_stages_per_sample,
     rms_rows,
     step_per_sample,
@@ -147,9 +147,9 @@ def integrate_per_sample(
     # last output time (+-inf), are discarded. Output 0 is y0 and the last one is filled by
     # _assemble (with the state where the sample stopped: its end, or its event); `written[b]`
     # counts the others sample b passed, so its next slot is base[b] + written[b] * B (base
-    # = b + B). A row writes its interpolant to its next slot at every output pass, inside or
-    # not: a slot not reached yet is written again when it is, and one never reached (or the
-    # last) is filled by _assemble.
+    # = b + B). The steps that passed output times are kept and their outputs stored a few
+    # steps at a time (SampleOutputs); a slot never reached (or the last) is filled by
+    # _assemble.
     times = torch.nn.functional.pad(tgrid, (0, 0, 0, 1), value=direction * math.inf).view(-1)
     base = torch.arange(batch, 2 * batch, device=dev)
     # each row's output times between the first and the last, increasing (negated
@@ -160,7 +160,8 @@ def integrate_per_sample(
     events = as_events(event)
     check = (EventCheck(events, f, t, y0, dense, compact)
              if events else None)
-    ys = torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])])
+    outputs = SampleOutputs(torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])]),
+                            times, batch, n_out, dense)
     records: list[Record] = []
     n_dense = len(solver.tableau.dense_c)
     buffer = StageBuffer()
@@ -185,6 +186,7 @@ def integrate_per_sample(
 
     while n_running:
         if compact and (n_set - n_running) * COMPACT_AT >= n_set > n_running:
+            outputs.flush()  # its steps are rows of this working set
             if rows is not None:
                 write_back()
             rows = (~done).nonzero().squeeze(1)
@@ -231,14 +233,13 @@ def integrate_per_sample(
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
         ended = acc & last
-        slot = None  # the rows' next output slots, made when used
         cand = event_here = None
         if check is not None:  # the event functions sampled inside the steps
             cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
-            slot = torch.add(base_w, out_w, alpha=batch)
-            need = acc & (direction * (t_new - times.take(slot)) > 0)
+            next_t = times.take(torch.add(base_w, out_w, alpha=batch))  # next output time
+            need = acc & (direction * (t_new - next_t) > 0)
             if cand is not None:
                 need = need | cand
             if keep_dense:
@@ -281,12 +282,14 @@ def integrate_per_sample(
                 n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
             else:
                 n_ended = int(ended.sum())
-        if n_ahead:
+        if n_ahead:  # the step's outputs, stored with those of later steps
             assert ahead is not None
-            if slot is None:
-                slot = torch.add(base_w, out_w, alpha=batch)
-            ys = _store_outputs(ys, times, batch, slot, ahead, n_ahead, t_new, tw, signed, yw,
-                                y1, hk, dense, event_here, empty if grad else None)
+            size = signed  # a row that took no step stores nothing: any size but a finite one
+            if grad and empty is not None:  # ... for autograd
+                size = torch.where(empty, 1.0, signed)
+            outputs.add(base_w, out_w, ahead, n_ahead, tw, size, yw,
+                        hk if grad or hk.shape[0] > solver.stages else hk.clone(), y_new,
+                        t_new if event_here is None else t_new.masked_fill(event_here, math.nan))
         if want_acc and got[-1]:
             sel = acc.nonzero().squeeze(1)
             rec = Record(sel if rows is None else rows[sel], tw[sel], signed[sel], yw[sel],
@@ -315,9 +318,10 @@ def integrate_per_sample(
             n_failed += n_trouble
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
+    outputs.flush()
     if rows is not None:
         write_back()
-    ys = _assemble(ys, y, status if n_failed else None, written, n_out, batch)
+    ys = _assemble(outputs.ys, y, status if n_failed else None, written, n_out, batch)
     nfe = torch.add(extra_nfe, steps, alpha=solver.stages - 1).add_(
         2 if ctrl.dt0 is None else 1)
     if check is None:
@@ -359,35 +363,6 @@ def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: b
 def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
     """``counter`` (never differentiated) plus ``add`` at ``rows``, in place."""
     return counter.add_(add) if rows is None else counter.index_add_(0, rows, add.long())
-
-
-def _store_outputs(
-    ys: torch.Tensor, times: torch.Tensor, batch: int, slot: torch.Tensor, ahead: torch.Tensor,
-    n_ahead: int, t_new: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
-    y1: torch.Tensor, hk: torch.Tensor, dense: torch.Tensor, event_here: torch.Tensor | None,
-    empty_steps: torch.Tensor | None,
-) -> torch.Tensor:
-    """Store the ``ahead[b]`` outputs inside (or at the end of) row ``b``'s accepted step, up
-    to where it stopped (``n_ahead`` the most of any row); ``slot[b]`` is its next output
-    slot (``times`` flattened by slot); ``empty_steps`` marks rows that took no step (``h =
-    0``), whose values are then kept finite for autograd (``None`` without autograd: such a
-    row's slot is one it never reaches, filled by ``_assemble``, or past the last output)."""
-    safe_h = None
-    for i in range(n_ahead):
-        tq = times.take(slot)
-        if hk.shape[0] < dense.shape[0]:  # only step ends: no dense stages computed
-            val = y1
-        else:
-            at_end = tq == t_new if event_here is None else (tq == t_new) & ~event_here
-            if safe_h is None:  # finished rows of a masked pass take empty steps
-                safe_h = h if empty_steps is None else torch.where(empty_steps, 1.0, h)
-            theta = ((tq - t) / safe_h).clamp(0.0, 1.0)
-            val = torch.where(_rows(at_end, y1), y1, dense_per_sample(theta, y, hk, dense))
-        ys = ys.index_copy(0, slot, val) if ys.requires_grad or val.requires_grad else (
-            ys.index_copy_(0, slot, val))
-        if i + 1 < n_ahead:
-            slot = torch.add(slot, ahead > i, alpha=batch)
-    return ys
 
 
 def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
