@@ -15,6 +15,9 @@ Cases (float64, one thread, contenders interleaved, bench/_harness.py):
 * ``explicit_on_stiff``: Dopri5 on the same problems over a short span (NFE and time), to show
   why the stiff solver exists.
 * ``dopri8``: Dopri8 against Dopri5 and torchdiffeq's dopri8 on the two-body problem at 1e-10.
+* ``errors``: no timing: the error table of KenCarp4, Kvaerno5, TRBDF2, Radau and BDF on the three
+  problems at rtol 1e-6 and 1e-8 (errors, steps, NFE, Jacobians), and the tolerance ours needs
+  for Radau's error (``--cases errors --quick`` runs it alone, on a busy machine too).
 
     python bench/bench_stiff.py [--quick] [--batch 1024] [--repeats 5] [--threads 1]
 """
@@ -29,7 +32,15 @@ import torch
 from _harness import Harness, add_arguments
 from scipy.integrate import solve_ivp
 
-from infdepth.ode import Dopri5, Dopri8, KenCarp4, Kvaerno5, PIController, RungeKutta
+from infdepth.ode import (
+    TRBDF2,
+    Dopri5,
+    Dopri8,
+    KenCarp4,
+    Kvaerno5,
+    PIController,
+    RungeKutta,
+)
 from infdepth.ode._integrate import integrate
 from infdepth.ode._odeint import _output_grid
 from infdepth.ode._stepping import Stats
@@ -110,10 +121,72 @@ def ours(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tens
     return ys, stats
 
 
+def reference(f_np: Callable, jac: Callable, y0: list[float], t: np.ndarray) -> np.ndarray:
+    """The reference solution at the output times: scipy's Radau at rtol 1e-12, atol 1e-14."""
+    return solve_ivp(f_np, (t[0], t[-1]), y0, method="Radau", t_eval=t, rtol=1e-12, atol=1e-14,
+                     jac=jac).y.T
+
+
+# the single-problem cases: field, numpy field, numpy Jacobian, y0, output times, atol / rtol
+PROBLEMS: dict[str, tuple[Callable, Callable, Callable, list[float], np.ndarray, float]] = {
+    "robertson": (robertson, robertson_np, robertson_jac, [1.0, 0.0, 0.0],
+                  np.concatenate([[0.0], np.logspace(-5, 5, 11)]), 1e-4),
+    "vdp_mu1000": (vdp, vdp_np, vdp_jac, [2.0, 0.0], np.linspace(0, 3000, 7), 1.0),
+    "hires": (hires, hires_np, hires_jac, [1.0, 0, 0, 0, 0, 0, 0, 0.0057],
+              np.array([0.0, 5.0, 10.0, 50.0, 100.0, 321.8122]), 1e-2),
+}
+
+
+def case_errors(h: Harness, rtols: tuple[float, ...] = (1e-6, 1e-8)) -> None:
+    """Errors only (deterministic, no timing): each problem, solver and tolerance.
+
+    One line per run: the largest error over the outputs and the one at the end time, in
+    units of the tolerance (``atol + rtol |y_ref|``), steps (accepted + rejected), NFE and
+    Jacobians. Then ours at ``rtol / K`` against Radau at ``rtol`` (work-precision), errors in
+    units of ``rtol``'s tolerance.
+    """
+    ours_solvers: dict[str, RungeKutta] = {"KenCarp4": KenCarp4(), "Kvaerno5": Kvaerno5(),
+                                           "TRBDF2": TRBDF2()}
+    h.note("problem rtol solver: error/tol max over outputs | at the end, steps, nfe, jacobians")
+    for name, (f, f_np, jac, y0, t, atol_per_rtol) in PROBLEMS.items():
+        ref = reference(f_np, jac, y0, t)
+        for rtol in rtols:
+            atol = rtol * atol_per_rtol
+            unit = atol + rtol * np.abs(ref)
+            err: dict[str, float] = {}
+            for key, solver in ours_solvers.items():
+                if key == "TRBDF2" and rtol < 1e-7:  # order 2: tens of thousands of steps
+                    continue
+                ys, st = ours(f, torch.tensor(y0, dtype=D), t, solver, rtol, atol)
+                scaled = np.abs(ys.numpy() - ref) / unit
+                err[key] = float(scaled.max())
+                h.note(f"{name} {rtol:.0e} {key}: {err[key]:.3g} | {scaled[-1].max():.3g}, "
+                       f"steps {st.accepted}+{st.rejected}, nfe {st.nfe}, jac {st.jacobians}")
+            for method in ("Radau", "BDF"):
+                sol = solve_ivp(f_np, (t[0], t[-1]), y0, method=method, t_eval=t, rtol=rtol,
+                                atol=atol, jac=jac)
+                steps = len(solve_ivp(f_np, (t[0], t[-1]), y0, method=method, rtol=rtol,
+                                      atol=atol, jac=jac).t) - 1
+                scaled = np.abs(sol.y.T - ref) / unit
+                err[method] = float(scaled.max())
+                h.note(f"{name} {rtol:.0e} {method}: {err[method]:.3g} | {scaled[-1].max():.3g}, "
+                       f"steps {steps}, nfe {sol.nfev}, jac {sol.njev}")
+            for key in ("KenCarp4", "Kvaerno5"):
+                h.ratio(f"{name}_{rtol:.0e}_{key.lower()}_error_vs_radau",
+                        err[key] / err["Radau"], goal=("<=", 1.0))
+            if rtol == rtols[0]:  # work-precision: the tolerance ours needs for Radau's error
+                for key in ("KenCarp4", "Kvaerno5"):
+                    for k in (10.0, 100.0):
+                        ys, st = ours(f, torch.tensor(y0, dtype=D), t, ours_solvers[key],
+                                      rtol / k, atol / k)
+                        worst = float((np.abs(ys.numpy() - ref) / unit).max())
+                        h.note(f"{name} {key} at rtol/{k:g}: {worst:.3g} in rtol {rtol:.0e}'s "
+                               f"units, nfe {st.nfe} (Radau at rtol: {err['Radau']:.3g})")
+
+
 def case_single(h: Harness, name: str, f: Callable, f_np: Callable, jac: Callable,
                 y0: list[float], t: np.ndarray, rtol: float, atol: float) -> None:
-    ref = solve_ivp(f_np, (t[0], t[-1]), y0, method="Radau", t_eval=t, rtol=1e-12,
-                    atol=atol * 1e-4, jac=jac).y.T
+    ref = reference(f_np, jac, y0, t)
     y0_t = torch.tensor(y0, dtype=D)
     results: dict[str, tuple[np.ndarray, str]] = {}
 
@@ -235,8 +308,8 @@ def main() -> None:
     add_arguments(parser, repeats=5, quick=1)
     parser.add_argument("--batch", type=int, default=1024,
                         help="problems in the batched Robertson case (default 1024)")
-    parser.add_argument("--cases", default="robertson,vdp,hires,batch,explicit,dopri8",
-                        help="comma list of cases to run")
+    parser.add_argument("--cases", default="robertson,vdp,hires,batch,explicit,dopri8,errors",
+                        help="comma list of cases to run (errors: the error table, no timing)")
     args = parser.parse_args()
     h = Harness(args, "stiff solvers against scipy; Dopri8 against Dopri5 (issue 27)")
     cases = set(args.cases.split(","))
@@ -255,6 +328,8 @@ def main() -> None:
         case_explicit_on_stiff(h)
     if "dopri8" in cases:
         case_dopri8(h)
+    if "errors" in cases:
+        case_errors(h)
     h.finish()
 
 
