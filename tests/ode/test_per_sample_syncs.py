@@ -27,8 +27,9 @@ from infdepth.ode import Event, solve
 
 F64 = torch.float64
 PER_SOLVE = 1  # reads outside the loop: the input checks of y0 and t, one stacked read
-SETUP_OPS = 95  # aten operations before the first step of a bouncing ball's solve (issue 26;
-# 91 measured, about 14 of them the stage plan, built from the tableau for every solve)
+SETUP_OPS = 88  # aten operations before the first step of a bouncing ball's solve (issue 26;
+# 84 measured with a (T, B) grid, 86 with a (T,) one; 91 and 93 before the stage plan's
+# rows became one view each; about 8 of them the stage plan, built for every solve)
 
 
 @dataclass
@@ -212,3 +213,56 @@ def test_a_solve_under_inference_mode_leaves_nothing_for_a_later_gradient() -> N
                 atol=1e-10)
     (grad,) = torch.autograd.grad(sol.event_t.sum(), h)
     assert torch.allclose(grad, 1 / (2 * 9.81 * h.detach()).sqrt(), rtol=1e-6)
+
+
+LOOP_OPS_PER_PASS = 67  # aten operations per pass of the masked loop besides f's (Dopri5,
+# 64 Van der Pol oscillators, 13 output times): 64.1 measured (issue 26; 89.2 before the
+# outputs were stored 16 steps at a time, the last one filled at the end, and the stage
+# states written into buffers kept between passes)
+BOUNCE_OPS = 672  # one solve of one falling ball to its event: 666 measured (743 before)
+ROOT_OPS = 150  # of which the root finding (EventCheck.resolve): 147 measured (159 before)
+
+
+def test_operations_per_pass_and_per_bounce(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's cost that does not depend on the load: aten operations per pass (besides
+    ``f``'s) and per bounce (one solve to the event, its root finding apart), pinned so that
+    a change that adds bookkeeping to every pass fails here."""
+    mu, y0, t = _problem()
+    field_ops = [0]
+    syncs_ref: list[Syncs] = []
+
+    def f(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        before = syncs_ref[0].ops
+        out = vdp(mu)(t, y)
+        field_ops[0] += syncs_ref[0].ops - before
+        return out
+
+    with torch.no_grad(), counted(monkeypatch) as syncs:
+        syncs_ref.append(syncs)
+        solve(f, y0, t, rtol=1e-6, atol=1e-6, compact=False, dense=False)
+    assert syncs.at_first_pass is not None and syncs.at_loop_end is not None
+    calls_in_loop = 6 * syncs.passes  # Dopri5: six evaluations per step (FSAL)
+    per_call = field_ops[0] / (calls_in_loop + 2)  # + the first step's two
+    loop = syncs.at_loop_end[1] - syncs.at_first_pass[1] - per_call * calls_in_loop
+    assert loop / syncs.passes <= LOOP_OPS_PER_PASS, loop / syncs.passes
+
+    ball, event = _bounce_field(), Event(lambda t, y: y[:, 0], direction=-1, tol=1e-10)
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    t = torch.tensor([0.0, 10.0], dtype=F64)
+    resolve = per_sample.EventCheck.resolve
+    root = [0]
+
+    def counted_resolve(self: object, *args: object, **kwargs: object) -> object:
+        before = syncs_ref[-1].ops
+        out = resolve(self, *args, **kwargs)  # type: ignore[arg-type]
+        root[0] += syncs_ref[-1].ops - before
+        return out
+
+    with torch.no_grad():
+        solve(ball, y0, t, event=event, rtol=1e-8, atol=1e-10, dense=False)  # warm
+        monkeypatch.setattr(per_sample.EventCheck, "resolve", counted_resolve)
+        with counted(monkeypatch) as syncs:
+            syncs_ref.append(syncs)
+            sol = solve(ball, y0, t, event=event, rtol=1e-8, atol=1e-10, dense=False)
+    assert sol.status.tolist() == [1] and syncs.passes == 4
+    assert syncs.ops <= BOUNCE_OPS and 0 < root[0] <= ROOT_OPS, (syncs.ops, root[0])

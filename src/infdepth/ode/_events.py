@@ -184,8 +184,7 @@ def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: 
         lo, hi, glo, ghi = lo.to(dt), hi.to(dt), glo.to(dt), ghi.to(dt)
         width = event.tol / h.abs()
         half = 0.5 * width
-        before = torch.sign(glo).repeat(2)
-        t2, h2 = t.repeat(2), h.repeat(2)
+        before = torch.sign(glo)
         y2, hk2 = torch.cat([y, y]), torch.cat([hk, hk], 1)
         side = torch.zeros_like(t)  # -1: the last move was lo's, +1: hi's
         open_ = (hi - lo > width) & (ghi != 0)
@@ -197,10 +196,11 @@ def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: 
             inside = (nxt > low) & (nxt < high)  # False for NaN
             secant = (lo * ghi - hi * glo) / (ghi - glo)
             c = torch.where(inside, nxt, secant.clamp(low, high))
-            p = torch.cat([c - half, c + half])
-            g = event.value(t2 + p * h2, dense_per_sample(p, y2, hk2, dense)).detach().to(dt)
+            p = torch.stack([c - half, c + half])  # (2, k): both points of every step
+            g = event.value((t + p * h).view(-1), dense_per_sample(p.view(-1), y2, hk2, dense))
+            g = (g.detach() if g.requires_grad else g).to(dt).view(2, k)
             after = g * before <= 0
-            a1, a2, g1, g2, p1, p2 = after[:k], after[k:], g[:k], g[k:], p[:k], p[k:]
+            (a1, a2), (g1, g2), (p1, p2) = after.unbind(), g.unbind(), p.unbind()
             pair = open_ & a2 & ~a1  # the root lies between p1 and p2: done
             if bool((pair | ~open_).all()):  # the usual end: every open guess was within tol/2
                 lo, hi = torch.where(pair, p1, lo), torch.where(pair, p2, hi)
@@ -223,7 +223,7 @@ def locate(event: Event, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, hk: 
         denom = ghi - glo
         theta = torch.where(denom != 0, (lo * ghi - hi * glo) / denom, hi)
         theta = torch.where(ghi == 0, hi, theta)
-        return torch.minimum(torch.maximum(theta, lo), hi).clamp(0.0, 1.0)
+        return torch.clamp(theta, lo, hi).clamp(0.0, 1.0)
 
 
 GRID = 64
@@ -279,9 +279,9 @@ def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor | N
     values = torch.bmm(g.unsqueeze(1), basis[local]).squeeze(1)  # (k, GRID + 1)
     after = values * values[:, :1].sign() <= 0
     q = after.to(torch.uint8).argmax(1).clamp_(min=1)  # the first grid point past the root
-    ends = values.gather(1, torch.stack([q - 1, q], 1))
+    end0, end1 = values.gather(1, torch.stack([q - 1, q], 1)).unbind(1)
     a = local.to(g.dtype)
-    u = a + (q.to(g.dtype) - ends[:, 1] / (ends[:, 1] - ends[:, 0])) / GRID
+    u = a + (q.to(g.dtype) - end1 / (end1 - end0)) / GRID
     coef, slope_coef = g @ fit, g @ slope_fit  # (k, w), (k, w - 1)
     b = a + 1
     for _ in range(newton):
