@@ -27,9 +27,10 @@ from infdepth.ode import Event, solve
 
 F64 = torch.float64
 PER_SOLVE = 1  # reads outside the loop: the input checks of y0 and t, one stacked read
-SETUP_OPS = 88  # aten operations before the first step of a bouncing ball's solve (issue 26;
-# 84 measured with a (T, B) grid, 86 with a (T,) one; 91 and 93 before the stage plan's
-# rows became one view each; about 8 of them the stage plan, built for every solve)
+SETUP_OPS = 82  # aten operations before the first step of a bouncing ball's solve (issue 26;
+# 78 measured with a (T,) grid; 93 before the stage plan's rows became one view each and
+# two output times stopped needing an output grid; about 8 of them the stage plan, built
+# for every solve)
 
 
 @dataclass
@@ -219,7 +220,7 @@ LOOP_OPS_PER_PASS = 67  # aten operations per pass of the masked loop besides f'
 # 64 Van der Pol oscillators, 13 output times): 64.1 measured (issue 26; 89.2 before the
 # outputs were stored 16 steps at a time, the last one filled at the end, and the stage
 # states written into buffers kept between passes)
-BOUNCE_OPS = 672  # one solve of one falling ball to its event: 666 measured (743 before)
+BOUNCE_OPS = 656  # one solve of one falling ball to its event: 650 measured (743 before)
 ROOT_OPS = 150  # of which the root finding (EventCheck.resolve): 147 measured (159 before)
 
 

@@ -150,18 +150,21 @@ def integrate_per_sample(
     # = b + B). The steps that passed output times are kept and their outputs stored a few
     # steps at a time (SampleOutputs); a slot never reached (or the last) is filled by
     # _assemble.
-    times = torch.nn.functional.pad(tgrid, (0, 0, 0, 1), value=direction * math.inf).view(-1)
-    base = torch.arange(batch, 2 * batch, device=dev)
-    # each row's output times between the first and the last, increasing (negated
-    # backwards): how many a step passed is one searchsorted, so the pass knows how many
-    # outputs to store before it reads anything (none to store with two output times)
-    grid = (tgrid[1:-1] if direction > 0 else -tgrid[1:-1]).detach().t().contiguous()
-    inner = grid.shape[1] > 0
+    inner = n_out > 2  # with two output times there is none to store in the loop
+    times = base = grid = outputs = None
+    if inner:
+        times = torch.nn.functional.pad(tgrid, (0, 0, 0, 1), value=direction * math.inf
+                                        ).view(-1)
+        base = torch.arange(batch, 2 * batch, device=dev)
+        # each row's output times between the first and the last, increasing (negated
+        # backwards): how many a step passed is one searchsorted, so the pass knows how
+        # many outputs to store before it reads anything
+        grid = (tgrid[1:-1] if direction > 0 else -tgrid[1:-1]).detach().t().contiguous()
+        outputs = SampleOutputs(torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])]),
+                                times, batch, n_out, dense)
     events = as_events(event)
     check = (EventCheck(events, f, t, y0, dense, compact)
              if events else None)
-    outputs = SampleOutputs(torch.cat([y0, y0.new_zeros(n_out * batch, *y0.shape[1:])]),
-                            times, batch, n_out, dense)
     records: list[Record] = []
     n_dense = len(solver.tableau.dense_c)
     buffer = StageBuffer()
@@ -186,15 +189,18 @@ def integrate_per_sample(
 
     while n_running:
         if compact and (n_set - n_running) * COMPACT_AT >= n_set > n_running:
-            outputs.flush()  # its steps are rows of this working set
+            if outputs is not None:
+                outputs.flush()  # its steps are rows of this working set
             if rows is not None:
                 write_back()
             rows = (~done).nonzero().squeeze(1)
             n_set = n_running
-            grid_w, end_w, tw, hw, yw, kw, out_w, steps_w, acc_w = (
+            end_w, tw, hw, yw, kw, out_w, steps_w, acc_w = (
                 x.index_select(0, rows) for x in (
-                    grid, t_end, t, h, y, k1, written, steps, accepted))
-            base_w = rows + batch
+                    t_end, t, h, y, k1, written, steps, accepted))
+            if inner:
+                assert grid is not None
+                grid_w, base_w = grid.index_select(0, rows), rows + batch
             done_w = torch.zeros_like(rows, dtype=torch.bool)  # the rows still running
             if control.pi:
                 prev_w = prev_r.index_select(0, rows)
@@ -238,8 +244,11 @@ def integrate_per_sample(
             cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
-            next_t = times.take(torch.add(base_w, out_w, alpha=batch))  # next output time
-            need = acc & (direction * (t_new - next_t) > 0)
+            need = torch.zeros_like(acc)  # no output inside a step (but the last: an end)
+            if inner:
+                assert times is not None and base_w is not None
+                next_t = times.take(torch.add(base_w, out_w, alpha=batch))  # next output
+                need = acc & (direction * (t_new - next_t) > 0)
             if cand is not None:
                 need = need | cand
             if keep_dense:
@@ -250,6 +259,7 @@ def integrate_per_sample(
         passed, ahead = out_w, None
         flags = [trouble.sum(), ended.sum()]
         if inner:
+            assert grid_w is not None
             passed = _outputs_passed(grid_w, stop_t, direction)
             ahead = passed - out_w
             flags.append(ahead.amax())
@@ -277,13 +287,14 @@ def integrate_per_sample(
             status = put(status, torch.where(event_here, int(Status.EVENT), take(status)))
             ended = ended | event_here
             if inner:
+                assert grid_w is not None
                 passed = _outputs_passed(grid_w, stop_t, direction)
                 ahead = passed - out_w
                 n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
             else:
                 n_ended = int(ended.sum())
         if n_ahead:  # the step's outputs, stored with those of later steps
-            assert ahead is not None
+            assert ahead is not None and outputs is not None and base_w is not None
             size = signed  # a row that took no step stores nothing: any size but a finite one
             if grad and empty is not None:  # ... for autograd
                 size = torch.where(empty, 1.0, signed)
@@ -318,10 +329,12 @@ def integrate_per_sample(
             n_failed += n_trouble
         if need is not None:
             extra_nfe = _count(extra_nfe, rows, n_dense * need.long())
-    outputs.flush()
+    if outputs is not None:
+        outputs.flush()
     if rows is not None:
         write_back()
-    ys = _assemble(outputs.ys, y, status if n_failed else None, written, n_out, batch)
+    ys = _assemble(None if outputs is None else outputs.ys, y0, y, status if n_failed else None,
+                   written, n_out, batch)
     nfe = torch.add(extra_nfe, steps, alpha=solver.stages - 1).add_(
         2 if ctrl.dt0 is None else 1)
     if check is None:
@@ -380,15 +393,18 @@ def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torc
     return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])
 
 
-def _assemble(ys: torch.Tensor, y_stop: torch.Tensor, status: torch.Tensor | None,
-              written: torch.Tensor, n_out: int, batch: int) -> torch.Tensor:
-    """``(T, B, ...)`` outputs: those reached (``ys[:written[b] + 1, b]``), then a stopped
-    sample's last state (its event state), NaN for a sample that failed (``status`` None:
-    none did)."""
+def _assemble(ys: torch.Tensor | None, y0: torch.Tensor, y_stop: torch.Tensor,
+              status: torch.Tensor | None, written: torch.Tensor, n_out: int, batch: int
+              ) -> torch.Tensor:
+    """``(T, B, ...)`` outputs: those reached (``ys[:written[b] + 1, b]``; ``None``: only
+    ``y0``, two output times), then a stopped sample's last state (its event state), NaN for
+    a sample that failed (``status`` None: none did)."""
     held = y_stop
     if status is not None:
         failed = status > Status.EVENT  # MAX_STEPS, DT_UNDERFLOW, NONFINITE
         held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
+    if ys is None:
+        return torch.stack([y0, held])
     out = ys[: n_out * batch].view(n_out, *y_stop.shape)
     index = torch.arange(n_out, device=ys.device).unsqueeze(1)
     missing = (index > written.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))
