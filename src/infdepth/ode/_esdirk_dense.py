@@ -19,9 +19,10 @@ next order: the coefficients minimise the integral over ``[0, 1]`` of the square
 the order-``(q + 1)`` conditions (plus ``1e-3`` times their squared norm, which fixes
 directions no condition sees).
 
-The published interpolants for these methods are of lower order (Kennedy & Carpenter's
-ARK4(3)6L dense output is of order 3; Kvaerno's paper gives none); the cubic Hermite
-interpolant they replace is of order 3 with no stage information inside the step.
+Published interpolants for these methods are, to our knowledge, of lower order (Kennedy &
+Carpenter's dense output for ARK4(3)6L is of order 3, Kvaerno's paper gives none; neither was
+at hand to compare against); the cubic Hermite interpolant these replace is of order 3 with no
+stage information inside the step.
 
 Computed once at import from the tableau's numbers (a few small least-squares problems), and
 stored in the tableau as plain numbers.
