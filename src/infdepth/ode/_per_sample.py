@@ -218,8 +218,8 @@ def integrate_per_sample(
         # a running row attempted a step in every pass so far: passes - 1 steps
         if passes > max_steps:  # every running row attempted max_steps steps
             under = torch.ones_like(under)
-        if dead is not None:  # masked: finished rows take empty steps
-            signed = signed.masked_fill(dead, 0.0)
+        if dead is not None and n_failed:  # masked: finished rows take empty steps (those
+            signed = signed.masked_fill(dead, 0.0)  # at their end or event do: left = 0)
         if checkpoint and grad:  # keep the step's inputs, retake it in backward
             y1, hk, err, k_last = torch.utils.checkpoint.checkpoint(
                 step_per_sample, f, tw, signed, yw, kw, plan, use_reentrant=False)
@@ -293,6 +293,8 @@ def integrate_per_sample(
                 n_ended, n_ahead = torch.stack([ended.sum(), ahead.amax()]).tolist()
             else:
                 n_ended = int(ended.sum())
+            if n_ended + n_trouble < n_running:  # a next pass: the stopped rows' steps empty
+                end_w = torch.where(event_here, stop_t, end_w)
         if n_ahead:  # the step's outputs, stored with those of later steps
             assert ahead is not None and outputs is not None and base_w is not None
             size = signed  # a row that took no step stores nothing: any size but a finite one
