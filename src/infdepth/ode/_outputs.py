@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from infdepth.ode._interp import dense_eval
-from infdepth.ode._per_sample_step import dense_per_sample
+from infdepth.ode._per_sample_step import _rows, dense_per_sample
 
 
 def bisect_left(keys: list[float], x: float, lo: int = 0) -> int:
@@ -253,3 +253,30 @@ class SampleOutputs:
             if i + 1 < self.most:
                 slot = torch.add(slot, stores, alpha=batch)
         self.ys, self.pending, self.most = ys, [], 0
+
+
+def outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, direction: float) -> torch.Tensor:
+    """How many of its output times after the first each row reached at ``stop_t`` (``grid``
+    those times, increasing, ``(n, T - 1)``): less the row's count before the step, the
+    outputs its step passed (0 where no step was accepted: a row's outputs up to its time
+    ``t`` are written when it gets there)."""
+    end = stop_t.detach() if stop_t.requires_grad else stop_t
+    end = (end if direction > 0 else -end).unsqueeze(1)
+    return torch.searchsorted(grid, end, right=True).squeeze(1)
+
+
+def assemble_outputs(ys: torch.Tensor | None, y0: torch.Tensor, y_stop: torch.Tensor,
+                     failed: torch.Tensor | None, written: torch.Tensor, n_out: int, batch: int
+                     ) -> torch.Tensor:
+    """``(T, B, ...)`` outputs: those reached (``ys[:written[b] + 1, b]``; ``None``: only
+    ``y0``, two output times), then a stopped sample's last state (its event state), NaN for
+    a sample that failed (``failed``, ``(B,)``; None: none did)."""
+    held = y_stop
+    if failed is not None:
+        held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
+    if ys is None:
+        return torch.stack([y0, held])
+    out = ys[: n_out * batch].view(n_out, *y_stop.shape)
+    index = torch.arange(n_out, device=ys.device).unsqueeze(1)
+    missing = (index > written.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))
+    return torch.where(missing, held.unsqueeze(0), out)

@@ -15,8 +15,11 @@ step passed: a ``searchsorted`` of each row's grid, so the outputs are stored wi
 asking again); a pass in which an event fires reads a few more (the root finding's), and
 DOP853 one more (whether any step needs its dense stages). The controller, the failures'
 bookkeeping and the outputs are tensor operations on ``(n,)`` vectors without a branch on
-the host: about 130 aten operations per pass for Dopri5 on a 2-component field (42 of
-them the field's), pinned by ``tests/ode/test_per_sample_syncs.py``.
+the host. The outputs inside steps are stored up to 16 steps at a time
+(:class:`~infdepth.ode._outputs.SampleOutputs`), the last output time at the end (each
+sample's stopping state), and a step's stage states are written into buffers kept from
+pass to pass: about 64 aten operations per pass for Dopri5 besides the field's, pinned
+by ``tests/ode/test_per_sample_syncs.py`` (with those per bounce of a falling ball).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from infdepth.ode._controller import PIController
 from infdepth.ode._event_check import EventCheck
 from infdepth.ode._events import EventSpec, as_events
 from infdepth.ode._outputs import SampleOutputs
+from infdepth.ode._outputs import assemble_outputs as _assemble
+from infdepth.ode._outputs import outputs_passed as _outputs_passed
 from infdepth.ode._per_sample_step import (
     PerSampleSteps,
     RowNorm,
@@ -335,8 +340,8 @@ def integrate_per_sample(
         outputs.flush()
     if rows is not None:
         write_back()
-    ys = _assemble(None if outputs is None else outputs.ys, y0, y, status if n_failed else None,
-                   written, n_out, batch)
+    failed = status > Status.EVENT if n_failed else None  # MAX_STEPS, DT_UNDERFLOW, NONFINITE
+    ys = _assemble(None if outputs is None else outputs.ys, y0, y, failed, written, n_out, batch)
     nfe = torch.add(extra_nfe, steps, alpha=solver.stages - 1).add_(
         2 if ctrl.dt0 is None else 1)
     if check is None:
@@ -354,17 +359,6 @@ def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
     per solve from the tableau's numbers: a few small tensors, nothing kept between solves)."""
     tabs = solver.tensors(y0.dtype, y0.device)
     return StagePlan.of(solver, tabs, t_dtype), tabs.dense
-
-
-def _outputs_passed(grid: torch.Tensor, stop_t: torch.Tensor, direction: float
-                    ) -> torch.Tensor:
-    """How many of its output times after the first each row reached at ``stop_t`` (``grid``
-    those times, increasing, ``(n, T - 1)``): less the row's count before the step, the
-    outputs its step passed (0 where no step was accepted: a row's outputs up to its time
-    ``t`` are written when it gets there)."""
-    end = stop_t.detach() if stop_t.requires_grad else stop_t
-    end = (end if direction > 0 else -end).unsqueeze(1)
-    return torch.searchsorted(grid, end, right=True).squeeze(1)
 
 
 def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: bool
@@ -393,21 +387,3 @@ def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torc
     part = dense_stages_per_sample(f, t[sel], h[sel], y[sel], hk[:, sel], solver)
     extra = hk.new_zeros(part.shape[0] - hk.shape[0], *hk.shape[1:])
     return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])
-
-
-def _assemble(ys: torch.Tensor | None, y0: torch.Tensor, y_stop: torch.Tensor,
-              status: torch.Tensor | None, written: torch.Tensor, n_out: int, batch: int
-              ) -> torch.Tensor:
-    """``(T, B, ...)`` outputs: those reached (``ys[:written[b] + 1, b]``; ``None``: only
-    ``y0``, two output times), then a stopped sample's last state (its event state), NaN for
-    a sample that failed (``status`` None: none did)."""
-    held = y_stop
-    if status is not None:
-        failed = status > Status.EVENT  # MAX_STEPS, DT_UNDERFLOW, NONFINITE
-        held = torch.where(_rows(failed, y_stop), torch.full_like(y_stop, float("nan")), y_stop)
-    if ys is None:
-        return torch.stack([y0, held])
-    out = ys[: n_out * batch].view(n_out, *y_stop.shape)
-    index = torch.arange(n_out, device=ys.device).unsqueeze(1)
-    missing = (index > written.unsqueeze(0)).view(n_out, batch, *([1] * (y_stop.ndim - 1)))
-    return torch.where(missing, held.unsqueeze(0), out)
