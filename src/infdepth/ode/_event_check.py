@@ -49,13 +49,14 @@ def _sample_weights(n: int, exact: bool, dense: torch.Tensor, t_dtype: torch.dty
     """The fractions ``1/n .. (n-1)/n`` as a column ``(n - 1, 1)`` and the weights ``(n - 1,
     R)`` of the dense output there (``exact``; ``R`` its rows), or ``(n - 1, 3)`` of the
     cubic Hermite interpolant on ``(h f0, y1 - y0, h f1)``."""
-    theta = torch.arange(1, n, dtype=t_dtype, device=device) / n
+    theta = torch.tensor([[float(i)] for i in range(1, n)], dtype=t_dtype, device=device) / n
     th = theta.to(dtype)
     if exact:
-        weights = th.unsqueeze(1).expand(-1, dense.shape[1]).cumprod(1) @ dense.T
+        weights = th.expand(-1, dense.shape[1]).cumprod(1) @ dense.T
     else:
+        th = th.view(-1)
         weights = torch.stack([th - 2 * th**2 + th**3, 3 * th**2 - 2 * th**3, th**3 - th**2], 1)
-    return theta.unsqueeze(1), weights
+    return theta, weights
 
 
 class EventCheck:

@@ -357,8 +357,10 @@ def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
                 ) -> tuple[StagePlan, torch.Tensor]:
     """The solver's stage plan and dense-output matrix in ``y0``'s dtype and device (built
     per solve from the tableau's numbers: a few small tensors, nothing kept between solves)."""
-    tabs = solver.tensors(y0.dtype, y0.device)
-    return StagePlan.of(solver, tabs, t_dtype), tabs.dense
+    tab = solver.tableau  # RungeKutta.tensors without the nodes c (the plan makes its own)
+    weights = torch.tensor(tab.weight_rows, dtype=y0.dtype, device=y0.device)
+    dense = torch.tensor(tab.dense_rows, dtype=y0.dtype, device=y0.device)
+    return StagePlan.of(solver, weights, t_dtype), dense
 
 
 def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: bool

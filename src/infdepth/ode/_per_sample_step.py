@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from infdepth.ode._controller import SLACK, PIController
-from infdepth.ode._solvers import RungeKutta, StepTensors
+from infdepth.ode._solvers import RungeKutta
 from infdepth.ode._stepping import VectorField
 
 
@@ -49,11 +49,12 @@ class StagePlan(NamedTuple):
     c_col: torch.Tensor  # (S - 1, 1) the nodes c_1.. in the time dtype: all stage times at once
 
     @staticmethod
-    def of(solver: RungeKutta, tabs: StepTensors, t_dtype: torch.dtype = torch.float64
+    def of(solver: RungeKutta, weights: torch.Tensor, t_dtype: torch.dtype = torch.float64
            ) -> StagePlan:
-        """The rows ``a`` are ``w[i - 1 : i, :i]`` of the weights ``w``, each made as one view
-        (``as_strided``: the same strides as the two slices, so the same kernels)."""
-        s, w = solver.stages, tabs.weights.contiguous()
+        """From the tableau's ``weights`` (as in ``RungeKutta.tensors``): the rows ``a`` are
+        ``w[i - 1 : i, :i]``, each made as one view (``as_strided``: the same strides as the
+        two slices, so the same kernels)."""
+        s, w = solver.stages, weights.contiguous()
         c = tuple(solver.tableau.c)
         width, start = w.shape[1], w.storage_offset()
         a = tuple(w.as_strided((1, i), (width, 1), start + (i - 1) * width) for i in range(1, s))
