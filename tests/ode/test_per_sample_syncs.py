@@ -27,8 +27,8 @@ from infdepth.ode import Event, solve
 
 F64 = torch.float64
 PER_SOLVE = 1  # reads outside the loop: the input checks of y0 and t, one stacked read
-SETUP_OPS = 82  # aten operations before the first step of a bouncing ball's solve (issue 26;
-# 78 measured with a (T,) grid; 93 before the stage plan's rows became one view each and
+SETUP_OPS = 80  # aten operations before the first step of a bouncing ball's solve (issue 26;
+# 77 measured with a (T,) grid; 93 before the stage plan's rows became one view each and
 # two output times stopped needing an output grid; about 8 of them the stage plan, built
 # for every solve)
 
@@ -216,11 +216,11 @@ def test_a_solve_under_inference_mode_leaves_nothing_for_a_later_gradient() -> N
     assert torch.allclose(grad, 1 / (2 * 9.81 * h.detach()).sqrt(), rtol=1e-6)
 
 
-LOOP_OPS_PER_PASS = 67  # aten operations per pass of the masked loop besides f's (Dopri5,
-# 64 Van der Pol oscillators, 13 output times): 64.1 measured (issue 26; 89.2 before the
+LOOP_OPS_PER_PASS = 66  # aten operations per pass of the masked loop besides f's (Dopri5,
+# 64 Van der Pol oscillators, 13 output times): 63.6 measured (issue 26; 89.2 before the
 # outputs were stored 16 steps at a time, the last one filled at the end, and the stage
 # states written into buffers kept between passes)
-BOUNCE_OPS = 656  # one solve of one falling ball to its event: 650 measured (743 before)
+BOUNCE_OPS = 652  # one solve of one falling ball to its event: 647 measured (743 before)
 ROOT_OPS = 150  # of which the root finding (EventCheck.resolve): 147 measured (159 before)
 
 
