@@ -18,7 +18,7 @@ bookkeeping and the outputs are tensor operations on ``(n,)`` vectors without a 
 the host. The outputs inside steps are stored up to 16 steps at a time
 (:class:`~infdepth.ode._outputs.SampleOutputs`), the last output time at the end (each
 sample's stopping state), and a step's stage states are written into buffers kept from
-pass to pass: about 64 aten operations per pass for Dopri5 besides the field's, pinned
+pass to pass: about 62 aten operations per pass for Dopri5 besides the field's, pinned
 by ``tests/ode/test_per_sample_syncs.py`` (with those per bounce of a falling ball).
 """
 
@@ -173,6 +173,7 @@ def integrate_per_sample(
     records: list[Record] = []
     n_dense = len(solver.tableau.dense_c)
     buffer = StageBuffer()
+    read = _Read()
     want_acc = keep_dense or on_accept is not None
     passes, n_running, n_set, rows, grid_w, end_w = 0, batch, batch, None, grid, t_end
     n_failed = 0
@@ -234,16 +235,17 @@ def integrate_per_sample(
         ok, h_next, prev_next = control.judge(r, signed, prev_w)
         # failed rows (underflow, max_steps, a non-finite r) stop where they are; `ok`
         # (r <= 1) is false for a non-finite r, and booleans order False < True:
-        trouble = (r < math.inf) <= under  # under, or r not finite
+        read.size(tw.shape[0], 2 + inner + (check is not None) + want_acc, dev)
+        trouble = torch.le(r < math.inf, under, out=read.trouble)  # under, or r not finite
         acc = ok > under  # accepted and not failed
         if dead is not None:
             live = ~dead
-            trouble, acc = trouble & live, acc & live
+            trouble, acc = torch.bitwise_and(trouble, live, out=read.trouble), acc & live
         t_new = torch.where(last, end_w, ahead_t)  # ahead_t = t + signed where not last
         stop_t = torch.where(acc, t_new, tw)
         acc_rows = _rows(acc, y1)
         y_new = torch.where(acc_rows, y1, yw)
-        ended = acc & last
+        ended = torch.bitwise_and(acc, last, out=read.ended)
         cand = event_here = None
         if check is not None:  # the event functions sampled inside the steps
             cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
@@ -262,17 +264,21 @@ def integrate_per_sample(
         # the pass's one host read: failed rows, rows that may fire an event, rows that
         # reached their end, the most outputs one step passed, accepted steps
         passed, ahead = out_w, None
-        flags = [trouble.sum(), ended.sum()]
+        torch.sum(read.masks, 1, out=read.pair)  # failed rows, rows at their end
+        k = 2
         if inner:
             assert grid_w is not None
             passed = _outputs_passed(grid_w, stop_t, direction)
             ahead = passed - out_w
-            flags.append(ahead.amax())
+            torch.amax(ahead, out=read.values[k])
+            k += 1
         if cand is not None:
-            flags.append(cand.sum())
+            torch.sum(cand, 0, out=read.values[k])
+            k += 1
         if want_acc:
-            flags.append(acc.sum())
-        got = torch.stack(flags).tolist()
+            torch.sum(acc, 0, out=read.values[k])
+            k += 1
+        got = read.counts.tolist()
         n_trouble, n_ended = got[0], got[1]
         n_ahead = got[2] if inner else 0
         n_cand = got[2 + inner] if cand is not None else 0
@@ -361,6 +367,25 @@ def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
     weights = torch.tensor(tab.weight_rows, dtype=y0.dtype, device=y0.device)
     dense = torch.tensor(tab.dense_rows, dtype=y0.dtype, device=y0.device)
     return StagePlan.of(solver, weights, t_dtype), dense
+
+
+class _Read:
+    """The tensors of a pass's one host read, written by ``out=`` operations (no stacking),
+    kept while the working set keeps its size: ``masks`` ``(2, n)``, the failed rows and the
+    rows at their end; ``counts`` the ``k`` values read, ``values`` each of them, ``pair``
+    the first two (how many rows failed, how many reached their end)."""
+
+    def __init__(self) -> None:
+        self.n = -1
+
+    def size(self, n: int, k: int, device: torch.device) -> None:
+        if n != self.n:
+            self.masks = torch.empty(2, n, dtype=torch.bool, device=device)
+            self.trouble, self.ended = self.masks.unbind()
+            self.counts = torch.empty(k, dtype=torch.long, device=device)
+            self.values = self.counts.unbind()
+            self.pair = self.counts[:2]
+            self.n = n
 
 
 def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: bool
