@@ -39,14 +39,15 @@ from infdepth.ode._outputs import SampleOutputs
 from infdepth.ode._outputs import assemble_outputs as _assemble
 from infdepth.ode._outputs import outputs_passed as _outputs_passed
 from infdepth.ode._per_sample_step import (
+    PassRead,
     PerSampleSteps,
     RowNorm,
     StageBuffer,
     StagePlan,
     _rows,
-    dense_stages_per_sample,
     rms_rows,
     step_per_sample,
+    with_dense_stages,
 )
 from infdepth.ode._solvers import RungeKutta
 from infdepth.ode._stepping import Stats, VectorField, first_eval
@@ -173,7 +174,7 @@ def integrate_per_sample(
     records: list[Record] = []
     n_dense = len(solver.tableau.dense_c)
     buffer = StageBuffer()
-    read = _Read()
+    read = PassRead()
     want_acc = keep_dense or on_accept is not None
     passes, n_running, n_set, rows, grid_w, end_w = 0, batch, batch, None, grid, t_end
     n_failed = 0
@@ -260,7 +261,7 @@ def integrate_per_sample(
                 need = need | cand
             if keep_dense:
                 need = acc
-            hk = _with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
+            hk = with_dense_stages(f, tw, signed, yw, hk, solver, need, compact)
         # the pass's one host read: failed rows, rows that may fire an event, rows that
         # reached their end, the most outputs one step passed, accepted steps
         passed, ahead = out_w, None
@@ -369,25 +370,6 @@ def _stage_plan(solver: RungeKutta, y0: torch.Tensor, t_dtype: torch.dtype
     return StagePlan.of(solver, weights, t_dtype), dense
 
 
-class _Read:
-    """The tensors of a pass's one host read, written by ``out=`` operations (no stacking),
-    kept while the working set keeps its size: ``masks`` ``(2, n)``, the failed rows and the
-    rows at their end; ``counts`` the ``k`` values read, ``values`` each of them, ``pair``
-    the first two (how many rows failed, how many reached their end)."""
-
-    def __init__(self) -> None:
-        self.n = -1
-
-    def size(self, n: int, k: int, device: torch.device) -> None:
-        if n != self.n:
-            self.masks = torch.empty(2, n, dtype=torch.bool, device=device)
-            self.trouble, self.ended = self.masks.unbind()
-            self.counts = torch.empty(k, dtype=torch.long, device=device)
-            self.values = self.counts.unbind()
-            self.pair = self.counts[:2]
-            self.n = n
-
-
 def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: bool
              ) -> torch.Tensor:
     """``full`` with ``vals`` at ``rows``: in place unless autograd records either."""
@@ -399,18 +381,3 @@ def _scatter(full: torch.Tensor, vals: torch.Tensor, rows: torch.Tensor, grad: b
 def _count(counter: torch.Tensor, rows: torch.Tensor | None, add: torch.Tensor) -> torch.Tensor:
     """``counter`` (never differentiated) plus ``add`` at ``rows``, in place."""
     return counter.add_(add) if rows is None else counter.index_add_(0, rows, add.long())
-
-
-def _with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
-                       hk: torch.Tensor, solver: RungeKutta, need: torch.Tensor | None,
-                       compact: bool) -> torch.Tensor:
-    """The scaled stages plus those only the dense output needs, for the rows in ``need`` (the
-    other rows' extra stages are zero, never read); all rows when not ``compact``."""
-    if need is None or not bool(need.any()):
-        return hk
-    if not compact:
-        return dense_stages_per_sample(f, t, h, y, hk, solver)
-    sel = need.nonzero().squeeze(1)
-    part = dense_stages_per_sample(f, t[sel], h[sel], y[sel], hk[:, sel], solver)
-    extra = hk.new_zeros(part.shape[0] - hk.shape[0], *hk.shape[1:])
-    return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])

@@ -262,3 +262,37 @@ class PerSampleSteps:
             h_next = h_next.clamp_(max=c.dtmax)
         prev = torch.where(accepted, r.clamp(min=1e-10), prev_r) if self._p_exponent else prev_r
         return accepted, h_next, prev
+
+
+class PassRead:
+    """The tensors of a pass's one host read, written by ``out=`` operations (no stacking),
+    kept while the working set keeps its size: ``masks`` ``(2, n)``, the failed rows and the
+    rows at their end; ``counts`` the ``k`` values read, ``values`` each of them, ``pair``
+    the first two (how many rows failed, how many reached their end)."""
+
+    def __init__(self) -> None:
+        self.n = -1
+
+    def size(self, n: int, k: int, device: torch.device) -> None:
+        if n != self.n:
+            self.masks = torch.empty(2, n, dtype=torch.bool, device=device)
+            self.trouble, self.ended = self.masks.unbind()
+            self.counts = torch.empty(k, dtype=torch.long, device=device)
+            self.values = self.counts.unbind()
+            self.pair = self.counts[:2]
+            self.n = n
+
+
+def with_dense_stages(f: VectorField, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
+                      hk: torch.Tensor, solver: RungeKutta, need: torch.Tensor | None,
+                      compact: bool) -> torch.Tensor:
+    """The scaled stages plus those only the dense output needs, for the rows in ``need`` (the
+    other rows' extra stages are zero, never read); all rows when not ``compact``."""
+    if need is None or not bool(need.any()):
+        return hk
+    if not compact:
+        return dense_stages_per_sample(f, t, h, y, hk, solver)
+    sel = need.nonzero().squeeze(1)
+    part = dense_stages_per_sample(f, t[sel], h[sel], y[sel], hk[:, sel], solver)
+    extra = hk.new_zeros(part.shape[0] - hk.shape[0], *hk.shape[1:])
+    return torch.cat([hk, extra.index_copy(1, sel, part[hk.shape[0]:])])
