@@ -31,6 +31,7 @@ from infdepth.ode import (
 from infdepth.ode._controller import PIController as _PI
 from infdepth.ode._integrate import integrate
 from infdepth.ode._odeint import _output_grid
+from infdepth.ode._per_sample_step import PerSampleSteps
 from infdepth.ode._stepping import Stats
 
 F64 = torch.float64
@@ -257,3 +258,20 @@ def test_bad_input_through_odeint() -> None:
         odeint(lambda t, y: -y, y0, t, per_sample_steps="yes")  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"returned shape \(1, 1\)"):
         solve(lambda t, y: -y[:1], y0, torch.tensor([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("factor_max", [10.0, 1e80, math.inf])
+def test_judge_gives_factor_max_for_a_zero_ratio(factor_max: float) -> None:
+    """A zero (or subnormal) error ratio grows the step by ``factor_max`` (finite: the ratio
+    need not be clipped to 1e-300 first, and is not), and a ratio from 1e-300 on is judged
+    the same with and without that clip."""
+    ctrl = PIController(rtol=1e-6, atol=1e-6, factor_max=factor_max)
+    steps = PerSampleSteps(ctrl, 5)
+    assert steps._unclipped == (factor_max == 10.0)
+    r = torch.tensor([0.0, 1e-310, 1e-300, 1e-3, 0.5, 2.0], dtype=F64)
+    h = torch.full_like(r, 0.1)
+    ok, h_next, _ = steps.judge(r, h, torch.ones_like(r))
+    expected = 0.1 * (r.clamp(min=1e-300) ** -0.2 * 0.9).clamp(1.0, factor_max)
+    expected[-1] = 0.1 * max(0.2, 2.0**-0.2 * 0.9)
+    assert ok.tolist() == [True] * 5 + [False]
+    torch.testing.assert_close(h_next, expected, rtol=1e-15, atol=0)

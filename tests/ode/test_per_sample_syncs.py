@@ -216,11 +216,11 @@ def test_a_solve_under_inference_mode_leaves_nothing_for_a_later_gradient() -> N
     assert torch.allclose(grad, 1 / (2 * 9.81 * h.detach()).sqrt(), rtol=1e-6)
 
 
-LOOP_OPS_PER_PASS = 64  # aten operations per pass of the masked loop besides f's (Dopri5,
-# 64 Van der Pol oscillators, 13 output times): 61.6 measured (issue 26; 89.2 before the
+LOOP_OPS_PER_PASS = 63  # aten operations per pass of the masked loop besides f's (Dopri5,
+# 64 Van der Pol oscillators, 13 output times): 60.6 measured (issue 26; 89.2 before the
 # outputs were stored 16 steps at a time, the last one filled at the end, and the stage
 # states written into buffers kept between passes)
-BOUNCE_OPS = 650  # one solve of one falling ball to its event: 644 measured (743 before)
+BOUNCE_OPS = 646  # one solve of one falling ball to its event: 640 measured (743 before)
 ROOT_OPS = 150  # of which the root finding (EventCheck.resolve): 147 measured (159 before)
 
 

@@ -18,7 +18,7 @@ bookkeeping and the outputs are tensor operations on ``(n,)`` vectors without a 
 the host. The outputs inside steps are stored up to 16 steps at a time
 (:class:`~infdepth.ode._outputs.SampleOutputs`), the last output time at the end (each
 sample's stopping state), and a step's stage states are written into buffers kept from
-pass to pass: about 62 aten operations per pass for Dopri5 besides the field's, pinned
+pass to pass: about 61 aten operations per pass for Dopri5 besides the field's, pinned
 by ``tests/ode/test_per_sample_syncs.py`` (with those per bounce of a falling ball).
 """
 

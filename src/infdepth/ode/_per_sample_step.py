@@ -188,6 +188,11 @@ class PerSampleSteps:
         self._p_exponent = ctrl.pcoeff / order
         self._negative = direction < 0  # the signed steps' sign (>= 0 forwards)
         self.pi = bool(self._p_exponent)  # whether judge reads and updates prev_r
+        # whether a ratio below 1e-300 reaches factor_max unclipped too (as (1e-300)**exponent
+        # does, times the smallest prev_r**p_exponent): then judge need not clip it
+        log_smallest = (-300 * self._exponent - 10 * self._p_exponent) * math.log(10) + math.log(
+            ctrl.safety)  # in logarithms: (1e-300)**exponent may overflow a float
+        self._unclipped = log_smallest >= math.log(ctrl.factor_max)
 
     @staticmethod
     def initial(ctrl: PIController, f: VectorField, t0: torch.Tensor, y0: torch.Tensor,
@@ -238,7 +243,8 @@ class PerSampleSteps:
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(accepted, next |h|, prev_r)`` for ratios ``r`` of steps of signed sizes ``h``.
 
-        ``r = 0`` gives ``factor_max`` (the power of the clipped ratio is huge). The factor is
+        ``r = 0`` gives ``factor_max`` (the power of the ratio clipped to 1e-300 is huge; the
+        clip is left out where the unclipped power gives the same, see ``_unclipped``). The factor is
         clipped to ``[low, factor_max]`` after an accepted step (``low`` 1, or ``factor_min``
         with ``shrink_after_accept``) and to ``[factor_min, 1]`` after a rejection: in two
         operations, since a rejected step's factor is below 1 already (``r > 1``, ``safety
@@ -247,7 +253,8 @@ class PerSampleSteps:
         """
         c = self.ctrl
         accepted = r <= 1.0
-        factor = r.clamp(min=1e-300).pow_(self._exponent).mul_(c.safety)
+        factor = (torch.pow(r, self._exponent) if self._unclipped else  # inf for r = 0
+                  r.clamp(min=1e-300).pow_(self._exponent)).mul_(c.safety)
         if self._p_exponent:
             factor.mul_(prev_r**self._p_exponent)
         factor = factor.clamp_(c.factor_min, c.factor_max)
