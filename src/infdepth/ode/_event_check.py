@@ -114,9 +114,11 @@ class EventCheck:
 
     def detect(self, rows: torch.Tensor | None, acc: torch.Tensor, last: torch.Tensor,
                t: torch.Tensor, h: torch.Tensor, y: torch.Tensor, y1: torch.Tensor,
-               t1: torch.Tensor, k_end: torch.Tensor, hk: torch.Tensor) -> torch.Tensor:
+               t1: torch.Tensor, k_end: torch.Tensor, hk: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
         """Sample every event in the working set's steps (rows ``rows`` of the batch, all when
-        ``None``); the ``(m,)`` mask of accepted steps in which one may fire."""
+        ``None``); the ``(m,)`` mask of accepted steps in which one may fire (written into
+        ``out`` when given)."""
         self._exact = hk.shape[0] == self.dense.shape[0]
         self._g, self._cross = [], []
         points: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -145,8 +147,13 @@ class EventCheck:
                 self.g_prev[j] = kept if rows is None else prev.index_copy_(1, rows, kept)
                 self._g.append(samples)
                 self._cross.append(cross)
-                cand = cross.any(0) if cand is None else cand | cross.any(0)
+                if cand is None and out is not None and len(self.events) == 1:
+                    cand = torch.any(cross, 0, out=out)
+                else:
+                    cand = cross.any(0) if cand is None else cand | cross.any(0)
         assert cand is not None  # a solve with events has at least one
+        if out is not None and cand is not out:
+            cand = out.copy_(cand)
         return cand
 
     def _resample(self, cand: torch.Tensor, t: torch.Tensor, h: torch.Tensor, y: torch.Tensor,

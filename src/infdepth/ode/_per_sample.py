@@ -236,7 +236,8 @@ def integrate_per_sample(
         ok, h_next, prev_next = control.judge(r, signed, prev_w)
         # failed rows (underflow, max_steps, a non-finite r) stop where they are; `ok`
         # (r <= 1) is false for a non-finite r, and booleans order False < True:
-        read.size(tw.shape[0], 2 + inner + (check is not None) + want_acc, dev)
+        read.size(tw.shape[0], 2 + inner + (check is not None) + want_acc, check is not None,
+                  dev)
         trouble = torch.le(r < math.inf, under, out=read.trouble)  # under, or r not finite
         acc = ok > under  # accepted and not failed
         if dead is not None:
@@ -249,7 +250,8 @@ def integrate_per_sample(
         ended = torch.bitwise_and(acc, last, out=read.ended)
         cand = event_here = None
         if check is not None:  # the event functions sampled inside the steps
-            cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk)
+            cand = check.detect(rows, acc, last, tw, signed, yw, y1, t_new, k_last, hk,
+                                out=read.cand)
         need = None
         if n_dense:  # DOP853's extra stages, only for steps whose inside is used
             need = torch.zeros_like(acc)  # no output inside a step (but the last: an end)
@@ -265,24 +267,22 @@ def integrate_per_sample(
         # the pass's one host read: failed rows, rows that may fire an event, rows that
         # reached their end, the most outputs one step passed, accepted steps
         passed, ahead = out_w, None
-        torch.sum(read.masks, 1, out=read.pair)  # failed rows, rows at their end
-        k = 2
+        # failed rows, rows at their end, rows whose step may hold an event
+        torch.sum(read.masks, 1, out=read.head)
+        k = read.head.shape[0]
         if inner:
             assert grid_w is not None
             passed = _outputs_passed(grid_w, stop_t, direction)
             ahead = passed - out_w
             torch.amax(ahead, out=read.values[k])
             k += 1
-        if cand is not None:
-            torch.sum(cand, 0, out=read.values[k])
-            k += 1
         if want_acc:
             torch.sum(acc, 0, out=read.values[k])
             k += 1
         got = read.counts.tolist()
         n_trouble, n_ended = got[0], got[1]
-        n_ahead = got[2] if inner else 0
-        n_cand = got[2 + inner] if cand is not None else 0
+        n_cand = got[2] if cand is not None else 0
+        n_ahead = got[2 + (cand is not None)] if inner else 0
         empty = dead
         halted = None
         if n_trouble:  # such a row stops; its state stays at its last value

@@ -273,20 +273,21 @@ class PerSampleSteps:
 
 class PassRead:
     """The tensors of a pass's one host read, written by ``out=`` operations (no stacking),
-    kept while the working set keeps its size: ``masks`` ``(2, n)``, the failed rows and the
-    rows at their end; ``counts`` the ``k`` values read, ``values`` each of them, ``pair``
-    the first two (how many rows failed, how many reached their end)."""
+    kept while the working set keeps its size: ``masks`` ``(2 or 3, n)``, the failed rows,
+    the rows at their end and (with events) the rows whose step may hold one; ``counts`` the
+    ``k`` values read, ``values`` each of them, ``head`` the first ones, the masks' counts."""
 
     def __init__(self) -> None:
         self.n = -1
 
-    def size(self, n: int, k: int, device: torch.device) -> None:
+    def size(self, n: int, k: int, events: bool, device: torch.device) -> None:
         if n != self.n:
-            self.masks = torch.empty(2, n, dtype=torch.bool, device=device)
-            self.trouble, self.ended = self.masks.unbind()
+            self.masks = torch.empty(2 + events, n, dtype=torch.bool, device=device)
+            self.trouble, self.ended, *cand = self.masks.unbind()
+            self.cand = cand[0] if cand else None
             self.counts = torch.empty(k, dtype=torch.long, device=device)
             self.values = self.counts.unbind()
-            self.pair = self.counts[:2]
+            self.head = self.counts[: 2 + events]
             self.n = n
 
 
