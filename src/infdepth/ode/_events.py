@@ -283,9 +283,9 @@ def polynomial_guess(samples: torch.Tensor, i: torch.Tensor, r: torch.Tensor | N
     a = local.to(g.dtype)
     u = a + (q.to(g.dtype) - end1 / (end1 - end0)) / GRID
     coef, slope_coef = g @ fit, g @ slope_fit  # (k, w), (k, w - 1)
-    b = a + 1
-    for _ in range(newton):
-        powers = torch.linalg.vander(u, N=w)
+    b, one = a + 1, torch.ones_like(u)
+    for _ in range(newton):  # powers 1, u, .., u^(w-1): torch.linalg.vander's products
+        powers = torch.stack([one] + [u] * (w - 1), 1).cumprod(1)
         step = (powers * coef).sum(1) / (powers[:, :-1] * slope_coef).sum(1)
         u = torch.clamp(u - step, a, b)  # NaN stays NaN: unused
     return (u if start is None else start.to(g.dtype) + u) / n
