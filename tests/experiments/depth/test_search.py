@@ -95,3 +95,37 @@ def test_resume_requeues_a_killed_workers_trial_and_reuses_its_epochs(tmp_path, 
     assert [e for d, e in calls if d == 1] == [3]  # only the epoch the killed worker had not done
     with pytest.raises(Exception, match="over depths"):
         search.open_search(storage, (1, 2), resume=False)
+
+
+def test_a_retried_trial_is_not_judged_again_at_the_rungs_it_had_passed(tmp_path, monkeypatch) -> None:
+    """The full-scale run of 2026-12-07: depth 2 passed its rungs alone, its worker was killed;
+    on resume depth 1 had reached the first rung with a better value, and the retried depth 2,
+    judged again there on its reused first epoch, was pruned: no depth completed."""
+    calls: list[tuple[int, int]] = []
+    _fake_runs(monkeypatch, {1: [0.9, 0.9, 0.9], 2: [0.8, 0.95, 0.99], 3: [0.5, 0.5, 0.5]}, calls)
+    member = Config(dataset="digits", epochs=3, fixed_depth=0)
+    storage = search.default_storage(tmp_path)
+    study = search.open_search(storage, DEPTHS, resume=False)
+    search._next_trial(study)  # depth 1: taken by a worker killed before its first epoch
+    depth2 = search._next_trial(study)
+    assert depth2 is not None
+    assert search.train_trial(depth2, member, tmp_path, small_digits()) == 0.99  # passes alone
+    (tmp_path / "depth2" / "search_values.json").write_text(json.dumps([0.8, 0.95]))  # killed in epoch 3
+    study = search.open_search(storage, DEPTHS, resume=True)
+    calls.clear()
+    search.work(study, member, tmp_path, small_digits())
+    final = {search._depth(t): t.state.name for t in study.get_trials()}  # each depth's last trial
+    assert final == {1: "COMPLETE", 2: "COMPLETE", 3: "PRUNED"}
+    assert [e for d, e in calls if d == 2] == [3]  # the retried depth 2 trained its last epoch only
+    assert search.summary_row(study, tmp_path)["search_depth"] == 2
+
+
+def test_a_search_without_a_complete_trial_says_so(tmp_path) -> None:
+    study = search.open_search(search.default_storage(tmp_path), (1,), resume=False)
+    trial = search._next_trial(study)
+    assert trial is not None
+    trial.suggest_categorical("depth", [1])
+    trial.report(0.5, 1)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    with pytest.raises(search.InputError, match="no complete trial"):
+        search.summary_row(study, tmp_path)

@@ -110,9 +110,14 @@ def train_trial(trial: optuna.Trial, member: images.Config, folder: Path, data: 
     cfg = replace(member, fixed_depth=int(depth), layer_depths=None)
     assert cfg.epochs is not None
     out = folder / f"depth{depth}"
-    # the accuracy after each epoch done: a retried trial reports those again and trains on
+    # the accuracy after each epoch done: a retried trial (its worker was killed) reports those
+    # again without asking the pruner, which passed them before (a pruned trial is never
+    # retried); asked again, it would judge them against trials that reached the rung since,
+    # and could prune a depth that had passed every rung (it did, on 2026-12-07: depth 2 at 21
+    # of 30 epochs, pruned at epoch 1 on resume)
     record = out / "search_values.json"
     values: list[float] = json.loads(record.read_text()) if record.is_file() else []
+    passed = len(values)
     for epoch in range(1, cfg.epochs + 1):
         if epoch > len(values):
             again = (out / CHECKPOINT).is_file()
@@ -122,7 +127,7 @@ def train_trial(trial: optuna.Trial, member: images.Config, folder: Path, data: 
             write_json(record, values)
         trial.set_user_attr("epochs", epoch)
         trial.report(values[epoch - 1], epoch)
-        if epoch < cfg.epochs and trial.should_prune():
+        if passed < epoch < cfg.epochs and trial.should_prune():
             raise optuna.TrialPruned()
     return values[cfg.epochs - 1]
 
@@ -182,6 +187,11 @@ def summary_row(study: optuna.Study, folder: Path) -> dict[str, Any]:
     for t in done:
         depth = int(t.params["depth"])
         epochs[depth] = max(epochs.get(depth, 0), int(t.user_attrs.get("epochs", 0)))
+    complete = [t for t in done if t.state == state.COMPLETE]
+    if not complete:
+        raise InputError(f"the search in {folder} has no complete trial (every depth was pruned): "
+                         "its storage is damaged; queue the depth that got furthest again "
+                         "(optuna's enqueue_trial) and --resume")
     best = study.best_trial
     depth = int(best.params["depth"])
     assert best.value is not None  # a complete trial
