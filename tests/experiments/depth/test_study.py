@@ -296,7 +296,9 @@ def test_a_resumed_study_finishes_its_members_in_flight_before_it_starts_new_one
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "checkpoint.pt").write_bytes(b"")
     (tmp_path / "learned-s0" / "study_row.json").write_text("{}")  # finished: not in flight
-    (tmp_path / "learned-s1").mkdir()  # started, no checkpoint yet: starts again, in its turn
+    (tmp_path / "fixed2-s1").mkdir()  # started, no checkpoint yet: starts again, in its turn
+    (tmp_path / "learned-s1").mkdir()
+    (tmp_path / "learned-s1" / "checkpoint.pt").write_bytes(b"")  # in flight, after seed 0's
     resumed = study_module._schedule(cfg, RunContext(out=tmp_path, resume=True), tasks)
-    assert resumed == [tasks[3], tasks[5], tasks[6], tasks[0], tasks[1], tasks[2], tasks[4], tasks[7]]
+    assert resumed == [tasks[3], tasks[5], tasks[6], tasks[1], tasks[0], tasks[2], tasks[4], tasks[7]]
     assert study_module._schedule(cfg, RunContext(out=tmp_path), tasks) == tasks  # a new study: as given

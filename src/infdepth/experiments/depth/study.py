@@ -94,18 +94,19 @@ def _member_name(cfg: Config, task: Task) -> str:
 
 
 def _schedule(cfg: Config, ctx: RunContext, tasks: list[Task]) -> list[Task]:
-    """``tasks`` with the members in flight first (on ``--resume``), else in their order.
+    """``tasks`` with the members in flight first (on ``--resume``, by seed), else in their order.
 
     A member is in flight when it has a checkpoint (a search: any trial's) and no row yet:
-    a resumed study finishes what it started before it starts anything new, so a study
-    whose seed list grew does not leave a member half trained behind the new seed's.
+    a resumed study finishes what it started before it starts anything new, the earlier
+    seeds first, so a study whose seed list grew does not leave a member half trained
+    behind the new seed's.
     """
     def in_flight(task: Task) -> bool:
         folder = ctx.out / _member_name(cfg, task)
         return (ctx.resume and not (folder / "study_row.json").is_file()
                 and next(folder.rglob(CHECKPOINT), None) is not None)
 
-    return sorted(tasks, key=lambda task: not in_flight(task))  # stable: the order otherwise
+    return sorted(tasks, key=lambda task: (0, task[0]) if in_flight(task) else (1, 0))  # stable
 
 
 def _images_row(cfg: Config, ctx: RunContext, seed: int, data: ImageData, **depth: Any) -> dict[str, Any]:
