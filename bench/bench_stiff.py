@@ -225,7 +225,7 @@ def case_single(h: Harness, name: str, f: Callable, f_np: Callable, jac: Callabl
     h.ratio(f"{name}_kvaerno5_error_vs_kencarp4", err["kvaerno5"] / err["ours"])
 
 
-SLOW_ROUNDS = 3
+SLOW_ROUNDS = 2
 """Rounds of the cases whose contender takes seconds a call and whose ratio is far past its goal."""
 
 
@@ -243,8 +243,8 @@ def case_batch(h: Harness, batch: int) -> None:
             solve_ivp(robertson_np, (0.0, t[-1]), [1.0, 0.0, 0.0], method="BDF", t_eval=t,
                       rtol=rtol, atol=atol, jac=robertson_jac, args=(s,))
 
-    # 1024 sequential scipy calls take ~27 s a round: 3 rounds (the ratio is several times
-    # its goal, so the median of 5 would change nothing but the bench's length)
+    # 1024 sequential scipy calls take ~27 s a round: 2 rounds (the ratio is over ten times
+    # its goal, so more rounds would change nothing but the bench's length)
     run_ours()  # the warm-up, for ours only
     rounds = min(h.repeats, SLOW_ROUNDS)
     seconds = h.time({"ours": run_ours, "scipy_BDF_sequential": run_scipy}, warmup=0,

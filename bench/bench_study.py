@@ -55,7 +55,7 @@ def _cnn(cfg: ImagesConfig, ws: tuple[float, ...] | None = None) -> Callable[[],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, repeats=5, quick=2)
+    add_arguments(parser, repeats=3, quick=2)  # steps of 0.2-4 s: 3 rounds keep make bench short
     parser.add_argument("--learned-w", default="0.60,1.27,1.75",
                         help="w per layer (dcnn0,dcnn1,dfc0) of the learned contender at its end")
     args = parser.parse_args()
