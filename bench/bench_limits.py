@@ -72,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_arguments(parser, repeats=5, quick=2)
+    add_arguments(parser, repeats=3, quick=2)  # torchsde takes 0.7-4 s a call
     args = parser.parse_args()
     h = Harness(args, "limit SDE: Euler-Maruyama of infdepth.limits vs torchsde.sdeint")
     cases = [

@@ -483,7 +483,7 @@ def case_lorenz(h: Harness) -> None:
                                  check_label=" at t=0, 10 (t=100 is chaos)",
                                  ref_label="at t=10 vs DOP853 rtol=atol=1e-13",
                                  speedup_goals={"scipy_RK45": 1.0},
-                                 repeats=min(h.repeats, 3))  # torchdiffeq: 8.5 s a call
+                                 repeats=min(h.repeats, 2))  # torchdiffeq: 8.5 s a call
     if "scipy_RK45" in seconds and "ours" in seconds:
         acc = err(outcomes["ours"]) / max(err(outcomes["scipy_RK45"]), 1e-300)
         REPORT.count(h.ratio("lorenz_error_ours_over_scipy_RK45", acc, goal=("<=", 1.0),
