@@ -74,7 +74,7 @@ def _pair(h: Harness, name: str, model: nn.Module, x, y, loss_fn,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, repeats=7, quick=2)
+    add_arguments(parser, repeats=5, quick=2)
     h = Harness(parser.parse_args(), "torch.compile (inductor) training step / eager")
     torch.manual_seed(0)
     x, y = torch.rand(128, 1, 28, 28), torch.randint(0, 10, (128,))
