@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from infdepth.ode._adjoint_events import event_slope
 from infdepth.ode._errors import SolverError
 from infdepth.ode._events import Event, SteadyState
 from infdepth.ode._stepping import VectorField
@@ -115,15 +116,7 @@ def crossing_jump(
         r = rows[mine]
         with torch.enable_grad():
             tt = plan.time[ks[mine]].requires_grad_(True)
-            yy = y[r].detach().requires_grad_(True)
-            g = ev.value(tt, yy)
-            gt, gy = torch.autograd.grad(g.sum(), (tt, yy), retain_graph=True,
-                                         allow_unused=True)
-            gy_ = (torch.zeros_like(yy) if gy is None else gy).reshape(r.shape[0], -1)
-            denom = (gy_ * slope[mine]).sum(1).to(tt.dtype)
-            if gt is not None:
-                denom = denom + gt
-            denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+            g, gy_, denom = event_slope(ev, tt, y[r], slope[mine])
             w = -plan.cot[ks[mine]] / denom  # (k,) in float64
             jump = jump.index_copy(0, r, w.to(y.dtype).unsqueeze(1) * gy_)
             if params and g.requires_grad:

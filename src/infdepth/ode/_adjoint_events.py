@@ -95,15 +95,7 @@ def event_adjoint(
         assert isinstance(ev, Event)
         with torch.enable_grad():
             tt = t_star[r].detach().requires_grad_(True)
-            yy = y_star[r].detach().requires_grad_(True)
-            g = ev.value(tt, yy)
-            gt, gy = torch.autograd.grad(g.sum(), (tt, yy), retain_graph=True,
-                                         allow_unused=True)
-            gy_ = (torch.zeros_like(yy) if gy is None else gy).reshape(r.shape[0], -1)
-            denom = (gy_ * slope[r]).sum(1).to(tt.dtype)
-            if gt is not None:
-                denom = denom + gt
-            denom = torch.where(denom == 0, torch.ones_like(denom), denom)
+            g, gy_, denom = event_slope(ev, tt, y_star[r], slope[r])
             c = (g_y[r] * slope[r]).sum(1).to(tt.dtype) + g_t[r]
             w = -c / denom  # (k,) in float64
             a = a.index_copy(0, r, g_y[r] + w.to(a.dtype).unsqueeze(1) * gy_)
@@ -114,3 +106,20 @@ def event_adjoint(
                     if gq is not None:
                         acc.add_(gq)
     return a
+
+
+def event_slope(ev: Event, tt: torch.Tensor, y: torch.Tensor,
+                slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, dg/dy, D)`` at the event rows: ``g = ev.value(tt, y)`` (graph kept for ``dg/dp``),
+    ``dg/dy`` flattened per row, and ``D = dg/dt + dg/dy . f`` (1 where it is 0), in ``tt``'s dtype.
+
+    Call under ``torch.enable_grad()`` with ``tt`` requiring grad.
+    """
+    yy = y.detach().requires_grad_(True)
+    g = ev.value(tt, yy)
+    gt, gy = torch.autograd.grad(g.sum(), (tt, yy), retain_graph=True, allow_unused=True)
+    gy_ = (torch.zeros_like(yy) if gy is None else gy).reshape(yy.shape[0], -1)
+    denom = (gy_ * slope).sum(1).to(tt.dtype)
+    if gt is not None:
+        denom = denom + gt
+    return g, gy_, torch.where(denom == 0, torch.ones_like(denom), denom)
