@@ -120,6 +120,28 @@ def test_a_retried_trial_is_not_judged_again_at_the_rungs_it_had_passed(tmp_path
     assert search.summary_row(study, tmp_path)["search_depth"] == 2
 
 
+def test_resume_retries_a_depth_whose_last_trial_failed_after_an_earlier_pruned_one(tmp_path, monkeypatch) -> None:
+    """The full-scale run of 2026-12-08: depth 2, wrongly pruned by the bug above, was queued
+    again by hand and killed at 29 of 30 epochs; the resume counted its old PRUNED trial as
+    settled and queued nothing, so both workers finished at once with no trial."""
+    calls: list[tuple[int, int]] = []
+    _fake_runs(monkeypatch, {1: [0.9, 0.9, 0.9], 2: [0.8, 0.95, 0.99], 3: [0.5, 0.5, 0.5]}, calls)
+    member = Config(dataset="digits", epochs=3, fixed_depth=0)
+    storage = search.default_storage(tmp_path)
+    study = search.open_search(storage, DEPTHS, resume=False)
+    search.work(study, member, tmp_path, small_digits())  # 1 complete, 2 and 3 pruned at epoch 1
+    assert {search._depth(t): t.state.name for t in study.get_trials()}[2] == "PRUNED"
+    study.enqueue_trial({"depth": 2})  # the repair: depth 2 queued again, then its worker is killed
+    retry = search._next_trial(study)
+    assert retry is not None
+    (tmp_path / "depth2" / "search_values.json").write_text(json.dumps([0.8, 0.95]))
+    study = search.open_search(storage, DEPTHS, resume=True)
+    calls.clear()
+    assert search.work(study, member, tmp_path, small_digits()) != []  # the retry runs
+    assert calls == [(2, 3)]
+    assert search.summary_row(study, tmp_path)["search_depth"] == 2
+
+
 def test_a_search_without_a_complete_trial_says_so(tmp_path) -> None:
     study = search.open_search(search.default_storage(tmp_path), (1,), resume=False)
     trial = search._next_trial(study)

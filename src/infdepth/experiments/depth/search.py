@@ -82,10 +82,11 @@ def open_search(
         state = optuna.trial.TrialState
         for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
             study.tell(trial.number, state=state.FAIL)
-        trials = study.get_trials(deepcopy=False)
-        settled = {_depth(t) for t in trials if t.state in (state.COMPLETE, state.PRUNED, state.WAITING)}
-        for depth in depths:
-            if depth not in settled:
+        latest: dict[int, optuna.trial.FrozenTrial] = {}  # each depth's last trial decides
+        for trial in study.get_trials(deepcopy=False):  # (numbered in order of creation)
+            latest[_depth(trial)] = trial
+        for depth in depths:  # a retried depth's older PRUNED trial does not settle it
+            if depth not in latest or latest[depth].state == state.FAIL:
                 study.enqueue_trial({"depth": depth})
     return study
 
