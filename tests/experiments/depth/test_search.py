@@ -120,8 +120,8 @@ def test_a_retried_trial_is_not_judged_again_at_the_rungs_it_had_passed(tmp_path
     assert search.summary_row(study, tmp_path)["search_depth"] == 2
 
 
-def test_resume_retries_a_depth_whose_last_trial_failed_after_an_earlier_pruned_one(tmp_path, monkeypatch) -> None:
-    """The full-scale run of 2026-12-08: depth 2, wrongly pruned by the bug above, was queued
+def test_resume_retries_a_depth_whose_last_trial_failed_after_a_pruned_one(tmp_path, monkeypatch) -> None:
+    """The full-scale run of 2026-12-07 (night): depth 2, wrongly pruned by the bug above, was queued
     again by hand and killed at 29 of 30 epochs; the resume counted its old PRUNED trial as
     settled and queued nothing, so both workers finished at once with no trial."""
     calls: list[tuple[int, int]] = []
