@@ -1,7 +1,8 @@
+import pytest
 import torch
 from torch import nn
 
-from infdepth.depth import InfiniteDepth, grow
+from infdepth.depth import InfiniteDepth, UnregisteredGrowthWarning, grow
 
 
 def model_and_optimizer() -> tuple[nn.Module, InfiniteDepth, torch.optim.Optimizer]:
@@ -57,7 +58,8 @@ def test_blocks_built_lazily_in_forward_are_registered_after_the_step() -> None:
     model, layer, opt = model_and_optimizer()
     with torch.no_grad():
         layer.w.fill_(6.0)
-    model(torch.randn(2, 3))  # forward builds the blocks (no optimizer there)
+    with pytest.warns(UnregisteredGrowthWarning, match="no optimizer is attached"):
+        model(torch.randn(2, 3))  # forward builds the blocks (no optimizer there)
     grow(model, opt)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert all(id(p) in in_opt for p in layer.blocks.parameters())

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from infdepth.depth import InfiniteDepth, total_penalty
+from infdepth.depth import InfiniteDepth, UnregisteredGrowthWarning, total_penalty
 from infdepth.depth.merges import MERGES
 
 
@@ -160,7 +160,8 @@ def test_forward_grows_when_w_is_set_past_built_blocks() -> None:
     layer = make_layer(1.0)
     with torch.no_grad():
         layer.w.fill_(11.0)
-    layer(torch.randn(2, 6, dtype=torch.float64))
+    with pytest.warns(UnregisteredGrowthWarning, match="built sub-layers 5..14"):
+        layer(torch.randn(2, 6, dtype=torch.float64))
     assert layer.built_blocks == 15
 
 
