@@ -62,7 +62,7 @@ def test_gradcheck_gated_residual() -> None:
     w = torch.tensor(2.3, dtype=torch.float64, requires_grad=True)
 
     def f(x, fx, w):
-        d, dd = host_gate(1.0, float(w), 1.0)
+        d, dd = host_gate(1.0, float(w.detach()), 1.0)
         return GatedResidual.apply(x, fx, w, d, dd)
 
     # w enters through the host-side delta too: check the analytic w-gradient separately
