@@ -220,8 +220,10 @@ LOOP_OPS_PER_PASS = 63  # aten operations per pass of the masked loop besides f'
 # 64 Van der Pol oscillators, 13 output times): 60.6 measured (issue 26; 89.2 before the
 # outputs were stored 16 steps at a time, the last one filled at the end, and the stage
 # states written into buffers kept between passes)
-BOUNCE_OPS = 637  # one solve of one falling ball to its event: 631 measured (743 before)
-ROOT_OPS = 146  # of which the root finding (EventCheck.resolve): 142 measured (159 before)
+BOUNCE_OPS = 637  # one solve of one falling ball to its event: 634 measured (743 before;
+# 631 before the root's polynomial tables were copied from arrays, not built from lists: one
+# copy more for each of the three, 77 us less a solve)
+ROOT_OPS = 146  # of which the root finding (EventCheck.resolve): 145 measured (159 before)
 
 
 def test_operations_per_pass_and_per_bounce(monkeypatch: pytest.MonkeyPatch) -> None:
