@@ -80,7 +80,7 @@ def test_gradcheck_gated_penalty() -> None:
     w = torch.tensor(1.6, dtype=torch.float64, requires_grad=True)
 
     def f(w, t0, t1):
-        pairs = [host_gate(i + 1e-8, float(w), 1.0) for i in range(2)]
+        pairs = [host_gate(i + 1e-8, float(w.detach()), 1.0) for i in range(2)]
         return GatedPenalty.apply(w, [p[0] for p in pairs], [p[1] for p in pairs], 0.4, 0.9, t0, t1)
 
     assert torch.autograd.gradcheck(lambda t0, t1: f(w, t0, t1), (t0, t1))
