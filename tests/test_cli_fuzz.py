@@ -140,3 +140,17 @@ def test_an_out_that_names_no_folder_is_refused(value: str, tmp_path: Path, monk
     err = capsys.readouterr().err
     assert "--out" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [c for c, _ in COMMANDS], ids=[" ".join(c) for c, _ in COMMANDS])
+def test_a_misspelled_flag_is_named_by_its_own_command(command, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``infdepth ode spiral --stpes 3`` says so as ``infdepth ode spiral``, pointing at that
+    command's ``--help`` (where the flag's spelling is), not at ``infdepth --help``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--no-such-flag", "3"])
+    err = capsys.readouterr().err
+    name = " ".join(("infdepth", *command))
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"{name}: error: unrecognized arguments: --no-such-flag 3 (see {name} --help)")
+    assert list(tmp_path.iterdir()) == []

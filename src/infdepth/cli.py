@@ -117,6 +117,16 @@ def _command(argv: Sequence[str]) -> str:
     return words[0] if words and words[0] in SUBCOMMANDS else ""
 
 
+def _leaf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``args`` came from (``infdepth ode spiral``'s, say)."""
+    for name in (args.command, getattr(args, "subcommand", None)):
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or name not in sub.choices:
+            break
+        parser = sub.choices[name]
+    return parser
+
+
 def data_parallel_commands(parser: argparse.ArgumentParser) -> list[str]:
     """The commands (``images``, ``ode params``, ...) that train data-parallel under torchrun."""
     found: list[str] = []
@@ -138,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = build_parser(_command(argv))  # imports the command's experiment (torch: seconds)
-        args = parser.parse_args(argv)  # --help and bad flags end here
+        args, extra = parser.parse_known_args(argv)  # --help and bad flags end here
+        if extra:  # said by the command that was given them, pointing at its own --help
+            _leaf(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
         from infdepth import distributed, runfolder  # what running any command needs
         from infdepth.ode import SolverError
 
