@@ -82,7 +82,7 @@ def open_search(
         state = optuna.trial.TrialState
         for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
             study.tell(trial.number, state=state.FAIL)
-        latest: dict[int, Any] = {}  # (FrozenTrial)  # each depth's last trial decides
+        latest: dict[int, Any] = {}  # each depth's last FrozenTrial decides
         for trial in study.get_trials(deepcopy=False):  # (numbered in order of creation)
             latest[_depth(trial)] = trial
         for depth in depths:  # a retried depth's older PRUNED trial does not settle it
