@@ -38,6 +38,7 @@ from infdepth.ode._newton import (
     user_jacobian,
 )
 from infdepth.ode._solvers import RungeKutta, StepTensors
+from infdepth.ode._stage_predictor import StagePredictor
 from infdepth.ode._stepping import Stats, VectorField
 
 
@@ -57,6 +58,9 @@ class ESDIRK(RungeKutta):
             ``newton_kappa`` times the tolerance (RMS of ``dy / (atol + rtol |y|)``).
         reuse_jacobian_below: keep the Jacobian for the next step while Newton's convergence
             rate stayed below this; otherwise recompute it at the next step's start.
+        predict_max_growth: Newton starts each stage from the previous accepted step's dense
+            output extrapolated to the stage's time (:mod:`~infdepth.ode._stage_predictor`)
+            while the step grew at most this much; else, and with 0, from the last slope.
     """
 
     tableau: ClassVar[itab.ESDIRKTableau]
@@ -65,6 +69,7 @@ class ESDIRK(RungeKutta):
     max_newton_iters: int = 10
     newton_kappa: float = 1e-2
     reuse_jacobian_below: float = 0.1
+    predict_max_growth: float = 2.0
 
     def __post_init__(self) -> None:
         if (not isinstance(self.max_newton_iters, int) or isinstance(self.max_newton_iters, bool)
@@ -73,6 +78,7 @@ class ESDIRK(RungeKutta):
                              "expected an integer >= 1")
         check_float("newton_kappa", self.newton_kappa, low=0.0, high=1.0, strict=True)
         check_float("reuse_jacobian_below", self.reuse_jacobian_below, low=0.0, high=1.0)
+        check_float("predict_max_growth", self.predict_max_growth, low=0.0)
         if self.jacobian is not None and not callable(self.jacobian):
             raise InputError(f"jacobian={self.jacobian!r} is not accepted; expected a callable "
                              "jacobian(t, y) or None")
@@ -99,6 +105,8 @@ class ImplicitSteps:
         self.matrix: NewtonMatrix | AdjointNewtonMatrix | None = None
         self.stale = True  # recompute the Jacobian at the next step's start
         self.eta = 1.0  # Newton's error-reduction estimate, carried between stages
+        self.predictor = StagePredictor(solver.tableau, solver.predict_max_growth,
+                                        tabs.weights.dtype, tabs.weights.device)
 
     def bind_tolerances(self, rtol: float, atol: float) -> None:
         """Measure Newton's convergence against the controller's tolerances."""
@@ -119,12 +127,12 @@ class ImplicitSteps:
             return user_jacobian(self.solver.jacobian, t, y)
         return autograd_jacobian(f, t, y)
 
-    def _factor(self, h_gamma: float, t: float,
+    def _factor(self, h_gamma: float, t: torch.Tensor,
                 stats: Stats) -> NewtonMatrix | AdjointNewtonMatrix:
         assert self.jac is not None
         if self.matrix is None or self.matrix.h_gamma != h_gamma:
             stats.factorizations += 1
-            self.matrix = newton_matrix(self.jac, h_gamma, t)
+            self.matrix = newton_matrix(self.jac, h_gamma, float(t))
         return self.matrix
 
     def step(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float, y: torch.Tensor,
@@ -139,15 +147,18 @@ class ImplicitSteps:
         rate = 0.0
         s = self.solver.stages
         grad = torch.is_grad_enabled()
-        kbuf = buf if buf is not None and not grad else y.new_empty(s, y.numel())
+        # rows not yet written must be finite: each stage's known part weighs all rows
+        kbuf = buf if buf is not None and not grad else y.new_zeros(s, y.numel())
         with torch.no_grad():
+            guesses = self.predictor.predict(y, h_val)
             for attempt in range(2):
                 fresh = self.jac_at is y
                 if self.jac is None or (self.stale and not fresh) or (attempt and not fresh):
                     self.jac, self.jac_at, self.matrix = self._jacobian(f, t, y, stats), y, None
                     fresh = True
                 try:
-                    rate = self._stages(f, t, h_val, y, k1.detach(), c_time, stats, kbuf)
+                    rate = self._stages(f, t, h_val, y, k1.detach(), c_time, stats, kbuf,
+                                        guesses)
                     break
                 except NewtonFailure:
                     stats.newton_failures += 1
@@ -159,7 +170,9 @@ class ImplicitSteps:
         if grad:
             ks = self._differentiable_stages(f, t, h, y, k1, list(kbuf.view(s, *y.shape).unbind()),
                                              c_time, stats)
+            self.predictor.remember(h_val, y.detach(), kbuf, self._last_stage)
             return self._last_stage, torch.stack(ks), err
+        self.predictor.remember(h_val, y, kbuf, self._last_stage)
         return self._last_stage, kbuf.view(s, *y.shape), err
 
     def _explicit_part(self, i: int, h: torch.Tensor | float, y: torch.Tensor,
@@ -172,49 +185,67 @@ class ImplicitSteps:
 
     def _stages(self, f: VectorField, t: torch.Tensor, h: float, y: torch.Tensor,
                 k1: torch.Tensor, c_time: torch.Tensor, stats: Stats, kbuf: torch.Tensor,
-                ) -> float:
+                guesses: list[torch.Tensor] | None) -> float:
         """Newton's iteration for every implicit stage (no autograd): the slopes into the
         rows of ``kbuf``, the last stage into ``_last_stage``; returns the slowest rate.
 
         Iterates on the stage's implicit increment ``w = Y - z = h gamma k`` (``z`` the
-        known part): per iteration one evaluation of ``f``, the residual
-        ``w - h gamma f(t_i, z + w)`` (one ``add``), one solve, one in-place update and one
-        scaled norm read back to the host; the slope is ``w / (h gamma)``, with no
-        cancellation in ``(z + w) - z``.
+        known part, one ``addmv`` over all rows of ``kbuf``: those not yet written have zero
+        weight), flat, starting from ``guesses`` (:class:`StagePredictor`) or the last
+        slope. Per iteration: one evaluation of ``f``, the residual
+        ``r = w - h gamma f(t_i, z + w)``, the update ``w -= M^{-1} r`` and the scaled norm
+        of ``M^{-1} r`` read back to the host. For one small system (``M^{-1}`` explicit)
+        the update is one ``addmv`` and the scaled norm one ``mv`` with ``D M^{-1}``
+        (``D`` the tolerance scaling, per step): four small operations besides ``f``.
         """
         h_gamma = h * self.gamma
-        matrix = self._factor(h_gamma, float(t), stats)
+        matrix = self._factor(h_gamma, t, stats)
         nb, nf = blocks(y)
-        # 1 / (sqrt(F) (atol + rtol |y|)): the per-sample RMS of the update is one vector norm
-        inv_scale = y.abs().mul_(self.rtol).add_(self.atol).reciprocal_().mul_(1 / math.sqrt(nf))
-        kappa, max_iters = self.solver.newton_kappa, self.solver.max_newton_iters
         shape = y.shape
-        yf = y.reshape(1, -1)
+        flat = y.ndim == 1  # f takes and returns the flat iterate itself
+        # 1 / (sqrt(F) (atol + rtol |y|)): the per-sample RMS of the update is one vector norm
+        inv_scale = (y.abs().mul_(self.rtol).add_(self.atol).reciprocal_()
+                     .mul_(1 / math.sqrt(nf)).reshape(-1))
+        kappa, max_iters = self.solver.newton_kappa, self.solver.max_newton_iters
+        y_flat = y.reshape(-1)
         hw = self.tabs.weights * h
+        a_rows = hw.unbind()
+        k_cols = kbuf.T
         ts = torch.add(t, c_time, alpha=h).unbind()
         kbuf[0].copy_(k1.reshape(-1))
-        # one system of at most SMALL_SYSTEM unknowns: each solve is one matrix-vector product
+        # one system of at most SMALL_SYSTEM unknowns: M^{-1} and D M^{-1} explicit
         inverse = getattr(matrix, "inverse", None) if nb == 1 else None
-        inv0 = inverse[0] if inverse is not None else None
+        inv0 = scaled_inv = None
+        if inverse is not None:
+            inv0 = inverse[0]
+            scaled_inv = inv0 * inv_scale.unsqueeze(1)
         worst = 0.0
-        stage = y
+        z = w = y_flat
         for i in range(1, self.solver.stages):
             t_i = ts[i]
-            z = torch.addmm(yf, hw[i - 1 : i, :i], kbuf[:i]).view(shape)
-            w = torch.mul(kbuf[i - 1], h_gamma).view(shape)  # predictor: the last slope
-            eta = max(self.eta, 1e-10) ** 0.8
+            z = torch.addmv(y_flat, k_cols, a_rows[i - 1])
+            if guesses is not None:
+                w = torch.sub(guesses[i - 1], z)
+            else:  # the last slope
+                w = torch.mul(kbuf[i - 1], h_gamma)
+            eta = eta0 = max(self.eta, 1e-10) ** 0.8
             prev = math.inf
             for it in range(max_iters):
                 stats.newton_iters += 1
                 stats.nfe += 1
                 stage = z + w
-                residual = torch.add(w, f(t_i, stage), alpha=-h_gamma)
-                if inv0 is not None:
-                    delta = torch.mv(inv0, residual.view(-1)).view(shape)
+                if flat:
+                    residual = torch.add(w, f(t_i, stage), alpha=-h_gamma)
                 else:
-                    delta = matrix.solve(residual)
-                w.sub_(delta)
-                norm = scaled_rms(delta, inv_scale, nb)
+                    residual = torch.add(w, f(t_i, stage.view(shape)).reshape(-1),
+                                         alpha=-h_gamma)
+                if inv0 is not None and scaled_inv is not None:
+                    w.addmv_(inv0, residual, alpha=-1)
+                    norm = float(torch.linalg.vector_norm(torch.mv(scaled_inv, residual)))
+                else:
+                    delta = matrix.solve(residual.view(shape)).reshape(-1)
+                    w.sub_(delta)
+                    norm = scaled_rms(delta, inv_scale, nb)
                 if not math.isfinite(norm):
                     raise NewtonFailure(f"Newton's iteration gave a non-finite stage at "
                                         f"t={float(t):.6g} with step size {h:.3g}")
@@ -227,6 +258,8 @@ class ImplicitSteps:
                             f"Newton's iteration diverges at t={float(t):.6g} with step size "
                             f"{h:.3g} (convergence rate {rate:.3g}, stage {i + 1})")
                     eta = rate / (1 - rate)
+                    if it == 1:  # a first rate may miss the slower decay that follows
+                        eta = max(eta, eta0)
                 if norm == 0 or eta * norm <= kappa:
                     break
                 prev = norm
@@ -235,9 +268,8 @@ class ImplicitSteps:
                     f"Newton's iteration did not converge in max_newton_iters={max_iters} at "
                     f"t={float(t):.6g} with step size {h:.3g} (stage {i + 1})")
             self.eta = eta
-            torch.mul(w.reshape(-1), 1 / h_gamma, out=kbuf[i])
-            stage = z + w
-        self._last_stage = stage
+            torch.mul(w, 1 / h_gamma, out=kbuf[i])
+        self._last_stage = (z + w).view(shape)
         return worst
 
     def _differentiable_stages(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float,
