@@ -133,10 +133,12 @@ class PIController:
             return float(torch.minimum(100 * h0, h1).to(t0.dtype))
 
     def start(self, f: Evaluate, t0: torch.Tensor, y0: torch.Tensor, k1: torch.Tensor,
-              order: int, norm: Norm | None, direction: float) -> AdaptiveSteps:
-        """The controller's state for one solve from ``(t0, y0)`` with ``k1 = f(t0, y0)``."""
+              order: int, norm: Norm | None, direction: float, *,
+              predictive: bool = False) -> AdaptiveSteps:
+        """The controller's state for one solve from ``(t0, y0)`` with ``k1 = f(t0, y0)``
+        (``predictive``: see :class:`AdaptiveSteps`)."""
         h = self.initial_step(f, t0, y0, k1, order, norm or rms2, direction)
-        return AdaptiveSteps(self, order, y0, h, norm)
+        return AdaptiveSteps(self, order, y0, h, norm, predictive=predictive)
 
 
 class AdaptiveSteps:
@@ -145,16 +147,25 @@ class AdaptiveSteps:
     ``h`` is the magnitude of the next step to attempt. Per attempt the loop asks
     :meth:`next_step` for the signed step, computes the error estimate, and hands it to
     :meth:`error_ratio` and then :meth:`judge`, which accepts or rejects and sets ``h``.
+
+    ``predictive`` (the stiff solvers ask for it, with the integral controller only):
+    Gustafsson's predictive controller after an accepted step that follows another, as in
+    Hairer & Wanner's RADAU5 and scipy's Radau: the factor is at most
+    ``safety (h / h_prev) (r_prev / r^2)^(1/order)``, and may shrink the step (to
+    ``factor_min``), which cuts the rejections where the error grows from step to step.
     """
 
     def __init__(self, ctrl: PIController, order: int, y0: torch.Tensor, h: float,
-                 norm: Norm | None) -> None:
+                 norm: Norm | None, *, predictive: bool = False) -> None:
         self.ctrl = ctrl
         self.h = min(h, ctrl.dtmax)
         self._norm = norm
         self._exponent = -(ctrl.icoeff + ctrl.pcoeff) / order
+        self._order = order
         self._p_exponent = ctrl.pcoeff / order
         self._prev_r = 1.0
+        self._predictive = predictive and ctrl.pcoeff == 0
+        self._last_accepted: tuple[float, float] | None = None  # (|h|, r) of the last accept
         self._inv_sqrt_n = 1.0 / math.sqrt(max(y0.numel(), 1))
         self._atol = torch.tensor(ctrl.atol, dtype=y0.dtype, device=y0.device)
 
@@ -201,6 +212,12 @@ class AdaptiveSteps:
             factor = ctrl.safety * r**self._exponent * self._prev_r**self._p_exponent
         if accepted:
             low = ctrl.factor_min if ctrl.shrink_after_accept else 1.0
+            if self._predictive:
+                last, self._last_accepted = self._last_accepted, (abs(h), max(r, 1e-2))
+                if last is not None and r > 0:
+                    factor = min(factor, ctrl.safety * abs(h) / last[0]
+                                 * (last[1] / (r * r)) ** (1 / self._order))
+                    low = ctrl.factor_min
             factor = min(max(factor, low), ctrl.factor_max)
             self._prev_r = max(r, 1e-10)
         else:

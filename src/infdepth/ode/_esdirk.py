@@ -61,6 +61,9 @@ class ESDIRK(RungeKutta):
         predict_max_growth: Newton starts each stage from the previous accepted step's dense
             output extrapolated to the stage's time (:mod:`~infdepth.ode._stage_predictor`)
             while the step grew at most this much; else, and with 0, from the last slope.
+        predictive_steps: Gustafsson's predictive step-size controller on top of the integral
+            one (:class:`~infdepth.ode._controller.AdaptiveSteps`; as Radau), which cuts the
+            rejected steps; ``False`` for the plain integral controller.
     """
 
     tableau: ClassVar[itab.ESDIRKTableau]
@@ -69,7 +72,8 @@ class ESDIRK(RungeKutta):
     max_newton_iters: int = 10
     newton_kappa: float = 1e-2
     reuse_jacobian_below: float = 0.1
-    predict_max_growth: float = 2.0
+    predict_max_growth: float = 3.0
+    predictive_steps: bool = True
 
     def __post_init__(self) -> None:
         if (not isinstance(self.max_newton_iters, int) or isinstance(self.max_newton_iters, bool)

@@ -106,7 +106,7 @@ def _integrate_adaptive(
     t0 = t_val if shift is None else t_val + shift
     k1 = first_eval(f, t0, y0, stats)
     steps = ctrl.start(lambda t, y: call(f, t, y, stats), t0, y0, k1, solver.order, norm,
-                       direction)
+                       direction, predictive=getattr(solver, "predictive_steps", False))
     buf = None if torch.is_grad_enabled() else y0.new_zeros(solver.stages, y0.numel())
     y = y0
     y_abs = y0.abs()
