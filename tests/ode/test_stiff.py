@@ -414,5 +414,8 @@ def test_newton_solve_by_inverse_matches_lu(shape: tuple[int, ...]) -> None:
     m = torch.eye(nf, dtype=D) - 0.3 * jac
     expected = torch.linalg.solve(m, r.reshape(nb, nf, 1)).reshape(shape)
     torch.testing.assert_close(matrix.solve(r), expected, rtol=1e-9, atol=1e-12)
+    # a small system is inverted (inv_ex) and factorised only when a solve needs gradients
+    assert (matrix._lu is None) == (nf <= SMALL_SYSTEM)
     torch.testing.assert_close(matrix.solve(r.requires_grad_(True)), expected, rtol=1e-9,
                                atol=1e-12)
+    assert matrix._lu is not None

@@ -88,48 +88,64 @@ def user_jacobian(jac: Jacobian, t: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 
 SMALL_SYSTEM = 32
-"""Up to this many features per sample the Newton matrix is also inverted explicitly (from
-its LU, once per factorisation), so that each Newton iteration's solve is one batched
+"""Up to this many features per sample the Newton matrix is inverted explicitly (once per
+factorisation, instead of an LU), so that each Newton iteration's solve is one batched
 matrix-vector product instead of ``lu_solve`` (whose dispatch costs 3-5x more on a 3- to
 8-component system). A simplified Newton iteration only needs an approximate solve; the
 stage it converges to is set by the residual, not by the solve's rounding."""
 
 
 class NewtonMatrix:
-    """LU of ``I - h gamma J`` per sample; solves ``(I - h gamma J) x = r`` for a state ``r``.
+    """``I - h gamma J`` per sample; solves ``(I - h gamma J) x = r`` for a state ``r``.
 
-    For ``F <= SMALL_SYSTEM`` a residual without autograd is solved with the explicit inverse
-    (one ``bmm``); one that requires grad (the implicit-function step of ``Backprop``) always
-    goes through the LU.
+    For ``F <= SMALL_SYSTEM`` the matrix is inverted explicitly (one ``inv_ex``, checked with
+    one host read) and a residual without autograd is solved with the inverse (one ``bmm``);
+    the LU is then factorised only when a residual that requires grad (the
+    implicit-function step of ``Backprop``) needs it. Larger systems are factorised at once.
     """
 
     def __init__(self, jac: torch.Tensor, h_gamma: float, t: float) -> None:
         nf = jac.shape[-1]
         eye = torch.eye(nf, dtype=jac.dtype, device=jac.device)
-        m = eye - h_gamma * jac
-        if not bool(torch.isfinite(m).all()):
-            raise SolverError(f"the Jacobian of f at t={t:.6g} has NaN or infinite entries")
-        self.lu, self.pivots, info = torch.linalg.lu_factor_ex(m)
-        self.h_gamma = h_gamma
-        bad = info > 0
-        if bool(bad.any()):
-            sample = int(bad.nonzero()[0, 0])
-            raise NewtonFailure(
-                f"the Newton matrix I - h*gamma*J is singular at t={t:.6g} (step size "
-                f"{abs(h_gamma):.3g} x 1/gamma, sample {sample})"
-            )
+        self.matrix = torch.add(eye, jac, alpha=-h_gamma)
+        self.h_gamma, self.t = h_gamma, t
         self.inverse: torch.Tensor | None = None
+        self._lu: tuple[torch.Tensor, torch.Tensor] | None = None
         if nf <= SMALL_SYSTEM:
-            self.inverse = torch.linalg.lu_solve(self.lu, self.pivots,
-                                                 eye.expand(self.lu.shape[0], nf, nf))
+            inverse, info = torch.linalg.inv_ex(self.matrix)
+            if not bool(torch.isfinite(inverse).all()):
+                self._check(info)
+            self.inverse = inverse
+        else:
+            self._factor()
+
+    def _check(self, info: torch.Tensor) -> None:
+        """Raise for a matrix with NaN or infinite entries, or a singular one (``info``)."""
+        if not bool(torch.isfinite(self.matrix).all()):
+            raise SolverError(f"the Jacobian of f at t={self.t:.6g} has NaN or infinite entries")
+        bad = info > 0
+        sample = int(bad.nonzero()[0, 0]) if bool(bad.any()) else 0
+        raise NewtonFailure(
+            f"the Newton matrix I - h*gamma*J is singular at t={self.t:.6g} (step size "
+            f"{abs(self.h_gamma):.3g} x 1/gamma, sample {sample})"
+        )
+
+    def _factor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._lu is None:
+            lu, pivots, info = torch.linalg.lu_factor_ex(self.matrix)
+            if not bool(torch.isfinite(self.matrix).all()) or bool((info > 0).any()):
+                self._check(info)
+            self._lu = (lu, pivots)
+        return self._lu
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
-        nb = self.lu.shape[0]
+        nb = self.matrix.shape[0]
         if self.inverse is not None and not r.requires_grad:
             if nb == 1:
                 return torch.mv(self.inverse[0], r.reshape(-1)).view(r.shape)
             return torch.bmm(self.inverse, r.reshape(nb, -1, 1)).view(r.shape)
-        x = torch.linalg.lu_solve(self.lu, self.pivots, r.reshape(nb, -1, 1))
+        lu, pivots = self._factor()
+        x = torch.linalg.lu_solve(lu, pivots, r.reshape(nb, -1, 1))
         return x.reshape(r.shape)
 
 
