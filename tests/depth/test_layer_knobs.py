@@ -93,7 +93,7 @@ def test_fix_depth_keeps_the_function_and_stops_w(w: float, threshold: float) ->
     g = layer(w, block_l2=1e-3).eval()
     before = g(X)
     n_active = g.active_blocks
-    last_gate = float(g.gates()[-1])
+    last_gate = float(g.gates()[-1].detach())
     n = g.fix_depth(threshold)
     assert n == (n_active if last_gate >= threshold else n_active - 1)
     assert g.active_blocks == n and len(g.frozen_gates) == n
