@@ -154,6 +154,26 @@ def test_predictive_control_shrinks_after_an_accept_when_the_error_grows() -> No
     assert sizes[True] == pytest.approx(h1 * 0.9 * (h1 / 1.0) * (0.5 / 0.81) ** 0.25)
 
 
+def test_predictive_control_does_not_grow_right_after_a_rejection() -> None:
+    """RADAU5's rule with the predictive controller: the step accepted right after a rejected
+    one (error or Newton failure) keeps its size for the next attempt; the integral controller
+    grows it."""
+    y0 = torch.zeros(3, dtype=D)
+    for first_rejection in ("error", "newton"):
+        sizes = {}
+        for predictive in (False, True):
+            steps = AdaptiveSteps(PIController(), 4, y0, 1.0, None, predictive=predictive)
+            if first_rejection == "error":
+                assert not steps.judge(2.0, 1.0, 0.0)
+            else:
+                steps.shrink_after_failure(1.0)
+            h = steps.h
+            assert steps.judge(0.01, h, 0.0)  # a small error: the integral factor is > 1
+            sizes[predictive] = steps.h / h
+        assert sizes[False] > 2
+        assert sizes[True] == 1.0
+
+
 def test_predictive_control_cuts_rejected_steps_on_van_der_pol() -> None:
     """Van der Pol, mu = 1000, over its first relaxation jump: the predictive controller
     rejects far fewer steps (measured over [0, 3000]: 119 against 895 of 1660 accepted) for

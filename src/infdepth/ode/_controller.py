@@ -152,7 +152,9 @@ class AdaptiveSteps:
     Gustafsson's predictive controller after an accepted step that follows another, as in
     Hairer & Wanner's RADAU5 and scipy's Radau: the factor is at most
     ``safety (h / h_prev) (r_prev / r^2)^(1/order)``, and may shrink the step (to
-    ``factor_min``), which cuts the rejections where the error grows from step to step.
+    ``factor_min``), which cuts the rejections where the error grows from step to step; and
+    the step accepted right after a rejection (or a failed Newton iteration) does not grow
+    the next one (RADAU5's rule).
     """
 
     def __init__(self, ctrl: PIController, order: int, y0: torch.Tensor, h: float,
@@ -166,6 +168,7 @@ class AdaptiveSteps:
         self._prev_r = 1.0
         self._predictive = predictive and ctrl.pcoeff == 0
         self._last_accepted: tuple[float, float] | None = None  # (|h|, r) of the last accept
+        self._after_rejection = False  # a step was rejected since the last accept
         self._inv_sqrt_n = 1.0 / math.sqrt(max(y0.numel(), 1))
         self._atol = torch.tensor(ctrl.atol, dtype=y0.dtype, device=y0.device)
 
@@ -219,9 +222,13 @@ class AdaptiveSteps:
                                  * (last[1] / (r * r)) ** (1 / self._order))
                     low = ctrl.factor_min
             factor = min(max(factor, low), ctrl.factor_max)
+            if self._predictive and self._after_rejection:  # no growth right after a rejection
+                factor = min(factor, 1.0)
+            self._after_rejection = False
             self._prev_r = max(r, 1e-10)
         else:
             factor = min(max(factor, ctrl.factor_min), 1.0)
+            self._after_rejection = True
         self.h = min(abs(h) * factor, ctrl.dtmax)
         return accepted
 
@@ -230,6 +237,7 @@ class AdaptiveSteps:
         """The step of signed size ``h`` could not be computed (an implicit stage's Newton
         iteration failed): retry with half of it."""
         self.h = min(abs(h) * NEWTON_FAILURE_FACTOR, self.ctrl.dtmax)
+        self._after_rejection = True
 
 
 NEWTON_FAILURE_FACTOR = 0.5
