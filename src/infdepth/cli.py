@@ -193,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "training diverged" if getattr(args, "data_parallel", False) else "the solve failed"
         print(f"infdepth {name}: {what}: {exc}", file=sys.stderr)
         code = 1
+    except BrokenPipeError:  # the reader of stdout went away (`infdepth ... | head`): nothing to say
+        _settle(watch)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        code = 141  # as a process ended by SIGPIPE
     except OSError as exc:
         _settle(watch)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the run could not go on: exit 1, as a divergence

@@ -235,6 +235,36 @@ def _train(cfg: Config, ctx: RunContext, tasks: list[Task], data: ImageData) -> 
     return [rows[i] for i in range(len(tasks))]
 
 
+def _rounded(cfg: Config, ctx: RunContext, seed: int, done: dict[str, dict[str, Any]]) -> list[Task]:
+    """The learned run's final depths rounded per layer, unless one of the fixed depths is that."""
+    learned = done.get(_task_key((seed, "images", {}))) or _finished(ctx, f"learned-s{seed}")
+    if not cfg.rounded or learned is None:
+        return []
+    depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
+    if depths in {(k, k, k) for k in cfg.fixed_depths}:
+        return []
+    return [(seed, "images", {"layer_depths": depths})]
+
+
+def tasks_of(cfg: Config, ctx: RunContext) -> list[Task]:
+    """The study's members before the schedule: learned runs first; the fixed depths deepest
+    first (the longest jobs first keeps a pool of ``--jobs`` busy to the end); the rounded
+    depths at once when their learned run has finished before (on ``--resume``, else they
+    follow it); the recipes after the fixed depths they are judged against; one task per
+    search worker."""
+    tasks: list[Task] = [(seed, "images", {}) for seed in cfg.seeds]
+    for seed in cfg.seeds:
+        tasks += _rounded(cfg, ctx, seed, {})
+        tasks += [(seed, "images", {"fixed_depth": k}) for k in sorted(cfg.fixed_depths, reverse=True)]
+        if cfg.ode:
+            tasks += [(seed, "ode", {"learn_t1": True}), (seed, "ode", {"learn_t1": False})]
+    tasks += [(seed, "images", {"recipe": r}) for r in cfg.recipes for seed in cfg.seeds if r != "paper"]
+    if cfg.search:
+        workers = 1 if ctx.dist.enabled else cfg.jobs
+        tasks += [(seed, "search", {"worker": k}) for seed in cfg.seeds for k in range(workers)]
+    return tasks
+
+
 def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[str, Any]:
     """Train every contender of ``cfg``; write ``summary.json``, ``table.md`` and ``study.png``.
 
@@ -248,33 +278,13 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
     done: dict[str, dict[str, Any]] = {}
 
     def rounded(seed: int) -> list[Task]:
-        """The learned run's final depths rounded per layer, unless one of the fixed depths is that."""
-        learned = done.get(_task_key((seed, "images", {}))) or _finished(ctx, f"learned-s{seed}")
-        if not cfg.rounded or learned is None:
-            return []
-        depths = tuple(max(0, round(w)) for w in learned["final_w"].values())
-        if depths in {(k, k, k) for k in cfg.fixed_depths}:
-            return []
-        return [(seed, "images", {"layer_depths": depths})]
+        return _rounded(cfg, ctx, seed, done)
 
-    # learned runs first; the fixed depths deepest first (the longest jobs first keeps a pool of
-    # --jobs busy to the end); the rounded depths at once when their learned run has finished
-    # before (on --resume), else after it
-    tasks: list[Task] = [(seed, "images", {}) for seed in cfg.seeds]
-    for seed in cfg.seeds:
-        tasks += rounded(seed)
-        tasks += [(seed, "images", {"fixed_depth": k}) for k in sorted(cfg.fixed_depths, reverse=True)]
-        if cfg.ode:
-            tasks += [(seed, "ode", {"learn_t1": True}), (seed, "ode", {"learn_t1": False})]
-    # the recipes last: the fixed depths they are judged against come first
-    tasks += [(seed, "images", {"recipe": r}) for r in cfg.recipes for seed in cfg.seeds if r != "paper"]
     if cfg.search:  # created (and a killed worker's trial queued again) here, before any worker starts
         for seed in cfg.seeds:
             if _finished(ctx, _search_name(seed)) is None and ctx.is_main:
                 _open_search(cfg, ctx, seed, resume=ctx.resume)
-        workers = 1 if ctx.dist.enabled else cfg.jobs
-        tasks += [(seed, "search", {"worker": k}) for seed in cfg.seeds for k in range(workers)]
-    tasks = _schedule(cfg, ctx, tasks)
+    tasks = _schedule(cfg, ctx, tasks_of(cfg, ctx))
     done.update(zip(map(_task_key, tasks), _train(cfg, ctx, tasks, data)))
     later = [t for seed in cfg.seeds for t in rounded(seed) if _task_key(t) not in done]
     done.update(zip(map(_task_key, later), _train(cfg, ctx, later, data)))
@@ -304,7 +314,12 @@ def run(cfg: Config, ctx: RunContext, *, data: ImageData | None = None) -> dict[
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the study of the parsed ``args``; print its table."""
+    """Run the study of the parsed ``args``; print its table (``--status``: where it stands)."""
+    if args.status:
+        from infdepth.experiments.depth import study_status
+
+        print(study_status.table(study_status.status(Path(args.out))))
+        return 0
     summary, ctx = run_from_args(Config, run, args)
     ctx.say(table(summary["rows"]))
     ctx.say(json.dumps(summary["verdict"], indent=1))

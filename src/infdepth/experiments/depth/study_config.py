@@ -107,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``infdepth study``, derived from :class:`Config`."""
     add_config_arguments(parser, Config)
     add_run_arguments(parser, "runs/study", resumable=True)
+    parser.add_argument("--status", action="store_true",
+                        help="print where the study in --out stands (every member: done, in flight or "
+                        "not started, epochs trained, test accuracy; each search trial) and exit; reads "
+                        "the folder only, so it is safe beside the study training there; other flags are "
+                        "not read")
 
 
 def register(sub: Any) -> None:
