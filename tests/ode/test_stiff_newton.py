@@ -195,3 +195,54 @@ def test_predictive_control_cuts_rejected_steps_on_van_der_pol() -> None:
     assert s_on.rejected < 0.4 * s_off.rejected, (s_on, s_off)
     assert s_on.nfe < 0.9 * s_off.nfe, (s_on, s_off)
     assert abs(float(y_on[0]) - (-1.8636462)) < 1e-4, float(y_on[0])  # Radau at rtol 1e-12
+
+
+@pytest.mark.parametrize("solver_cls", [KenCarp4, Kvaerno5, TRBDF2])
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (2, 3)])
+def test_error_estimate_is_h_times_the_error_weights_of_the_stages(
+        solver_cls: type[ESDIRK], shape: tuple[int, ...]) -> None:
+    """The step's error estimate (one ``mv`` at the end of the stages) is
+    ``h sum_j e_j k_j`` over the step's own slopes, shaped like the state."""
+    solver = solver_cls()
+    tabs = solver.tensors(D, torch.device("cpu"))
+    ws = tabs.workspace
+    ws.bind_tolerances(1e-6, 1e-8)
+    y = torch.tensor([0.9, 1e-5, 0.1], dtype=D).expand(shape).contiguous()
+    t, h = torch.tensor(0.5, dtype=D), 1e-4
+    c_time = stage_times(solver, tabs, t.reshape(1))
+    with torch.no_grad():
+        _, stages, err = ws.step(_robertson, t, h, y, _robertson(t, y), c_time, Stats(), None)
+    s = solver.stages
+    expected = torch.mm(tabs.weights[s : s + 1] * h, stages.reshape(s, -1)).view(shape)
+    assert err.shape == y.shape
+    torch.testing.assert_close(err, expected, rtol=1e-12, atol=1e-300)
+    assert float(err.abs().max()) > 0
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (4, 3)])
+def test_autograd_jacobian_is_not_transposed(shape: tuple[int, ...]) -> None:
+    """Robertson's Jacobian is not symmetric: rows and columns in the right order for one
+    system (the basis and the rows taken as they are) and for a batch."""
+    y = torch.tensor([0.9, 1e-5, 0.1], dtype=D).expand(shape).contiguous()
+    jac = autograd_jacobian(_robertson, torch.tensor(0.0, dtype=D), y)
+    y2, y3 = 1e-5, 0.1
+    exact = torch.tensor([[-0.04, 1e4 * y3, 1e4 * y2],
+                          [0.04, -1e4 * y3 - 6e7 * y2, -1e4 * y2],
+                          [0.0, 6e7 * y2, 0.0]], dtype=D)
+    nb = 1 if len(shape) == 1 else shape[0]
+    assert jac.shape == (nb, 3, 3) and not jac.requires_grad
+    torch.testing.assert_close(jac, exact.expand(nb, 3, 3), rtol=1e-14, atol=1e-12)
+
+
+def test_newton_matrix_with_a_huge_but_finite_inverse_is_accepted() -> None:
+    """The factorisation's finiteness test reads one sum; a finite inverse whose sum overflows
+    is told apart from a singular matrix (no spurious failure), a singular one still fails."""
+    from infdepth.ode._newton import NewtonFailure, NewtonMatrix
+
+    jac = torch.zeros(1, 3, 3, dtype=D)
+    jac[0, 0, 1] = jac[0, 0, 2] = 1e308  # I - J has the inverse [[1, 1e308, 1e308], ...]
+    matrix = NewtonMatrix(jac, 1.0, torch.tensor(2.0, dtype=D))
+    assert matrix.inverse is not None and bool(torch.isfinite(matrix.inverse).all())
+    assert matrix.inverse0 is not None and float(matrix.inverse0[0, 1]) == 1e308
+    with pytest.raises(NewtonFailure, match="singular at t=2"):
+        NewtonMatrix(torch.eye(3, dtype=D).unsqueeze(0), 1.0, torch.tensor(2.0, dtype=D))

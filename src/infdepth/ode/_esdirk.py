@@ -136,7 +136,7 @@ class ImplicitSteps:
         assert self.jac is not None
         if self.matrix is None or self.matrix.h_gamma != h_gamma:
             stats.factorizations += 1
-            self.matrix = newton_matrix(self.jac, h_gamma, float(t))
+            self.matrix = newton_matrix(self.jac, h_gamma, t)
         return self.matrix
 
     def step(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float, y: torch.Tensor,
@@ -161,8 +161,8 @@ class ImplicitSteps:
                     self.jac, self.jac_at, self.matrix = self._jacobian(f, t, y, stats), y, None
                     fresh = True
                 try:
-                    rate = self._stages(f, t, h_val, y, k1.detach(), c_time, stats, kbuf,
-                                        guesses)
+                    rate = self._stages(f, t, h_val, y, k1.detach() if k1.requires_grad else k1,
+                                        c_time, stats, kbuf, guesses)
                     break
                 except NewtonFailure:
                     stats.newton_failures += 1
@@ -170,7 +170,7 @@ class ImplicitSteps:
                         self.stale = True
                         raise
             self.stale = rate > self.solver.reuse_jacobian_below
-            err = torch.mm(self.tabs.weights[s : s + 1] * h_val, kbuf).view(y.shape)
+            err = self._err if y.ndim == 1 else self._err.view(y.shape)
         if grad:
             ks = self._differentiable_stages(f, t, h, y, k1, list(kbuf.view(s, *y.shape).unbind()),
                                              c_time, stats)
@@ -200,7 +200,8 @@ class ImplicitSteps:
         ``r = w - h gamma f(t_i, z + w)``, the update ``w -= M^{-1} r`` and the scaled norm
         of ``M^{-1} r`` read back to the host. For one small system (``M^{-1}`` explicit)
         the update is one ``addmv`` and the scaled norm one ``mv`` with ``D M^{-1}``
-        (``D`` the tolerance scaling, per step): four small operations besides ``f``.
+        (``D`` the tolerance scaling, per step): four small operations besides ``f``. The
+        error estimate ``h sum_j e_j k_j`` (one ``mv``) goes to ``_err``.
         """
         h_gamma = h * self.gamma
         matrix = self._factor(h_gamma, t, stats)
@@ -208,20 +209,22 @@ class ImplicitSteps:
         shape = y.shape
         flat = y.ndim == 1  # f takes and returns the flat iterate itself
         # 1 / (sqrt(F) (atol + rtol |y|)): the per-sample RMS of the update is one vector norm
-        inv_scale = (y.abs().mul_(self.rtol).add_(self.atol).reciprocal_()
-                     .mul_(1 / math.sqrt(nf)).reshape(-1))
+        root = math.sqrt(nf)
+        inv_scale = y.abs().mul_(self.rtol * root).add_(self.atol * root).reciprocal_()
         kappa, max_iters = self.solver.newton_kappa, self.solver.max_newton_iters
-        y_flat = y.reshape(-1)
+        y_flat = y if flat else y.reshape(-1)
+        if not flat:
+            inv_scale = inv_scale.reshape(-1)
         hw = self.tabs.weights * h
         a_rows = hw.unbind()
         k_cols = kbuf.T
+        k_rows = kbuf.unbind()  # one operation, not one per stage
         ts = torch.add(t, c_time, alpha=h).unbind()
-        kbuf[0].copy_(k1.reshape(-1))
+        k_rows[0].copy_(k1 if flat else k1.reshape(-1))
         # one system of at most SMALL_SYSTEM unknowns: M^{-1} and D M^{-1} explicit
-        inverse = getattr(matrix, "inverse", None) if nb == 1 else None
-        inv0 = scaled_inv = None
-        if inverse is not None:
-            inv0 = inverse[0]
+        inv0 = getattr(matrix, "inverse0", None) if nb == 1 else None
+        scaled_inv = None
+        if inv0 is not None:
             scaled_inv = inv0 * inv_scale.unsqueeze(1)
         worst = 0.0
         z = w = y_flat
@@ -231,7 +234,7 @@ class ImplicitSteps:
             if guesses is not None:
                 w = torch.sub(guesses[i - 1], z)
             else:  # the last slope
-                w = torch.mul(kbuf[i - 1], h_gamma)
+                w = torch.mul(k_rows[i - 1], h_gamma)
             eta = eta0 = max(self.eta, 1e-10) ** 0.8
             prev = math.inf
             for it in range(max_iters):
@@ -272,8 +275,10 @@ class ImplicitSteps:
                     f"Newton's iteration did not converge in max_newton_iters={max_iters} at "
                     f"t={float(t):.6g} with step size {h:.3g} (stage {i + 1})")
             self.eta = eta
-            torch.mul(w, 1 / h_gamma, out=kbuf[i])
-        self._last_stage = (z + w).view(shape)
+            torch.mul(w, 1 / h_gamma, out=k_rows[i])
+        last = z + w
+        self._last_stage = last if flat else last.view(shape)
+        self._err = torch.mv(k_cols, a_rows[self.solver.stages])
         return worst
 
     def _differentiable_stages(self, f: VectorField, t: torch.Tensor, h: torch.Tensor | float,

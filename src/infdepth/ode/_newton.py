@@ -51,7 +51,9 @@ def autograd_jacobian(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
     """
     nb, nf = blocks(y)
     eye = torch.eye(nf, dtype=y.dtype, device=y.device)
-    basis = eye.unsqueeze(1).expand(nf, nb, nf).reshape(nf, *y.shape)
+    # one system: the basis as it is, and rows[j] = e_j^T J is already J (2 operations less)
+    basis = (eye.view(nf, *y.shape) if nb == 1
+             else eye.unsqueeze(1).expand(nf, nb, nf).reshape(nf, *y.shape))
     with torch.enable_grad():
         probe = y.detach().requires_grad_(True)
         out = f(t, probe)
@@ -72,6 +74,8 @@ def autograd_jacobian(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], t
             ) from err
     if rows is None:  # f depends on parameters only
         return y.new_zeros(nb, nf, nf)
+    if nb == 1:  # no graph: create_graph is off
+        return rows.view(1, nf, nf)
     return rows.reshape(nf, nb, nf).transpose(0, 1).detach()
 
 
@@ -104,29 +108,38 @@ class NewtonMatrix:
     implicit-function step of ``Backprop``) needs it. Larger systems are factorised at once.
     """
 
-    def __init__(self, jac: torch.Tensor, h_gamma: float, t: float) -> None:
+    def __init__(self, jac: torch.Tensor, h_gamma: float, t: float | torch.Tensor) -> None:
         nf = jac.shape[-1]
         eye = torch.eye(nf, dtype=jac.dtype, device=jac.device)
         self.matrix = torch.add(eye, jac, alpha=-h_gamma)
-        self.h_gamma, self.t = h_gamma, t
+        self.h_gamma, self.t = h_gamma, t  # t read to the host only for an error message
         self.inverse: torch.Tensor | None = None
+        self.inverse0: torch.Tensor | None = None  # the one block of a single system
         self._lu: tuple[torch.Tensor, torch.Tensor] | None = None
         if nf <= SMALL_SYSTEM:
             inverse, info = torch.linalg.inv_ex(self.matrix)
-            if not bool(torch.isfinite(inverse).all()):
-                self._check(info)
+            # one sum read back: finite unless an entry is not (or the sum overflows, which
+            # _check tells apart): 2 operations against isfinite().all()'s 6
+            if not math.isfinite(float(inverse.sum())):
+                self._check(info, inverse)
             self.inverse = inverse
+            if inverse.shape[0] == 1:
+                self.inverse0 = inverse[0]
         else:
             self._factor()
 
-    def _check(self, info: torch.Tensor) -> None:
-        """Raise for a matrix with NaN or infinite entries, or a singular one (``info``)."""
+    def _check(self, info: torch.Tensor, inverse: torch.Tensor | None = None) -> None:
+        """Raise for a matrix with NaN or infinite entries, or a singular one (``info``);
+        return when ``inverse`` is given and finite after all."""
+        t = float(self.t)
         if not bool(torch.isfinite(self.matrix).all()):
-            raise SolverError(f"the Jacobian of f at t={self.t:.6g} has NaN or infinite entries")
+            raise SolverError(f"the Jacobian of f at t={t:.6g} has NaN or infinite entries")
         bad = info > 0
+        if inverse is not None and not bool(bad.any()) and bool(torch.isfinite(inverse).all()):
+            return
         sample = int(bad.nonzero()[0, 0]) if bool(bad.any()) else 0
         raise NewtonFailure(
-            f"the Newton matrix I - h*gamma*J is singular at t={self.t:.6g} (step size "
+            f"the Newton matrix I - h*gamma*J is singular at t={t:.6g} (step size "
             f"{abs(self.h_gamma):.3g} x 1/gamma, sample {sample})"
         )
 
@@ -180,7 +193,7 @@ class AdjointJacobian:
 class AdjointNewtonMatrix:
     """LUs of ``I - h gamma J`` and ``I + h gamma J^T``; solves for a flat adjoint state."""
 
-    def __init__(self, jac: AdjointJacobian, h_gamma: float, t: float) -> None:
+    def __init__(self, jac: AdjointJacobian, h_gamma: float, t: float | torch.Tensor) -> None:
         self.n = jac.n
         self.h_gamma = h_gamma
         self.forward = NewtonMatrix(jac.jac, h_gamma, t)
@@ -192,7 +205,7 @@ class AdjointNewtonMatrix:
                           r[2 * n :]])
 
 
-def newton_matrix(jac: torch.Tensor | AdjointJacobian, h_gamma: float, t: float
+def newton_matrix(jac: torch.Tensor | AdjointJacobian, h_gamma: float, t: float | torch.Tensor
                   ) -> NewtonMatrix | AdjointNewtonMatrix:
     """The factorised Newton matrix for a Jacobian of either kind."""
     if isinstance(jac, AdjointJacobian):
