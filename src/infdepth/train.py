@@ -399,7 +399,7 @@ def _raise_if_diverged(model: nn.Module, step: int) -> None:
     The layers are those :func:`penalty_modules` finds (no walk into sub-layers); for a layer
     nested deeper the forward's own error names the next step.
     """
-    bad = {name or "layer": float(m.w) for name, m in penalty_modules(model)
+    bad = {name or "layer": float(m.w.detach()) for name, m in penalty_modules(model)
            if isinstance(m, InfiniteDepth) and not bool(torch.isfinite(m.w))}
     if bad:
         raise DivergenceError(f"at step {step}, w became non-finite: {bad}")

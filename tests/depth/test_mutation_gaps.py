@@ -359,7 +359,7 @@ def test_gamma_shift_applies_to_batchnorm_gamma_only(gamma_shift: float) -> None
             layer.blocks[i][1].weight.copy_(gamma)
     norms = [
         float(torch.relu(gamma.square() - gamma_shift).sum()),
-        float(layer.blocks[1].weight.square().sum()),
+        float(layer.blocks[1].weight.detach().square().sum()),
         float(torch.relu(gamma.square() - gamma_shift).sum()),
     ]
     assert layer.penalty().item() == pytest.approx(
@@ -386,7 +386,7 @@ def test_custom_penalised_tensors_value_and_gradient(merge: str) -> None:
     ).double()
     w = layer.w.item()
     blocks = layer.blocks
-    norms = [float(b.weight.square().sum() + b.bias.square().sum()) for b in blocks[:3]]
+    norms = [float(b.weight.detach().square().sum() + b.bias.detach().square().sum()) for b in blocks[:3]]
     value = layer.penalty()
     assert value.item() == pytest.approx(analytic_penalty(w, 0.1, 0.4, norms), rel=1e-12)
     grads = torch.autograd.grad(value, [layer.w, blocks[0].weight, blocks[1].bias])
